@@ -1,0 +1,1 @@
+"""atcdn: a media CDN for the AT Protocol."""

@@ -1,0 +1,1 @@
+"""The origin: content-addressed blob storage for AT Protocol blobs."""
