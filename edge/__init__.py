@@ -1,0 +1,1 @@
+"""The edge: verifying, transforming, caching delivery nodes."""
