@@ -124,3 +124,17 @@ def test_guarded_client_checks_the_resolved_address() -> None:
     with pytest.raises(EdgeError) as caught:
         asyncio.run(resolve())
     assert caught.value.status == 502
+
+
+def test_pds_blob_lands_in_the_real_origin(origin: str, tmp_path: Path, edge_factory) -> None:
+    pds = start_upstream(tmp_path / "pds")
+    try:
+        pds.add_did(DID, pds.url)
+        data = b"\x89PNG\r\n\x1a\n" + b"not really a png, still a blob" * 40
+        cid = pds.add_blob(data)
+        edge = edge_factory(origin, env={"ATCDN_PLC_URL": pds.url})
+        assert httpx.get(f"{edge.url}/blob/{DID}/{cid}", timeout=30).content == data
+        assert wait_for(lambda: httpx.get(f"{origin}/blob/{cid}").status_code == 200)
+        assert httpx.get(f"{origin}/blob/{cid}").content == data
+    finally:
+        pds.proc.stop()

@@ -215,3 +215,30 @@ def test_other_methods_and_paths(edge: Edge, source: str) -> None:
     r = httpx.get(f"{edge.url}/nothing/here")
     assert r.status_code == 404 and error_of(r)
     assert httpx.get(f"{edge.url}/health").json() == {"status": "ok"}
+
+
+def test_through_the_real_origin(origin: str, edge_factory) -> None:
+    """The real origin process behind an edge: push, then read through the edge."""
+    from origin.cid import compute
+    from tests.conftest import TOKEN
+
+    data = photo(800, 600)
+    cid = compute(data)
+    r = httpx.put(f"{origin}/blob/{cid}", params={"did": DID}, content=data,
+                  headers={"authorization": f"Bearer {TOKEN}"})
+    assert r.status_code in (200, 201), r.text
+    node = edge_factory(origin, env={"ATCDN_PDS_FALLBACK": "0"})
+    image = httpx.get(f"{node.url}/img/feed_fullsize/plain/{DID}/{cid}@webp", timeout=30)
+    assert image.status_code == 200 and Image.open(io.BytesIO(image.content)).format == "WEBP"
+    blob = httpx.get(f"{node.url}/blob/{DID}/{cid}", timeout=30)
+    assert blob.content == data and blob.headers["content-type"] == "image/jpeg"
+    missing = compute(b"not stored")
+    assert httpx.get(f"{node.url}/blob/{DID}/{missing}", timeout=30).status_code == 404
+    # Taken down at the origin: 451 through the edge (a fresh CID, never cached here).
+    other = photo(320, 240)
+    other_cid = compute(other)
+    httpx.put(f"{origin}/blob/{other_cid}", params={"did": DID}, content=other,
+              headers={"authorization": f"Bearer {TOKEN}"}).raise_for_status()
+    httpx.post(f"{origin}/admin/takedown", json={"cid": other_cid},
+               headers={"authorization": f"Bearer {TOKEN}"}).raise_for_status()
+    assert httpx.get(f"{node.url}/blob/{DID}/{other_cid}", timeout=30).status_code == 451
