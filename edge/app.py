@@ -9,6 +9,7 @@ costs one dict lookup and two ``send`` calls.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -31,7 +32,7 @@ from edge.flight import SingleFlight
 from edge.metrics import Metrics, use_dir
 from edge.presets import CONTENT_TYPES, Format, load_presets
 from edge.responses import blob_type, send_entry, send_error
-from edge.takedown import Node, Takedowns, purge_disk
+from edge.takedown import SETTLE, Node, Takedowns, purge_disk
 from edge.transform import MediaError, transform
 from origin.mime import SNIFF_BYTES, sniff
 
@@ -253,7 +254,7 @@ class Edge:
         except urls.UrlError as exc:
             return _json_error(400, "InvalidRequest", str(exc))
         removed = sum(purge_disk(self.disk, did=did, cid=cid) for did, cid in targets)
-        self.generation.bump()
+        await self._settle()
         return JSONResponse({"purged": removed, "targets": len(targets)})
 
     async def admin_takedown(self, request: Request) -> Response:
@@ -273,8 +274,13 @@ class Edge:
         else:
             self.takedowns.add(did=did, cid=cid)
             removed = purge_disk(self.disk, did=did, cid=cid)
-        self.generation.bump()
+        await self._settle()
         return JSONResponse({"purged": removed})
+
+    async def _settle(self) -> None:
+        """Tell every worker, and answer only once they all will have looked."""
+        self.generation.bump()
+        await asyncio.sleep(SETTLE)
 
     async def _admin_body(self, request: Request) -> dict[str, Any] | Response:
         token = self.settings.purge_token
