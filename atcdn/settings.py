@@ -81,3 +81,5 @@ class EdgeSettings(BaseSettings):
     retry_after: int = Field(default=5, description="Retry-After seconds on 502/503/504")
     presets: str | None = Field(
         default=None, description="JSON object of extra/overriding image presets")
+    max_pending_misses: int = Field(
+        default=512, description="cache misses in progress per worker before answering 429")

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -55,6 +55,7 @@ class Edge:
         self.generation = node.generation
         self.flight = SingleFlight(node.lock_dir, wait=2 * settings.fetch_timeout + 60)
         self.fetcher = Fetcher(settings, self.metrics, node.tmp_dir)
+        self.pending = 0  # memory misses in progress in this worker
         self.router = Starlette(
             routes=[
                 Route("/health", self.health, methods=["GET", "HEAD"]),
@@ -106,12 +107,10 @@ class Edge:
             self.metrics.memory_hit("img", entry.size)
             return await send_entry(scope, receive, send, entry, request, vary=req.fmt is None)
         started = time.monotonic()
-        try:
-            entry, outcome = await self._image_entry(req, fmt, key)
-        except (EdgeError, MediaError) as exc:
-            return await self._error(send, "img", exc)
-        self._served("img", outcome, entry, started)
-        await send_entry(scope, receive, send, entry, request, vary=req.fmt is None)
+        found = await self._miss(send, "img", lambda: self._image_entry(req, fmt, key))
+        if found is not None:
+            self._served("img", found[1], found[0], started)
+            await send_entry(scope, receive, send, found[0], request, vary=req.fmt is None)
 
     async def blob(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] not in ("GET", "HEAD"):
@@ -130,16 +129,36 @@ class Edge:
             self.metrics.memory_hit("blob", entry.size)
             return await send_entry(scope, receive, send, entry, request)
         started = time.monotonic()
-        try:
-            value, outcome = await self._source(req.did, req.cid)
-        except EdgeError as exc:
-            return await self._error(send, "blob", exc)
-        content_type, extra = blob_type(sniff(self.disk.head(value, SNIFF_BYTES)))
-        entry = self._remember(key, value, urls.blob_etag(req.cid), content_type, extra)
-        self._served("blob", outcome, entry, started)
-        await send_entry(scope, receive, send, entry, request)
+        found = await self._miss(send, "blob", lambda: self._blob_entry(req, key))
+        if found is not None:
+            self._served("blob", found[1], found[0], started)
+            await send_entry(scope, receive, send, found[0], request)
 
     # -- the miss path --------------------------------------------------------------------
+
+    async def _miss(self, send: Send, route: str,
+                    work: Callable[[], Awaitable[tuple[Entry, str]]]) -> tuple[Entry, str] | None:
+        """Run a memory miss: bounded in number per worker (429 beyond), and every
+        failure answered as JSON. None when an error was sent."""
+        if self.pending >= self.settings.max_pending_misses:
+            await self._error(send, route, EdgeError(429, "Overloaded", "too busy; retry later"))
+            return None
+        self.pending += 1
+        try:
+            return await work()
+        except (EdgeError, MediaError) as exc:
+            await self._error(send, route, exc)
+        except Exception:
+            log.exception("%s request failed", route)
+            await self._error(send, route, EdgeError(500, "InternalError", "unexpected; logged"))
+        finally:
+            self.pending -= 1
+        return None
+
+    async def _blob_entry(self, req: urls.BlobRequest, key: str) -> tuple[Entry, str]:
+        value, outcome = await self._source(req.did, req.cid)
+        content_type, extra = blob_type(sniff(self.disk.head(value, SNIFF_BYTES)))
+        return self._remember(key, value, urls.blob_etag(req.cid), content_type, extra), outcome
 
     async def _image_entry(self, req: urls.ImageRequest, fmt: Format, key: str) -> tuple[Entry, str]:
         value = self.disk.get(key)

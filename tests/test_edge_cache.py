@@ -144,3 +144,12 @@ def test_account_takedown_blocks_every_blob_of_the_did(upstream: Upstream, edge_
     before = edge.metric("atcdn_edge_origin_fetches_total")
     assert httpx.get(f"{edge.url}/blob/{other}/{cid}", timeout=30).status_code == 200
     assert edge.metric("atcdn_edge_origin_fetches_total") == before + 1
+
+
+def test_overloaded_edge_answers_429(upstream: Upstream, edge_factory) -> None:
+    cid = upstream.add_blob(photo(200, 100, seed=6))
+    edge = edge_factory(upstream.url, env={"ATCDN_EDGE_MAX_PENDING_MISSES": "0"})
+    r = httpx.get(f"{edge.url}/blob/{DID}/{cid}", timeout=30)
+    assert r.status_code == 429 and r.json()["error"] == "Overloaded"
+    assert int(r.headers["retry-after"]) > 0
+    assert upstream.requests() == []
