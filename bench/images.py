@@ -16,7 +16,6 @@ sharp is installed into bench/node/ (not committed): npm install --prefix bench/
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import random
