@@ -34,6 +34,7 @@ from edge.presets import CONTENT_TYPES, Format, load_presets
 from edge.responses import blob_type, send_entry, send_error
 from edge.takedown import SETTLE, Node, Takedowns, purge_disk
 from edge.transform import MediaError, transform
+from edge.transform import shutdown as stop_transforms
 from origin.mime import SNIFF_BYTES, sniff
 
 log = logging.getLogger("atcdn.edge")
@@ -71,6 +72,7 @@ class Edge:
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         yield
         await self.fetcher.aclose()
+        stop_transforms()
         self.metrics.flush()
 
     def mount(self, path: str, app: ASGIApp) -> None:
@@ -209,7 +211,7 @@ class Edge:
 
     def _source_bytes(self, value: Value) -> bytes:
         size = len(value) if isinstance(value, bytes) else os.path.getsize(value)
-        limit = self.settings.max_image_source_bytes
+        limit = self.settings.image_max_source_bytes
         if size > limit:
             raise MediaError(413, "SourceTooLarge", f"source is {size} bytes, limit {limit}")
         if isinstance(value, bytes):
