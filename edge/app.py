@@ -162,7 +162,8 @@ class Edge:
         content_type, extra = blob_type(sniff(self.disk.head(value, SNIFF_BYTES)))
         return self._remember(key, value, urls.blob_etag(req.cid), content_type, extra), outcome
 
-    async def _image_entry(self, req: urls.ImageRequest, fmt: Format, key: str) -> tuple[Entry, str]:
+    async def _image_entry(self, req: urls.ImageRequest, fmt: Format,
+                           key: str) -> tuple[Entry, str]:
         value = self.disk.get(key)
         if value is not None:
             return self._image_remember(req, fmt, key, value), "disk"

@@ -83,7 +83,7 @@ def test_corrupt_origin_is_never_served_or_cached(tmp_path: Path, edge_factory) 
     try:
         cid = up.add_blob(photo(seed=3))
         edge = edge_factory(up.url)
-        for attempt in range(2):
+        for _ in range(2):
             for path in (f"/img/avatar/plain/{DID}/{cid}@jpeg", f"/blob/{DID}/{cid}"):
                 r = httpx.get(edge.url + path, timeout=30)
                 assert r.status_code == 502, r.text
