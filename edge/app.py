@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 import time
@@ -50,8 +51,8 @@ class Edge:
         self.settings = settings
         self.presets = load_presets(settings.presets)
         self.metrics = Metrics()
-        self.memory = MemoryTier(settings.memory_cache_size)
         self.disk = DiskTier(node.disk_dir, settings.cache_size, settings.memory_max_item)
+        self.memory = MemoryTier(settings.memory_cache_size, touch=self.disk.touch)
         self.takedowns = Takedowns(node.takedown_dir)
         self.generation = node.generation
         self.flight = SingleFlight(node.lock_dir, wait=2 * settings.fetch_timeout + 60)
@@ -308,7 +309,8 @@ class Edge:
         token = self.settings.purge_token
         if not token:
             return _json_error(403, "Forbidden", "set ATCDN_EDGE_PURGE_TOKEN to enable")
-        if request.headers.get("authorization") != f"Bearer {token}":
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
             return _json_error(401, "Unauthorized", "bad or missing bearer token")
         try:
             body = await request.json()
