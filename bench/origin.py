@@ -1,0 +1,124 @@
+"""Origin PUT/GET throughput, as a ratio to this machine's sha256 speed (same run).
+
+Run from the repository root:  python bench/origin.py [--server granian|uvicorn] [--reps 5]
+
+A real origin (fs store, fsync on every commit) is started on a free port; each PUT
+stores new bytes (so every one hashes, writes, fsyncs and links), each GET reads a
+stored blob. The client runs on the same machine, so client work competes with the
+server: the ratios are conservative. Goal: PUT 50 MB >= 0.7x the sha256 limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from origin.cid import compute  # noqa: E402
+from tests.servers import Process, atcdn, free_port  # noqa: E402
+
+TOKEN = "bench-token"
+MB = 1024 * 1024
+
+
+def sha256_speed(size: int = 50 * MB, reps: int = 5) -> float:
+    """Bytes per second hashlib.sha256 manages on one core here (median of reps)."""
+    data = os.urandom(size)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        hashlib.sha256(data).digest()
+        times.append(time.perf_counter() - start)
+    return size / statistics.median(times)
+
+
+def blobs(size: int, count: int) -> list[tuple[str, bytes]]:
+    """Distinct blobs (a random prefix varies the bytes cheaply)."""
+    base = os.urandom(size)
+    out = []
+    for _ in range(count):
+        data = os.urandom(16) + base[16:]
+        out.append((compute(data), data))
+    return out
+
+
+def bench_put(client: httpx.Client, size: int, reps: int, batch: int) -> float:
+    """Median bytes/s over ``reps`` rounds of ``batch`` sequential PUTs of new blobs."""
+    rates = []
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    for _ in range(reps):
+        round_blobs = blobs(size, batch)
+        start = time.perf_counter()
+        for cid, data in round_blobs:
+            response = client.put(f"/blob/{cid}", content=data, headers=auth)
+            assert response.status_code == 201, response.text
+        rates.append(size * batch / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def bench_get(client: httpx.Client, size: int, reps: int, batch: int) -> float:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    stored = blobs(size, batch)
+    for cid, data in stored:
+        client.put(f"/blob/{cid}", content=data, headers=auth).raise_for_status()
+    rates = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        for cid, _ in stored:
+            received = 0
+            with client.stream("GET", f"/blob/{cid}") as response:
+                assert response.status_code == 200
+                for chunk in response.iter_raw(MB):
+                    received += len(chunk)
+            assert received == size
+        rates.append(size * batch / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--server", choices=["granian", "uvicorn"], default="granian")
+    parser.add_argument("--reps", type=int, default=5)
+    args = parser.parse_args()
+
+    hash_rate = sha256_speed()
+    with tempfile.TemporaryDirectory(prefix="atcdn-bench-") as tmp:
+        port = free_port()
+        proc = Process(atcdn("origin", "serve", "--port", str(port), "--data-dir", tmp + "/o",
+                             "--server", args.server, "--workers", "1"),
+                       env={"ATCDN_ORIGIN_TOKEN": TOKEN}, log=Path(tmp) / "origin.log", cwd=ROOT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            proc.wait_http(url + "/health")
+            with httpx.Client(base_url=url, timeout=120.0) as client:
+                rows = [
+                    ("PUT", "50 KB", bench_put(client, 50_000, args.reps, 100)),
+                    ("PUT", "50 MB", bench_put(client, 50 * MB, args.reps, 1)),
+                    ("GET", "50 KB", bench_get(client, 50_000, args.reps, 100)),
+                    ("GET", "50 MB", bench_get(client, 50 * MB, args.reps, 1)),
+                ]
+        finally:
+            proc.stop()
+
+    print(f"origin bench: server={args.server}, fs store, 1 worker, {args.reps} reps "
+          f"(medians); sha256 here = {hash_rate / MB:.0f} MB/s")
+    print(f"{'op':<4} {'size':>6} {'MB/s':>8} {'x sha256':>9}")
+    for op, size, rate in rows:
+        print(f"{op:<4} {size:>6} {rate / MB:>8.0f} {rate / hash_rate:>9.2f}")
+    put_50mb = rows[1][2] / hash_rate
+    print(f"goal PUT 50 MB >= 0.70x sha256: {'met' if put_50mb >= 0.7 else 'MISSED'} "
+          f"({put_50mb:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
