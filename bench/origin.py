@@ -78,6 +78,33 @@ def curl_put(url: str, size: int, reps: int, tmp: Path) -> float:
     return statistics.median(rates)
 
 
+def sink_put(server: str, size: int, reps: int, tmp: Path) -> float:
+    """PUT throughput into bench/sink.py (drains the body, stores nothing), same server."""
+    port = free_port()
+    code = ("from atcdn.serve import run; "
+            f"run('bench.sink:create_app', host='127.0.0.1', port={port}, workers=1, "
+            f"server='{server}')")
+    proc = Process([sys.executable, "-c", code], log=tmp / "sink.log", cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.put(url, content=b"")
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        path = tmp / "sink.bin"
+        path.write_bytes(os.urandom(size))
+        rates = [size / curl_seconds(["-X", "PUT", "-T", str(path), url]) for _ in range(reps)]
+        path.unlink()
+        return statistics.median(rates)
+    finally:
+        proc.stop()
+
+
 def curl_get(client: httpx.Client, url: str, size: int, reps: int) -> float:
     [(cid, data)] = blobs(size, 1)
     client.put(f"/blob/{cid}", content=data,
@@ -149,8 +176,10 @@ def main() -> None:
         try:
             proc.wait_http(url + "/health")
             with httpx.Client(base_url=url, timeout=120.0) as client:
+                sink = None
                 if shutil.which("curl"):
                     put_big = curl_put(url, 50 * MB, args.reps, Path(tmp))
+                    sink = sink_put(args.server, 50 * MB, args.reps, Path(tmp))
                     get_big = curl_get(client, url, 50 * MB, args.reps)
                 else:  # slower client: the ratios will understate the server
                     put_big = bench_put(client, 50 * MB, args.reps, 1)
@@ -172,6 +201,10 @@ def main() -> None:
         per_request = 50_000 if size == "50 KB" else 50 * MB
         print(f"{op:<4} {size:>6} {rate / MB:>8.1f} {rate / per_request:>7.1f} "
               f"{rate / hash_rate:>9.2f}")
+    if sink is not None:
+        print(f"peer: PUT 50 MB into a no-op app on the same server (receive ceiling): "
+              f"{sink / MB:.0f} MB/s = {sink / hash_rate:.2f}x sha256; origin PUT reaches "
+              f"{rows[1][2] / sink:.2f}x of it")
     put_50mb = rows[1][2] / hash_rate
     print(f"goal PUT 50 MB >= 0.70x sha256: {'met' if put_50mb >= 0.7 else 'MISSED'} "
           f"({put_50mb:.2f}x)")
