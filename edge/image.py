@@ -68,6 +68,7 @@ DRAFT_GAP = 1.0
 REDUCING_GAP = 2.0
 WHITE = (255, 255, 255)
 AVIF_SPEED = 8
+WEBP_MAX_SIDE = 16383
 
 # Container signatures -> the Pillow plugin allowed to parse them. Nothing else is opened.
 PILLOW_FORMATS = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "webp": "WEBP",
@@ -241,6 +242,9 @@ def encode(job: Job) -> None:
     """Save in the requested format with no metadata at all."""
     out = io.BytesIO()
     first = job.frames[0]
+    if job.fmt == "webp" and max(first.size) > WEBP_MAX_SIDE:
+        raise MediaError(422, "UnrenderableSize",
+                         f"WebP cannot hold {first.width}x{first.height}; ask for jpeg or png")
     for frame in job.frames:
         frame.info = {}
     options = ENCODERS[job.fmt](job)

@@ -386,6 +386,14 @@ def test_limits_bytes_and_pixels():
     assert (caught.value.status, caught.value.error) == (422, "TooManyPixels")
 
 
+def test_webp_size_limit_is_a_clear_422():
+    source = encode(Image.new("L", (16400, 8)), "PNG")
+    with pytest.raises(MediaError) as caught:
+        render(source, P["download"], "webp")
+    assert (caught.value.status, caught.value.error) == (422, "UnrenderableSize")
+    assert decode(render(source, P["download"], "png")).size == (16400, 8)
+
+
 def test_media_error_pickles():
     import pickle
 
