@@ -62,3 +62,11 @@ class EdgeSettings(BaseSettings):
         default=False,
         validation_alias=AliasChoices("ATCDN_ALLOW_PRIVATE_NETWORKS", "allow_private_networks"),
     )
+    # Image transforms (edge/image.py, edge/transform.py): source limits and worker pool.
+    image_max_source_bytes: int = 50 * 1024 * 1024
+    image_max_source_pixels: int = 50_000_000
+    image_max_frames: int = 300
+    image_max_animation_pixels: int = 100_000_000
+    transform_workers: int = 2
+    transform_timeout: float = 20.0
+    transform_memory_mb: int = 1024
