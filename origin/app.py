@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hmac
 import re
-from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -117,9 +116,9 @@ class Origin:
     def parse_cid(text: str) -> str:
         try:
             cids.parse(text)
+            return text
         except cids.CIDError as exc:
             raise ApiError(400, str(exc), "InvalidCid") from None
-        return text
 
     @staticmethod
     def parse_did(text: str | None) -> str | None:
@@ -272,7 +271,7 @@ class Origin:
         try:
             await self.store.check()
             self.index.is_taken_down("health-probe")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure means unhealthy
             raise ApiError(503, f"store or index unavailable: {exc}") from None
         return JSONResponse({"status": "ok", "store": self.settings.store})
 
