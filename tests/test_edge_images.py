@@ -103,6 +103,9 @@ def test_etag_304_range_head(edge: Edge, source: str) -> None:
     assert part.content == full.content[10:20]
     assert part.headers["content-range"] == f"bytes 10-19/{len(full.content)}"
     assert part.headers["content-length"] == "10"
+    assert httpx.get(url, headers={"range": "bytes=10-19", "if-range": etag}).status_code == 206
+    other = httpx.get(url, headers={"range": "bytes=10-19", "if-range": '"old"'})
+    assert other.status_code == 200 and other.content == full.content
     tail = httpx.get(url, headers={"range": "bytes=-5"})
     assert tail.status_code == 206 and tail.content == full.content[-5:]
     bad = httpx.get(url, headers={"range": f"bytes={len(full.content)}-"})
@@ -156,6 +159,10 @@ def test_big_entries_go_out_as_files(edge: Edge, up: Upstream) -> None:
         assert r.headers["content-disposition"] == "attachment"
     part = httpx.get(url, headers={"range": "bytes=1000-1999"})
     assert part.status_code == 206 and part.content == data[1000:2000]
+    other = httpx.get(url, headers={"range": "bytes=1000-1999", "if-range": '"old"'})
+    assert other.status_code == 200 and other.content == data
+    several = httpx.get(url, headers={"range": "bytes=0-1,5-6"})
+    assert several.status_code == 200 and several.content == data
     head = httpx.head(url)
     assert head.content == b"" and head.headers["content-length"] == str(len(data))
     assert httpx.get(url, headers={"range": f"bytes={len(data)}-"}).status_code == 416
