@@ -42,6 +42,9 @@ def test_herd_costs_one_fetch_and_one_transform(upstream: Upstream, edge_factory
     assert edge.metric("atcdn_edge_origin_fetches_total") == 1
     assert edge.metric("atcdn_edge_transforms_total") == 1
     assert sum(1 for line in upstream.requests() if cid in line) == 1
+    # The DID is not part of the cache key: the same CID under another account is a hit.
+    other = f"{edge.url}/img/feed_thumbnail/plain/did:plc:aaaaaaaaaaaaaaaaaaaaaaaa/{cid}@webp"
+    assert httpx.get(other, timeout=30).content == responses[0].content
     # A second preset of the same CID reuses the cached source: no new fetch.
     r = httpx.get(f"{edge.url}/img/avatar/plain/{DID}/{cid}@jpeg", timeout=30)
     assert r.status_code == 200
