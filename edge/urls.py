@@ -69,7 +69,7 @@ def did_web_host(did: str) -> str:
 
 @functools.lru_cache(maxsize=1 << 16)
 def parse_cid(text: str) -> str:
-    # Cached: a full CID check costs more than a whole memory hit. Errors are not cached.
+    # Cached: even the fast CID check costs more than a whole memory hit. Errors are not cached.
     try:
         cids.parse(text)
     except cids.CIDError as exc:
