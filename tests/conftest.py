@@ -74,6 +74,7 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory):
 
     yield from run_seaweed(need_tool("weed"), tmp_path_factory.mktemp("seaweed"))
 
+
 class Edge:
     """A running ``atcdn edge serve`` process."""
 
