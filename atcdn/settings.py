@@ -81,3 +81,11 @@ class EdgeSettings(BaseSettings):
     retry_after: int = Field(default=5, description="Retry-After seconds on 502/503/504")
     presets: str | None = Field(
         default=None, description="JSON object of extra/overriding image presets")
+    # Image transforms (edge/image.py, edge/transform.py): source limits and worker pool.
+    image_max_source_bytes: int = 50 * 1024 * 1024
+    image_max_source_pixels: int = 50_000_000
+    image_max_frames: int = 300
+    image_max_animation_pixels: int = 100_000_000
+    transform_workers: int = 2
+    transform_timeout: float = 20.0
+    transform_memory_mb: int = 1024
