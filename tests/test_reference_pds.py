@@ -18,11 +18,11 @@ import pytest
 from PIL import Image
 
 from origin import cid as cids
-from tests.conftest import ROOT, TOKEN
+from tests.conftest import start_edge
 from tests.npm import npm_package
 from tests.origins import Origin
-from tests.sample_images import ALPHA, PHOTO, PRESETS, RED, BLUE, SAMPLES, Sample
-from tests.servers import Process, atcdn, free_port
+from tests.sample_images import ALPHA, BLUE, PHOTO, PRESETS, RED, SAMPLES, Sample
+from tests.servers import Process
 
 SANDBOX = "default-src 'none'; sandbox"
 # A blob the PDS never saw: a well-formed CID of other bytes.
@@ -91,19 +91,12 @@ def origin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def edge_url(tmp_path_factory: pytest.TempPathFactory, peers: Peers,
              origin_url: str) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("edge")
-    port = free_port()
-    proc = Process(
-        atcdn("edge", "serve", "--host", "127.0.0.1", "--port", str(port),
-              "--origin", origin_url, "--cache-dir", str(tmp / "cache"), "--workers", "1"),
-        env={"ATCDN_PLC_URL": peers.plc_url, "ATCDN_PDS_FALLBACK": "1",
-             "ATCDN_ALLOW_PRIVATE_NETWORKS": "1", "ATCDN_ORIGIN_TOKEN": TOKEN},
-        log=tmp / "edge.log", cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
+    edge = start_edge(origin_url, tmp / "cache", tmp / "edge.log",
+                      env={"ATCDN_PLC_URL": peers.plc_url, "ATCDN_PDS_FALLBACK": "1"})
     try:
-        proc.wait_http(url + "/health")
-        yield url
+        yield edge.url
     finally:
-        proc.stop()
+        edge.proc.stop()
 
 
 def get(url: str) -> httpx.Response:
