@@ -16,6 +16,15 @@ const { PlcServer, Database: PlcDatabase } = require('@did-plc/server')
 const pds = require('@atproto/pds')
 const { Secp256k1Keypair } = require('@atproto/crypto')
 
+// Everything listens on loopback only: PDS.start() and PlcServer.start() call
+// listen(port) with no host, which would bind every interface.
+const net = require('node:net')
+const listen = net.Server.prototype.listen
+net.Server.prototype.listen = function (...args) {
+  if (typeof args[0] === 'number' && typeof args[1] !== 'string') args.splice(1, 0, '127.0.0.1')
+  return listen.apply(this, args)
+}
+
 const MIME_TYPES = { '.jpg': 'image/jpeg', '.jpeg': 'image/jpeg', '.png': 'image/png',
   '.webp': 'image/webp', '.gif': 'image/gif' }
 
@@ -31,7 +40,7 @@ async function startPds (dataDir, plcUrl) {
   const env = {
     devMode: true,
     port,
-    hostname: 'localhost', // publicUrl http://localhost:PORT, the DID documents' #atproto_pds
+    hostname: 'localhost', // dev mode: plain http
     dataDirectory: dataDir,
     blobstoreDiskLocation: path.join(dataDir, 'blobs'),
     didPlcUrl: plcUrl,
@@ -49,7 +58,11 @@ async function startPds (dataDir, plcUrl) {
     adminPassword: 'test-admin-password',
     plcRotationKeyK256PrivateKeyHex: Buffer.from(await rotationKey.export()).toString('hex')
   }
-  const server = await pds.PDS.create(pds.envToCfg(env), pds.envToSecrets(env))
+  const cfg = pds.envToCfg(env)
+  // The URL written into DID documents as #atproto_pds: the loopback address the PDS
+  // listens on (a 'localhost' name could resolve to ::1 first).
+  cfg.service.publicUrl = `http://127.0.0.1:${port}`
+  const server = await pds.PDS.create(cfg, pds.envToSecrets(env))
   await server.start()
   return { server, url: `http://127.0.0.1:${port}` }
 }
