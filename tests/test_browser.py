@@ -28,6 +28,8 @@ from tests.npm import npm_package
 from tests.origins import Origin
 from tests.sample_images import PRESETS, SAMPLES
 
+pytestmark = pytest.mark.timeout(600)  # the first run installs tests/browser
+
 DID = "did:plc:" + "b" * 24
 SUFFIXES = (*FORMATS, "")  # "" = no suffix, Accept negotiation
 

@@ -24,6 +24,9 @@ from tests.origins import Origin
 from tests.sample_images import ALPHA, BLUE, PHOTO, PRESETS, RED, SAMPLES, Sample
 from tests.servers import Process
 
+# The first run installs tests/pds from its lockfile (compiling better-sqlite3): minutes.
+pytestmark = pytest.mark.timeout(900)
+
 SANDBOX = "default-src 'none'; sandbox"
 # A blob the PDS never saw: a well-formed CID of other bytes.
 UNKNOWN_CID = cids.compute(b"never uploaded")
