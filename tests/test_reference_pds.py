@@ -30,8 +30,9 @@ pytestmark = pytest.mark.timeout(900)
 SANDBOX = "default-src 'none'; sandbox"
 # A blob the PDS never saw: a well-formed CID of other bytes.
 UNKNOWN_CID = cids.compute(b"never uploaded")
-# A blob the edge hands to the origin in one test only, so no other test fills it first.
+# Blobs one test each uses, so no other test brings them into the edge or the origin first.
 HANDOFF = Sample("handoff", PHOTO.data + b"\0", "image/jpeg", PHOTO.sizes)
+TAKEN_DOWN = Sample("takedown", PHOTO.data + b"\0\0", "image/jpeg", PHOTO.sizes)
 
 
 class Peers:
@@ -40,6 +41,7 @@ class Peers:
     def __init__(self, info: dict, files: dict[str, Sample]) -> None:
         self.plc_url: str = info["plcUrl"]
         self.pds_url: str = info["pdsUrl"]
+        self.admin_password: str = info["adminPassword"]
         self.did: str = info["did"]
         # sample name -> (cid, mimeType) as the PDS answered uploadBlob
         self.blobs = {files[b["file"]].name: (b["cid"], b["mimeType"]) for b in info["blobs"]}
@@ -66,7 +68,7 @@ def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peers]:
     folder = npm_package("pds")
     tmp = tmp_path_factory.mktemp("pds")
     files: dict[str, Sample] = {}
-    for sample in (*SAMPLES, HANDOFF):
+    for sample in (*SAMPLES, HANDOFF, TAKEN_DOWN):
         path = tmp / f"{sample.name}.{sample.mime.split('/')[1].replace('jpeg', 'jpg')}"
         path.write_bytes(sample.data)
         files[str(path)] = sample
@@ -212,6 +214,27 @@ def test_unknown_cid_is_404(peers: Peers, edge_url: str) -> None:
     """The PDS says 400 for a blob it lacks; the edge says what it means: 404."""
     for path in (f"/blob/{peers.did}/{UNKNOWN_CID}",
                  f"/img/avatar/plain/{peers.did}/{UNKNOWN_CID}@jpeg"):
+        res = get(edge_url + path)
+        assert res.status_code == 404, path
+        assert res.json()["error"]
+
+
+def test_blob_taken_down_on_the_pds_is_404(peers: Peers, edge_url: str) -> None:
+    """A PDS takedown answers 400 like a missing blob; the edge, never having had the
+    blob, says 404."""
+    cid = peers.cid(TAKEN_DOWN)
+    res = httpx.post(
+        f"{peers.pds_url}/xrpc/com.atproto.admin.updateSubjectStatus",
+        auth=("admin", peers.admin_password),
+        json={"subject": {"$type": "com.atproto.admin.defs#repoBlobRef",
+                          "did": peers.did, "cid": cid},
+              "takedown": {"applied": True, "ref": "test"}})
+    assert res.status_code == 200, res.text
+    res = httpx.get(f"{peers.pds_url}/xrpc/com.atproto.sync.getBlob",
+                    params={"did": peers.did, "cid": cid})
+    assert res.status_code == 400
+    assert res.json()["message"] == "Blob not found"
+    for path in (f"/blob/{peers.did}/{cid}", f"/img/feed_thumbnail/plain/{peers.did}/{cid}"):
         res = get(edge_url + path)
         assert res.status_code == 404, path
         assert res.json()["error"]

@@ -6,7 +6,8 @@
 // (SQLite + disk blobstore under DATA_DIR) on free 127.0.0.1 ports, creates an account,
 // uploads each image with com.atproto.repo.uploadBlob, references every blob from a post
 // (an unreferenced blob is garbage-collected by the PDS), then prints one JSON line
-//   {"plcUrl", "pdsUrl", "did", "handle", "blobs": [{"cid", "mimeType", "size", "file"}]}
+//   {"plcUrl", "pdsUrl", "adminPassword", "did", "handle",
+//    "blobs": [{"cid", "mimeType", "size", "file"}]}
 // on stdout and keeps running until it is killed.
 'use strict'
 
@@ -25,6 +26,7 @@ net.Server.prototype.listen = function (...args) {
   return listen.apply(this, args)
 }
 
+const ADMIN_PASSWORD = 'test-admin-password'
 const MIME_TYPES = { '.jpg': 'image/jpeg', '.jpeg': 'image/jpeg', '.png': 'image/png',
   '.webp': 'image/webp', '.gif': 'image/gif' }
 
@@ -55,7 +57,7 @@ async function startPds (dataDir, plcUrl) {
     modServiceUrl: 'https://moderation.invalid',
     modServiceDid: 'did:example:moderation',
     jwtSecret: 'test-jwt-secret',
-    adminPassword: 'test-admin-password',
+    adminPassword: ADMIN_PASSWORD,
     plcRotationKeyK256PrivateKeyHex: Buffer.from(await rotationKey.export()).toString('hex')
   }
   const cfg = pds.envToCfg(env)
@@ -131,7 +133,7 @@ async function main () {
     blobs.push({ cid: blob.ref.$link, mimeType: blob.mimeType, size: blob.size, file })
   }
 
-  process.stdout.write(JSON.stringify({ plcUrl: plc.url, pdsUrl: base, did: account.did, handle, blobs }) + '\n')
+  process.stdout.write(JSON.stringify({ plcUrl: plc.url, pdsUrl: base, adminPassword: ADMIN_PASSWORD, did: account.did, handle, blobs }) + '\n')
 
   const stop = async () => {
     await pdsServer.server.destroy().catch(() => {})
