@@ -2,7 +2,7 @@
 
 A real origin holds the sample blobs, a real edge serves them, a page on 127.0.0.1 holds
 one <img> per sample x preset x format (plus no suffix: the edge negotiates from
-Chromium's own Accept header), and the system Chromium, driven by playwright-core
+Chromium's own Accept header) and one per raw /blob URL, and the system Chromium, driven by playwright-core
 (tests/browser/render.js), loads it. Every image must decode at the expected size.
 """
 
@@ -67,6 +67,7 @@ def page_url(tmp_path_factory: pytest.TempPathFactory, edge_url: str) -> Iterato
     tags = []
     for sample in SAMPLES:
         cid = compute(sample.data)
+        tags.append(f'<img id="raw-{sample.name}" src="{html.escape(f"{edge_url}/blob/{DID}/{cid}")}">')
         for preset in PRESETS:
             for suffix in SUFFIXES:
                 src = f"{edge_url}/img/{preset}/plain/{DID}/{cid}" + (f"@{suffix}" if suffix else "")
@@ -123,3 +124,15 @@ def test_img_renders(rendered: dict, sample, preset: str, suffix: str) -> None:
     else:
         # Chromium accepts every format we make; negotiation may pick any of them.
         assert response["contentType"] in CONTENT_TYPES.values()
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda s: s.name)
+def test_raw_blob_renders(rendered: dict, sample) -> None:
+    """/blob/ serves the original under a sandbox CSP; an <img> must still show it
+    (Chromium applies the photo's EXIF orientation itself)."""
+    img = rendered["images"][f"raw-{sample.name}"]
+    response = rendered["responses"][img["src"]]
+    assert response["status"] == 200
+    assert response["contentType"] == sample.mime
+    assert img["complete"] and img["naturalWidth"] > 0
+    assert (img["naturalWidth"], img["naturalHeight"]) == sample.sizes["download"]
