@@ -16,7 +16,6 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import httpx
 import pytest
@@ -100,7 +99,7 @@ def rendered(page_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
     profile = tmp_path_factory.mktemp("chromium-profile")
     done = subprocess.run(
         ["node", str(folder / "render.js"), page_url, str(profile)],
-        cwd=folder, capture_output=True, text=True, timeout=280,
+        check=False, cwd=folder, capture_output=True, text=True, timeout=280,
         env={**os.environ, "CHROMIUM": chromium},
     )
     assert done.returncode == 0, done.stderr[-3000:]
