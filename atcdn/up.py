@@ -30,10 +30,9 @@ class Service:
     popen: subprocess.Popen | None = None
 
     def start(self, log_dir: Path) -> None:
-        log = open(log_dir / f"{self.name}.log", "ab")
-        self.popen = subprocess.Popen(self.argv, env={**os.environ, **self.env}, stdout=log,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
+        with open(log_dir / f"{self.name}.log", "ab") as log:  # the child keeps its own fd
+            self.popen = subprocess.Popen(self.argv, env={**os.environ, **self.env}, stdout=log,
+                                          stderr=subprocess.STDOUT, start_new_session=True)
 
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None

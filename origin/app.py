@@ -279,7 +279,7 @@ class Origin:
         try:
             await self.store.check()
             self.index.is_taken_down("health-probe")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure means unhealthy
             raise ApiError(503, f"store or index unavailable: {exc}") from None
         return JSONResponse({"status": "ok", "store": self.settings.store})
 
