@@ -94,7 +94,8 @@ async def send_entry(scope: Scope, receive: Receive, send: Send, entry: Entry,
                          extra=[(b"content-range", f"bytes */{entry.size}".encode())])
         return
     if entry.path is not None:
-        response = FileResponse(entry.path, headers=_as_dict(headers), stat_result=os.stat(entry.path))
+        response = FileResponse(entry.path, headers=_as_dict(headers),
+                                stat_result=os.stat(entry.path))
         if span is None and raw_range:  # ignored range: whole body, as for memory entries
             scope = {**scope, "headers": [h for h in scope["headers"] if h[0] != b"range"]}
         await response(scope, receive, send)

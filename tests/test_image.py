@@ -252,6 +252,17 @@ def test_output_formats(fmt):
     assert image.size == (128, 128)
 
 
+def test_progressive_jpeg_preset():
+    from edge.presets import load_presets
+
+    preset = load_presets('{"p": {"width": 100, "height": 100, "fit": "inside", '
+                          '"quality": 70, "progressive": true}}')["p"]
+    out = decode(render(encode(marked(400, 300)), preset, "jpeg"))
+    assert out.size == (100, 75) and out.info.get("progressive")
+    plain = decode(render(encode(marked(400, 300)), P["feed_fullsize"], "jpeg"))
+    assert not plain.info.get("progressive")
+
+
 @pytest.mark.parametrize("container", ["WEBP", "AVIF", "GIF", "PNG"])
 def test_other_source_containers(container):
     image = marked(600, 400)

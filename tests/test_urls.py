@@ -46,7 +46,7 @@ def test_bad_dids(bad: str) -> None:
 @pytest.mark.parametrize("path", [
     f"/img/nope/plain/{PLC}/{CID}",                      # unknown preset
     f"/img/avatar/plain/{PLC}/{CID}@gif",                # unknown format
-    f"/img/avatar/plain/{PLC}/bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi",  # dag-pb
+    f"/img/avatar/plain/{PLC}/bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi",
     f"/img/avatar/plain/{PLC}/{CID[:-1]}",               # truncated CID
     f"/img/avatar/xxx/{PLC}/{CID}",
     f"/img/avatar/plain/{PLC}/{CID}/extra",
@@ -129,7 +129,8 @@ def test_blob_type(sniffed: str | None, safe: str) -> None:
     content_type, extra = blob_type(sniffed)
     assert content_type == safe
     assert (b"content-security-policy", b"default-src 'none'; sandbox") in extra
-    assert ((b"content-disposition", b"attachment") in extra) == (safe == "application/octet-stream")
+    attachment = (b"content-disposition", b"attachment") in extra
+    assert attachment == (safe == "application/octet-stream")
 
 
 def test_did_documents() -> None:
