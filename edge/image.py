@@ -68,10 +68,12 @@ DRAFT_GAP = 1.0
 REDUCING_GAP = 2.0
 WHITE = (255, 255, 255)
 AVIF_SPEED = 8
+WEBP_MAX_SIDE = 16383
 
 # Container signatures -> the Pillow plugin allowed to parse them. Nothing else is opened.
 PILLOW_FORMATS = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "webp": "WEBP",
                   "avif": "AVIF", "heif": "HEIF"}
+ANIMATED_KINDS = {"gif", "png", "webp", "avif"}
 AVIF_BRANDS = {b"avif", b"avis"}
 HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
 
@@ -157,8 +159,11 @@ def read_orientation(job: Job) -> None:
 
 
 def check_animation(job: Job) -> None:
-    """An animation stays animated only as WebP and within the frame/pixel limits."""
-    if job.fmt != "webp" or not getattr(job.image, "is_animated", False):
+    """An animation stays animated only as WebP and within the frame/pixel limits. (A
+    JPEG's extra MPF images are gain maps, depth maps or stereo views, and a HEIF's extra
+    top-level images a collection: never frames.)"""
+    if (job.fmt != "webp" or job.kind not in ANIMATED_KINDS
+            or not getattr(job.image, "is_animated", False)):
         return
     frames = job.image.n_frames
     width, height = job.image.size
@@ -241,6 +246,9 @@ def encode(job: Job) -> None:
     """Save in the requested format with no metadata at all."""
     out = io.BytesIO()
     first = job.frames[0]
+    if job.fmt == "webp" and max(first.size) > WEBP_MAX_SIDE:
+        raise MediaError(422, "UnrenderableSize",
+                         f"WebP cannot hold {first.width}x{first.height}; ask for jpeg or png")
     for frame in job.frames:
         frame.info = {}
     options = ENCODERS[job.fmt](job)

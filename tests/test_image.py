@@ -164,6 +164,19 @@ def test_compliant_jpeg_is_not_reencoded():
     assert len(out) < len(source)
 
 
+def test_multi_picture_jpeg_is_one_picture():
+    """Phones append gain maps / depth maps as MPF images after the primary JPEG."""
+    primary, extra = marked(400, 300), Image.new("RGB", (200, 150), GREEN)
+    source = encode(primary, "MPO", save_all=True, append_images=[extra],
+                    exif=exif_with_gps(1))
+    assert Image.open(io.BytesIO(source)).n_frames == 2
+    untouched = render(source, P["feed_fullsize"], "jpeg")
+    assert_no_metadata(untouched)
+    assert getattr(decode(untouched), "n_frames", 1) == 1 and b"MPF" not in untouched
+    webp = decode(render(source, P["feed_fullsize"], "webp"))
+    assert getattr(webp, "n_frames", 1) == 1 and near(webp.getpixel((3, 3)), RED)
+
+
 def test_jpeg_needing_rotation_is_reencoded_upright():
     source = encode(marked(300, 200).transpose(STORE[6]), exif=exif_with_gps(6))
     out = decode(render(source, P["feed_fullsize"], "jpeg"))
@@ -384,6 +397,14 @@ def test_limits_bytes_and_pixels():
     with pytest.raises(MediaError) as caught:
         render(source, P["avatar"], "jpeg", ImageLimits(max_source_pixels=9999))
     assert (caught.value.status, caught.value.error) == (422, "TooManyPixels")
+
+
+def test_webp_size_limit_is_a_clear_422():
+    source = encode(Image.new("L", (16400, 8)), "PNG")
+    with pytest.raises(MediaError) as caught:
+        render(source, P["download"], "webp")
+    assert (caught.value.status, caught.value.error) == (422, "UnrenderableSize")
+    assert decode(render(source, P["download"], "png")).size == (16400, 8)
 
 
 def test_media_error_pickles():
