@@ -121,9 +121,39 @@ Ctrl-C stops everything.
 """
 
 
-def edge_usage(edge_url: str) -> str:
-    did = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"  # any valid DID; the origin already has the blob
+SAMPLE_DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"  # any valid DID; the origin has the blob
+
+
+def sample_image() -> bytes:
+    """A 1600x1200 JPEG made here, so a fresh install has something to show."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    image = Image.linear_gradient("L").resize((1600, 1200)).convert("RGB")
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((500, 300, 1100, 900), fill=(32, 133, 255))
+    draw.rectangle((80, 80, 380, 380), fill=(255, 200, 0))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def store_sample(origin_url: str, token: str) -> str:
+    """Store the sample image in the origin (idempotent: same bytes, same CID)."""
+    answer = httpx.post(f"{origin_url}/blob", params={"did": SAMPLE_DID}, content=sample_image(),
+                        headers={"Authorization": f"Bearer {token}"}, timeout=30.0)
+    answer.raise_for_status()
+    return answer.json()["cid"]
+
+
+def edge_usage(edge_url: str, sample_cid: str) -> str:
+    did = SAMPLE_DID
     return f"""Edge: {edge_url}   (verifies, transforms and caches what the origin holds)
+
+  # the sample image stored at start, through the edge (open it in a browser):
+  {edge_url}/img/feed_thumbnail/plain/{did}/{sample_cid}@jpeg
+  {edge_url}/img/avatar/plain/{did}/{sample_cid}@webp
 
   curl -s -o thumb.webp "{edge_url}/img/feed_thumbnail/plain/{did}/$CID@webp"
   curl -s -o avatar.jpg "{edge_url}/img/avatar/plain/{did}/$CID@jpeg"
@@ -143,13 +173,16 @@ def up(data_dir: str | Path, origin_port: int, edge_port: int) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminate)
+    token = load_token(token_file)
+    origin_url = f"http://{HOST}:{origin_port}"
     try:
-        for service in services(data_dir, origin_port, edge_port, load_token(token_file)):
+        for service in services(data_dir, origin_port, edge_port, token):
             service.start(log_dir)
             running.append(service)
             wait_healthy(service)
-        print(usage(f"http://{HOST}:{origin_port}", token_file), flush=True)
-        print(edge_usage(f"http://{HOST}:{edge_port}"), flush=True)
+        sample_cid = store_sample(origin_url, token)
+        print(usage(origin_url, token_file), flush=True)
+        print(edge_usage(f"http://{HOST}:{edge_port}", sample_cid), flush=True)
         while all(service.alive() for service in running):
             time.sleep(0.5)
         stopped = next(service.name for service in running if not service.alive())

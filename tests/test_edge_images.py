@@ -248,28 +248,3 @@ def test_through_the_real_origin(origin: str, edge_factory) -> None:
     httpx.post(f"{origin}/admin/takedown", json={"cid": other_cid},
                headers={"authorization": f"Bearer {TOKEN}"}).raise_for_status()
     assert httpx.get(f"{node.url}/blob/{DID}/{other_cid}", timeout=30).status_code == 451
-
-
-def test_atcdn_up_runs_an_edge(tmp_path) -> None:
-    """``atcdn up`` starts origin and edge; a pushed blob comes out of the edge."""
-    from origin.cid import compute
-    from tests.conftest import ROOT
-    from tests.servers import Process, atcdn, free_port
-
-    origin_port, edge_port = free_port(), free_port()
-    proc = Process(atcdn("up", "--data-dir", str(tmp_path / "data"), "--origin-port",
-                         str(origin_port), "--edge-port", str(edge_port)),
-                   log=tmp_path / "up.log", cwd=ROOT)
-    try:
-        proc.wait_http(f"http://127.0.0.1:{edge_port}/health", timeout=60)
-        token = (tmp_path / "data" / "origin-token").read_text().strip()
-        data = photo(640, 480)
-        cid = compute(data)
-        httpx.put(f"http://127.0.0.1:{origin_port}/blob/{cid}", content=data,
-                  headers={"authorization": f"Bearer {token}"}).raise_for_status()
-        r = httpx.get(f"http://127.0.0.1:{edge_port}/img/avatar_thumbnail/plain/{DID}/{cid}@webp",
-                      timeout=30)
-        assert r.status_code == 200
-        assert Image.open(io.BytesIO(r.content)).size == (128, 128)
-    finally:
-        proc.stop()

@@ -1,46 +1,72 @@
-"""``atcdn up``: starts a working origin, keeps a private token, stops its children."""
+"""``atcdn up``: origin and edge on localhost, a private token, a sample image, clean stop."""
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import signal
 import stat
 import time
 from pathlib import Path
 
 import httpx
+from PIL import Image
 
 from origin.cid import compute
 from tests.conftest import ROOT
 from tests.servers import Process, atcdn, free_port
 
 
+def wait_for_text(proc: Process, text: str, timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    while text not in proc.tail() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return proc.tail()
+
+
 def test_up_serves_and_stops(tmp_path: Path) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = Process(atcdn("up", "--data-dir", str(tmp_path / "data"), "--origin-port", str(port),
-                         "--edge-port", str(free_port())),
+    origin_port, edge_port = free_port(), free_port()
+    origin, edge = f"http://127.0.0.1:{origin_port}", f"http://127.0.0.1:{edge_port}"
+    proc = Process(atcdn("up", "--data-dir", str(tmp_path / "data"), "--origin-port",
+                         str(origin_port), "--edge-port", str(edge_port)),
                    log=tmp_path / "up.log", cwd=ROOT)
     try:
-        proc.wait_http(url + "/health")
+        proc.wait_http(edge + "/health", timeout=60)
         token_file = tmp_path / "data" / "origin-token"
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
         token = token_file.read_text().strip()
-        data = os.urandom(1000)
+
+        # The printed sample URL works: a real JPEG, resized by the edge.
+        printed = wait_for_text(proc, "Ctrl-C")
+        assert f"{origin}/blob" in printed  # ready-to-paste store commands
+        sample = re.search(rf"{re.escape(edge)}/img/feed_thumbnail/plain/\S+@jpeg", printed)
+        assert sample, printed
+        answer = httpx.get(sample.group(0), timeout=30)
+        assert answer.status_code == 200 and answer.headers["content-type"] == "image/jpeg"
+        assert Image.open(io.BytesIO(answer.content)).size == (1600, 1200)
+
+        # A pushed blob comes back from the origin and out of the edge.
+        out = io.BytesIO()
+        Image.new("RGB", (640, 480), (200, 30, 30)).save(out, "JPEG")
+        data = out.getvalue()
         auth = {"Authorization": f"Bearer {token}"}
-        assert httpx.put(f"{url}/blob/{compute(data)}", content=data,
+        assert httpx.put(f"{origin}/blob/{compute(data)}", content=data,
                          headers=auth).status_code == 201
-        assert httpx.get(f"{url}/blob/{compute(data)}").content == data
-        deadline = time.monotonic() + 10
-        while "curl" not in proc.tail() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert f"{url}/blob" in proc.tail()  # printed ready-to-paste commands
+        assert httpx.get(f"{origin}/blob/{compute(data)}").content == data
+        did = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
+        thumb = httpx.get(f"{edge}/img/avatar_thumbnail/plain/{did}/{compute(data)}@webp",
+                          timeout=30)
+        assert thumb.status_code == 200
+        assert Image.open(io.BytesIO(thumb.content)).size == (128, 128)
+
         os.kill(proc.pid, signal.SIGTERM)  # the up process alone, not its group
         proc.popen.wait(20)
-        try:
-            httpx.get(url + "/health", timeout=1.0)
-            raise AssertionError("origin still answering after atcdn up stopped")
-        except httpx.TransportError:
-            pass
+        for url in (origin, edge):
+            try:
+                httpx.get(url + "/health", timeout=1.0)
+                raise AssertionError(f"{url} still answering after atcdn up stopped")
+            except httpx.TransportError:
+                pass
     finally:
         proc.stop()
