@@ -62,3 +62,21 @@ def origin(tmp_path: Path) -> Iterator[str]:
         yield url
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A real moto_server process (stand-in for AWS); yields the env that points boto3 at it."""
+    binary = need_tool("moto_server")
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    proc = Process([binary, "-H", "127.0.0.1", "-p", str(port)], log=log)
+    url = f"http://127.0.0.1:{port}"
+    env = {"ATCDN_AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "ATCDN_AWS_REGION": "us-east-1"}
+    try:
+        proc.wait_http(url + "/moto-api/")
+        yield env
+    finally:
+        proc.stop()
