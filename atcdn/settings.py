@@ -87,6 +87,8 @@ class ControlSettings(BaseSettings):
     health_check_path: str = "/health"
     health_check_port: int = 443
     health_check_protocol: Literal["HTTP", "HTTPS"] = "HTTPS"
+    takedown_follow: bool = Field(
+        default=False, description="origin/edge: follow the takedown feed (needs AWS access)")
     takedown_table: str = Field(default="atcdn-takedowns", description="DynamoDB feed table")
     takedown_poll_interval: float = Field(
         default=10.0, gt=0, le=30.0,
