@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from botocore.exceptions import ClientError
+from filelock import FileLock
 
 from atcdn.control import client
 from atcdn.settings import ControlSettings
@@ -167,7 +168,20 @@ class Follower:
         os.replace(tmp, self.state_file)
 
     def poll(self) -> int:
-        """Apply every event after the saved position; returns how many were applied."""
+        """Apply every event after the saved position; returns how many were applied.
+
+        With a state file, polls are serialised by a lock next to it and start from the
+        position on disk, so the worker processes of one server share one position and
+        never apply an older event after a newer one.
+        """
+        if self.state_file is None:
+            return self._poll()
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.state_file) + ".lock"):
+            self.position = self._load()
+            return self._poll()
+
+    def _poll(self) -> int:
         applied = 0
         for event in self.feed.events(after=self.position):
             self.apply(event)
@@ -197,10 +211,20 @@ class Follower:
             self._thread.join(timeout=self.interval + 5)
 
 
-def follower(apply: Callable[[Event], None], settings: ControlSettings | None = None,
-             state_file: Path | None = None) -> Follower:
-    """A Follower configured from ``ATCDN_*`` settings (the glue the apps call)."""
-    settings = settings or ControlSettings()
-    return Follower(Feed(settings), apply,
-                    state_file=state_file or settings.takedown_state_file,
-                    interval=settings.takedown_poll_interval)
+def start_follower(apply: Callable[[Event], None], default_state_file: Path) -> Follower | None:
+    """Start following the feed if ``ATCDN_TAKEDOWN_FOLLOW`` is on (the apps' startup hook).
+
+    The position lives in ``ATCDN_TAKEDOWN_STATE_FILE``, else in ``default_state_file``
+    (inside the server's data or cache directory). Returns the running follower (call
+    ``stop()`` at shutdown), or None when following is off.
+    """
+    settings = ControlSettings()
+    if not settings.takedown_follow:
+        return None
+    follower = Follower(Feed(settings), apply,
+                        state_file=settings.takedown_state_file or default_state_file,
+                        interval=settings.takedown_poll_interval)
+    follower.start()
+    log.info("following takedown feed %s every %ss", settings.takedown_table,
+             settings.takedown_poll_interval)
+    return follower
