@@ -179,8 +179,7 @@ def install() -> Iterator[Install]:
         "edge_origin_url": f"http://127.0.0.1:{origin_port}",
         "edge_tls_certificate_src": str(cert), "edge_tls_key_src": str(key),
         "edge_nginx_disable_distro_service": False, "edge_pds_fallback": False,
-        "edge_allow_private_networks": True, "edge_token": TOKEN,
-        "edge_env_extra": {"ATCDN_EDGE_PURGE_TOKEN": TOKEN},
+        "edge_allow_private_networks": True, "edge_token": TOKEN, "edge_origin_token": TOKEN,
     }
     extra = work / "vars.json"
     extra.write_text(json.dumps(variables))
@@ -232,6 +231,10 @@ def test_installed_edge_serves_an_image_over_tls(install: Install) -> None:
     assert r.headers["content-type"] == "image/jpeg"
     image = Image.open(io.BytesIO(r.content))
     assert image.format == "JPEG" and max(image.size) <= 1000
+    # The authenticated purge API answers through nginx (from loopback, with the token).
+    purge = httpx.post(f"{install.edge_url}/admin/purge", json={"paths": [f"/img/{DID}/{cid}"]},
+                       headers={"Authorization": f"Bearer {TOKEN}"}, verify=trust(install.cert))
+    assert purge.status_code == 200 and purge.json()["purged"] >= 1, purge.text
     # TLS really is verified against the test's certificate: an untrusting client fails.
     with pytest.raises(httpx.ConnectError):
         httpx.get(install.edge_url + "/health", timeout=5)
