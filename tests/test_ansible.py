@@ -11,8 +11,8 @@ test made, verified against it), and re-applies expecting changed=0.
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import io
+import ipaddress
 import json
 import os
 import re
