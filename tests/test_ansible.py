@@ -261,6 +261,15 @@ def test_services_run_as_the_system_user_with_a_hardened_unit(install: Install) 
     assert "net.core.somaxconn = 65535" in sysctl
 
 
+def test_units_pass_systemd_analyze_verify(install: Install) -> None:
+    analyze = need_tool("systemd-analyze")
+    for name in ("atcdn-origin", "atcdn-edge", "atcdn-edge-tls"):
+        unit = install.prefix / f"etc/systemd/system/{name}.service"
+        done = subprocess.run([analyze, "verify", "--man=no", str(unit)], cwd=install.prefix,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and not done.stderr.strip(), (name, done.stderr)
+
+
 def test_second_apply_changes_nothing(install: Install) -> None:
     pids = {name: install.pid(name) for name in ("atcdn-origin", "atcdn-edge", "nginx")}
     assert recap_changed(install.first.stdout) > 0
