@@ -8,6 +8,7 @@ when it still carries escapes.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -66,7 +67,9 @@ def did_web_host(did: str) -> str:
     return did[len("did:web:"):].replace("%3A", ":")
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def parse_cid(text: str) -> str:
+    # Cached: a full CID check costs more than a whole memory hit. Errors are not cached.
     try:
         cids.parse(text)
     except cids.CIDError as exc:
@@ -115,6 +118,7 @@ def parse_purge_path(path: str) -> tuple[str | None, str | None]:
     raise UrlError(f"cannot purge {path!r}: expected /img/..., /blob/... or /watch/...")
 
 
+@functools.lru_cache(maxsize=1024)  # clients send few distinct Accept strings
 def negotiate(accept: str, avif: bool = False) -> Format:
     """The format for an unsuffixed image URL: avif (when enabled), webp, else jpeg.
 

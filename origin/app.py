@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hmac
 import re
-from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -120,9 +119,9 @@ class Origin:
     def parse_cid(text: str) -> str:
         try:
             cids.parse(text)
+            return text
         except cids.CIDError as exc:
             raise ApiError(400, str(exc), "InvalidCid") from None
-        return text
 
     @staticmethod
     def parse_did(text: str | None) -> str | None:
@@ -275,7 +274,7 @@ class Origin:
         try:
             await self.store.check()
             self.index.is_taken_down("health-probe")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure means unhealthy
             raise ApiError(503, f"store or index unavailable: {exc}") from None
         return JSONResponse({"status": "ok", "store": self.settings.store})
 
