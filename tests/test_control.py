@@ -139,3 +139,27 @@ def test_bad_takedown_targets_are_refused(zone: dict[str, str]) -> None:
         done = subprocess.run(atcdn("control", "takedown", *args), env={**os.environ, **zone},
                               cwd=ROOT, capture_output=True, text=True)
         assert done.returncode != 0, args
+
+
+def test_a_failed_apply_is_retried_not_skipped(zone: dict[str, str], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in zone.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("ATCDN_TAKEDOWN_TABLE", "atcdn-takedowns-retry")
+    control({**zone, "ATCDN_TAKEDOWN_TABLE": "atcdn-takedowns-retry"}, "init-feed")
+    feed = Feed(ControlSettings())
+    feed.publish("takedown", cid=cids.compute(b"one"))
+    feed.publish("takedown", cid=cids.compute(b"two"))
+    calls: list[int] = []
+
+    def flaky(event) -> None:
+        calls.append(event.seq)
+        if len(calls) == 2:
+            raise RuntimeError("node busy")
+
+    follower = Follower(feed, flaky, state_file=tmp_path / "pos", interval=0.1)
+    with pytest.raises(RuntimeError):
+        follower.poll()
+    assert (tmp_path / "pos").read_text().strip() == "1"  # the failed event is not skipped
+    assert follower.poll() == 1
+    assert calls == [1, 2, 2]
