@@ -53,6 +53,108 @@ def _up(args: argparse.Namespace) -> None:
     up(data_dir=args.data_dir, origin_port=args.origin_port, edge_port=args.edge_port)
 
 
+def _control_settings():
+    from atcdn.settings import ControlSettings
+
+    return ControlSettings()
+
+
+def _print_json(value: object) -> None:
+    import json
+
+    print(json.dumps(value, indent=None, sort_keys=True))
+
+
+def _register_edge(args: argparse.Namespace) -> None:
+    from atcdn.control import EdgeRecord, register_edge
+
+    edge = EdgeRecord(name=args.name, ipv4=args.ip, ipv6=args.ipv6, weight=args.weight,
+                      latency_region=args.latency_region)
+    if edge.weight is None and edge.latency_region is None:
+        edge = EdgeRecord(name=args.name, ipv4=args.ip, ipv6=args.ipv6, weight=100)
+    check_id = register_edge(edge, _control_settings())
+    _print_json({"edge": edge.name, "health_check_id": check_id})
+
+
+def _deregister_edge(args: argparse.Namespace) -> None:
+    from atcdn.control import deregister_edge
+
+    removed = deregister_edge(args.name, _control_settings())
+    _print_json({"edge": args.name, "records_removed": removed})
+    if not removed:
+        sys.exit(f"no records for edge {args.name!r}")
+
+
+def _list_edges(args: argparse.Namespace) -> None:
+    from atcdn.control import edge_records
+
+    for record in edge_records(_control_settings()):
+        _print_json(record)
+
+
+def _publish(args: argparse.Namespace) -> None:
+    from atcdn.takedowns import Feed
+
+    feed = Feed(_control_settings())
+    try:
+        event = feed.publish(args.action, cid=args.cid, did=args.did, reason=args.reason)
+    except ValueError as exc:
+        sys.exit(f"atcdn control {args.action}: {exc}")
+    _print_json(event.as_dict())
+
+
+def _feed(args: argparse.Namespace) -> None:
+    from atcdn.takedowns import Feed
+
+    for event in Feed(_control_settings()).events(after=args.after):
+        _print_json(event.as_dict())
+
+
+def _init_feed(args: argparse.Namespace) -> None:
+    from atcdn.takedowns import Feed
+
+    feed = Feed(_control_settings())
+    feed.ensure_table()
+    _print_json({"table": feed.table, "status": "ready"})
+
+
+def _add_control(roles: argparse._SubParsersAction) -> None:
+    control = roles.add_parser(
+        "control", help="the AWS control plane: edge DNS records and the takedown feed")
+    cmds = control.add_subparsers(dest="command", required=True)
+
+    register = cmds.add_parser("register-edge", help="add an edge's Route53 records and health check")
+    register.add_argument("--name", required=True, help="the edge's unique name (set identifier)")
+    register.add_argument("--ip", required=True, help="the edge's public IPv4 address")
+    register.add_argument("--ipv6", help="the edge's public IPv6 address (adds an AAAA record)")
+    routing = register.add_mutually_exclusive_group()
+    routing.add_argument("--weight", type=int, help="weighted routing (0..255; default 100)")
+    routing.add_argument("--latency-region", help="latency routing: the edge's AWS region")
+    register.set_defaults(func=_register_edge)
+
+    deregister = cmds.add_parser("deregister-edge", help="remove an edge's records and health check")
+    deregister.add_argument("--name", required=True)
+    deregister.set_defaults(func=_deregister_edge)
+
+    cmds.add_parser("list-edges", help="print the registered edge records").set_defaults(
+        func=_list_edges)
+
+    cmds.add_parser("init-feed", help="create the takedown feed table if missing").set_defaults(
+        func=_init_feed)
+
+    for action, text in (("takedown", "publish a takedown"), ("restore", "publish a restore")):
+        cmd = cmds.add_parser(action, help=f"{text} of a blob (--cid) or an account (--did)")
+        target = cmd.add_mutually_exclusive_group(required=True)
+        target.add_argument("--cid")
+        target.add_argument("--did")
+        cmd.add_argument("--reason", default="")
+        cmd.set_defaults(func=_publish, action=action)
+
+    feed = cmds.add_parser("feed", help="list the takedown feed, oldest first (JSON lines)")
+    feed.add_argument("--after", type=int, default=0, help="only events after this sequence")
+    feed.set_defaults(func=_feed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atcdn", description=__doc__.splitlines()[0])
     roles = parser.add_subparsers(dest="role", required=True)
@@ -84,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     up_cmd.add_argument("--origin-port", type=int, default=8100)
     up_cmd.add_argument("--edge-port", type=int, default=8200)
     up_cmd.set_defaults(func=_up)
+
+    _add_control(roles)
     return parser
 
 

@@ -90,3 +90,36 @@ class EdgeSettings(BaseSettings):
     transform_workers: int = 2
     transform_timeout: float = 20.0
     transform_memory_mb: int = 1024
+
+
+class ControlSettings(BaseSettings):
+    """The AWS control plane (Route53 edges, the takedown feed). Variables ``ATCDN_*``.
+
+    AWS credentials are not settings: boto3 reads them from its usual places
+    (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, an instance profile, ~/.aws).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ATCDN_")
+
+    aws_endpoint_url: str | None = Field(
+        default=None, description="one endpoint for every AWS API (moto_server, LocalStack)")
+    route53_endpoint_url: str | None = Field(
+        default=None, description="Route53 endpoint; overrides aws_endpoint_url")
+    dynamodb_endpoint_url: str | None = Field(
+        default=None, description="DynamoDB endpoint; overrides aws_endpoint_url")
+    aws_region: str = "us-east-1"
+    hosted_zone_id: str | None = Field(default=None, description="Route53 zone of the edges")
+    edge_record_name: str = Field(
+        default="cdn.example.com", description="DNS name every edge answers under")
+    edge_record_ttl: int = 60
+    health_check_path: str = "/health"
+    health_check_port: int = 443
+    health_check_protocol: Literal["HTTP", "HTTPS"] = "HTTPS"
+    takedown_follow: bool = Field(
+        default=False, description="origin/edge: follow the takedown feed (needs AWS access)")
+    takedown_table: str = Field(default="atcdn-takedowns", description="DynamoDB feed table")
+    takedown_poll_interval: float = Field(
+        default=10.0, gt=0, le=30.0,
+        description="seconds between feed polls: the bound on takedown delay")
+    takedown_state_file: Path | None = Field(
+        default=None, description="where a follower keeps its feed position")

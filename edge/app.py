@@ -25,6 +25,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from atcdn.settings import EdgeSettings
+from atcdn.takedowns import Event as FeedEvent
+from atcdn.takedowns import start_follower
 from edge import urls
 from edge.cache import DiskTier, Entry, MemoryTier, make_entry
 from edge.errors import EdgeError
@@ -33,7 +35,7 @@ from edge.flight import SingleFlight
 from edge.metrics import Metrics, use_dir
 from edge.presets import CONTENT_TYPES, Format, load_presets
 from edge.responses import blob_type, send_entry, send_error
-from edge.takedown import SETTLE, Node, Takedowns, purge_disk
+from edge.takedown import SETTLE, Node, Takedowns, purge_disk, takedown
 from edge.transform import MediaError, transform
 from edge.transform import shutdown as stop_transforms
 from origin.mime import SNIFF_BYTES, sniff
@@ -71,10 +73,19 @@ class Edge:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        follower = start_follower(self._apply_takedown,
+                                  self.settings.cache_dir / "takedown-position")
         yield
+        if follower is not None:
+            follower.stop()
         await self.fetcher.aclose()
         stop_transforms()
         self.metrics.flush()
+
+    def _apply_takedown(self, event: FeedEvent) -> None:
+        """A takedown-feed event: block (451) and purge every tier, or restore."""
+        takedown(cid=event.cid, did=event.did, restore=event.action == "restore",
+                 settings=self.settings)
 
     def mount(self, path: str, app: ASGIApp) -> None:
         """Add another route table (e.g. video's ``/watch``) behind the content routes."""

@@ -7,6 +7,7 @@ the servers run (``atcdn origin serve``); it reads ``OriginSettings`` from the e
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import re
 
@@ -15,8 +16,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Lifespan
 
 from atcdn.settings import OriginSettings
+from atcdn.takedowns import Event, start_follower
 from origin import cid as cids
 from origin.index import BlobMeta, Index
 from origin.metrics import Metrics, MetricsMiddleware
@@ -295,6 +298,27 @@ async def server_error(request: Request, exc: Exception) -> Response:
     return error_response(500, "InternalServerError", "unexpected error; see the server log")
 
 
+def follow_takedowns(index: Index, settings: OriginSettings) -> Lifespan[Starlette]:
+    """Apply the AWS takedown feed to the index while the app runs (if configured)."""
+
+    def apply(event: Event) -> None:
+        subject = event.cid or event.did
+        assert subject is not None
+        if event.action == "restore":
+            index.restore(subject)
+        else:
+            index.take_down(subject)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        follower = start_follower(apply, settings.data_dir / "takedown-position")
+        yield
+        if follower is not None:
+            follower.stop()
+
+    return lifespan
+
+
 def create_app(settings: OriginSettings | None = None) -> Starlette:
     settings = settings or OriginSettings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -311,7 +335,8 @@ def create_app(settings: OriginSettings | None = None) -> Starlette:
         Route("/health", origin.health, methods=["GET", "HEAD"]),
         Route("/metrics", origin.metrics_text, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={
-        ApiError: api_error, HTTPException: http_error, Exception: server_error})
+    app = Starlette(routes=routes, lifespan=follow_takedowns(origin.index, settings),
+                    exception_handlers={
+                        ApiError: api_error, HTTPException: http_error, Exception: server_error})
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -1,0 +1,230 @@
+"""The takedown feed in DynamoDB, and the follower every origin and edge runs.
+
+The feed is one DynamoDB table holding an ordered log: partition key ``feed`` (always
+``"takedowns"``), sort key ``seq`` (1, 2, 3, ...). Publishing appends the next ``seq`` with
+a conditional put, so concurrent publishers can never share a number and the log has no
+gaps; following is a strongly consistent ``Query`` for ``seq > position``. Each follower
+keeps its own position in a small file, so a restart resumes where it stopped and a new
+node replays the whole log to learn every takedown still in force.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from botocore.exceptions import ClientError
+from filelock import FileLock
+
+from atcdn.control import client
+from atcdn.settings import ControlSettings
+from origin import cid as cids
+
+log = logging.getLogger("atcdn.takedowns")
+
+FEED = "takedowns"
+Action = Literal["takedown", "restore"]
+DID = re.compile(r"^did:(plc:[a-z2-7]{24}|web:[a-zA-Z0-9.\-]+(%3[aA]\d+)?)$")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of the feed: a takedown or restore of a blob (``cid``) or an account (``did``)."""
+
+    seq: int
+    action: Action
+    cid: str | None = None
+    did: str | None = None
+    at: str = ""
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v not in (None, "")}
+
+
+def check_target(cid: str | None, did: str | None) -> None:
+    """Raise ValueError unless exactly one valid ``cid`` or ``did`` is named."""
+    if (cid is None) == (did is None):
+        raise ValueError("name exactly one of cid or did")
+    if cid is not None:
+        cids.parse(cid)  # CIDError is a ValueError
+    if did is not None and not DID.match(did):
+        raise ValueError(f"not a did:plc or did:web DID: {did!r}")
+
+
+class Feed:
+    """The DynamoDB log of takedown events."""
+
+    def __init__(self, settings: ControlSettings) -> None:
+        self.table = settings.takedown_table
+        self.dynamodb = client("dynamodb", settings)
+
+    def ensure_table(self) -> None:
+        """Create the table (on-demand billing) unless it exists; wait until it is active."""
+        try:
+            self.dynamodb.create_table(
+                TableName=self.table,
+                KeySchema=[{"AttributeName": "feed", "KeyType": "HASH"},
+                           {"AttributeName": "seq", "KeyType": "RANGE"}],
+                AttributeDefinitions=[{"AttributeName": "feed", "AttributeType": "S"},
+                                      {"AttributeName": "seq", "AttributeType": "N"}],
+                BillingMode="PAY_PER_REQUEST")
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ResourceInUseException":
+                raise
+        self.dynamodb.get_waiter("table_exists").wait(TableName=self.table)
+
+    def last_seq(self) -> int:
+        answer = self.dynamodb.query(
+            TableName=self.table, KeyConditionExpression="feed = :f",
+            ExpressionAttributeValues={":f": {"S": FEED}},
+            ScanIndexForward=False, Limit=1, ConsistentRead=True)
+        items = answer.get("Items", [])
+        return int(items[0]["seq"]["N"]) if items else 0
+
+    def publish(self, action: Action, *, cid: str | None = None, did: str | None = None,
+                reason: str = "") -> Event:
+        """Append an event with the next sequence number (retrying if another publisher won)."""
+        if action not in ("takedown", "restore"):
+            raise ValueError(f"unknown action {action!r}")
+        check_target(cid, did)
+        while True:
+            event = Event(seq=self.last_seq() + 1, action=action, cid=cid, did=did,
+                          at=datetime.now(UTC).isoformat(timespec="seconds"), reason=reason)
+            item = {"feed": {"S": FEED}, "seq": {"N": str(event.seq)},
+                    "action": {"S": action}, "at": {"S": event.at}}
+            if cid:
+                item["cid"] = {"S": cid}
+            if did:
+                item["did"] = {"S": did}
+            if reason:
+                item["reason"] = {"S": reason}
+            try:
+                self.dynamodb.put_item(TableName=self.table, Item=item,
+                                       ConditionExpression="attribute_not_exists(seq)")
+                return event
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                    raise
+
+    def events(self, after: int = 0) -> Iterator[Event]:
+        """Every event with ``seq > after``, oldest first."""
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "KeyConditionExpression": "feed = :f AND seq > :after",
+            "ExpressionAttributeValues": {":f": {"S": FEED}, ":after": {"N": str(after)}},
+            "ConsistentRead": True,
+        }
+        while True:
+            page = self.dynamodb.query(**kwargs)
+            for item in page.get("Items", []):
+                yield Event(seq=int(item["seq"]["N"]), action=item["action"]["S"],
+                            cid=item.get("cid", {}).get("S"), did=item.get("did", {}).get("S"),
+                            at=item.get("at", {}).get("S", ""),
+                            reason=item.get("reason", {}).get("S", ""))
+            if "LastEvaluatedKey" not in page:
+                return
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+class Follower:
+    """Polls the feed every ``interval`` seconds and hands each new event to ``apply``.
+
+    ``apply(event)`` must be idempotent (an event may be applied again after a crash
+    between applying and saving the position). The position is saved after every event;
+    if ``apply`` raises, the position stays put and the event is retried at the next poll.
+    """
+
+    def __init__(self, feed: Feed, apply: Callable[[Event], None], *,
+                 state_file: Path | None, interval: float) -> None:
+        self.feed = feed
+        self.apply = apply
+        self.state_file = state_file
+        self.interval = interval
+        self.position = self._load()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _load(self) -> int:
+        if self.state_file and self.state_file.exists():
+            text = self.state_file.read_text().strip()
+            return int(text) if text else 0
+        return 0
+
+    def _save(self) -> None:
+        if self.state_file is None:
+            return
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_name(self.state_file.name + f".{os.getpid()}.tmp")
+        tmp.write_text(f"{self.position}\n")
+        os.replace(tmp, self.state_file)
+
+    def poll(self) -> int:
+        """Apply every event after the saved position; returns how many were applied.
+
+        With a state file, polls are serialised by a lock next to it and start from the
+        position on disk, so the worker processes of one server share one position and
+        never apply an older event after a newer one.
+        """
+        if self.state_file is None:
+            return self._poll()
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.state_file) + ".lock"):
+            self.position = self._load()
+            return self._poll()
+
+    def _poll(self) -> int:
+        applied = 0
+        for event in self.feed.events(after=self.position):
+            self.apply(event)
+            self.position = event.seq
+            self._save()
+            applied += 1
+        return applied
+
+    def run(self) -> None:
+        """Poll until ``stop()``; errors are logged and retried at the next tick."""
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.poll()
+            except Exception:
+                log.exception("takedown feed poll failed; retrying in %ss", self.interval)
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def start(self) -> None:
+        """Run in a daemon thread (for an app's startup)."""
+        self._thread = threading.Thread(target=self.run, name="takedown-follower", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.interval + 5)
+
+
+def start_follower(apply: Callable[[Event], None], default_state_file: Path) -> Follower | None:
+    """Start following the feed if ``ATCDN_TAKEDOWN_FOLLOW`` is on (the apps' startup hook).
+
+    The position lives in ``ATCDN_TAKEDOWN_STATE_FILE``, else in ``default_state_file``
+    (inside the server's data or cache directory). Returns the running follower (call
+    ``stop()`` at shutdown), or None when following is off.
+    """
+    settings = ControlSettings()
+    if not settings.takedown_follow:
+        return None
+    follower = Follower(Feed(settings), apply,
+                        state_file=settings.takedown_state_file or default_state_file,
+                        interval=settings.takedown_poll_interval)
+    follower.start()
+    log.info("following takedown feed %s every %ss", settings.takedown_table,
+             settings.takedown_poll_interval)
+    return follower

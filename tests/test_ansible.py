@@ -1,0 +1,280 @@
+"""The Ansible roles, for real: lint, syntax, and an apply to this machine.
+
+The apply uses a throwaway prefix (a temp dir) and a throwaway system user, with the
+host-changing parts switched off (apt, loading sysctl and nftables). Where systemd is
+not PID 1 (containers, CI) the roles start the services with start-stop-daemon and pid
+files, which is how this test stops them again. It then stores a JPEG in the origin it
+installed, fetches a resized copy through the installed edge over TLS (a certificate the
+test made, verified against it), and re-applies expecting changed=0.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from origin import cid as cids
+from tests.conftest import ROOT, need, need_tool
+from tests.servers import free_port
+
+ANSIBLE = ROOT / "ansible"
+DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
+TOKEN = "ansible-test-token-" + uuid.uuid4().hex
+
+
+def tool(name: str) -> str:
+    """An Ansible CLI next to this interpreter (pip's scripts dir), else on PATH."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else need_tool(name)
+
+
+def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"),
+           "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
+    return subprocess.run(argv, cwd=ANSIBLE, env=env, capture_output=True, text=True, **kwargs)
+
+
+def test_lint_production_profile() -> None:
+    done = run([tool("ansible-lint"), "--profile", "production", "--nocolor", "."], timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("playbook", ["site.yml", "origin.yml", "edge.yml"])
+def test_syntax_check(playbook: str) -> None:
+    done = run([tool("ansible-playbook"), "--syntax-check", playbook], timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (the test trusts exactly this one)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "atcdn test edge")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "edge.crt", directory / "edge.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+@dataclass
+class Install:
+    prefix: Path
+    user: str
+    origin_url: str
+    edge_url: str
+    cert: Path
+    argv: list[str]
+    first: subprocess.CompletedProcess[str]
+
+    @property
+    def run_dir(self) -> Path:
+        return self.prefix / "run" / "atcdn"
+
+    def pid(self, name: str) -> int:
+        return int((self.run_dir / f"{name}.pid").read_text().strip())
+
+
+def recap_changed(output: str) -> int:
+    """changed=N summed over the PLAY RECAP lines."""
+    return sum(int(n) for n in re.findall(r"^\S+\s+:\s+ok=\d+\s+changed=(\d+)", output, re.M))
+
+
+def changed_tasks(output: str) -> list[str]:
+    """The TASK headers followed by a ``changed:`` line (for failure messages)."""
+    blocks = re.split(r"^(?=TASK \[|RUNNING HANDLER \[)", output, flags=re.M)
+    return [b.splitlines()[0] for b in blocks if re.search(r"^changed:", b, re.M)]
+
+
+def stop_pid_file(path: Path) -> None:
+    """SIGTERM the PID in ``path`` (granian and nginx masters stop their workers), wait,
+    then SIGKILL whatever is left of its process group."""
+    if not path.exists():
+        return
+    pid = int(path.read_text().strip())
+    try:
+        group = os.getpgid(pid)
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture(scope="module")
+def install() -> Iterator[Install]:
+    need(os.geteuid() == 0, "the apply test creates a system user: run as root")
+    for name in ("nginx", "start-stop-daemon", "useradd"):
+        need_tool(name)
+    need(Path("/usr/bin/python3").exists(), "/usr/bin/python3 (Debian python3-venv) missing")
+    playbook = tool("ansible-playbook")
+    # Not under pytest's 0700 tmp root: the throwaway user must reach its venv and dirs.
+    prefix = Path(tempfile.mkdtemp(prefix="atcdn-ansible-", dir="/tmp"))
+    prefix.chmod(0o755)
+    work = prefix / "test"
+    work.mkdir()
+    work.chmod(0o700)
+    user = "atcdnt" + uuid.uuid4().hex[:8]
+    cert, key = make_certificate(work)
+    origin_port, edge_port, tls_port = free_port(), free_port(), free_port()
+    inventory = work / "inventory.json"
+    host = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+            "ansible_become": False}
+    inventory.write_text(json.dumps({"all": {"children": {
+        "origin": {"hosts": {"atcdn-test": host}},
+        "edge": {"hosts": {"atcdn-test": host}}}}}))
+    variables = {
+        "atcdn_prefix": str(prefix), "atcdn_user": user, "atcdn_group": user,
+        "atcdn_package": str(ROOT), "atcdn_service_manager": "direct",
+        "atcdn_venv_system_site_packages": os.environ.get("ATCDN_TEST_VENV_SITE") == "1",
+        "common_install_packages": False, "common_sysctl_apply": False,
+        "common_firewall_apply": False,
+        "origin_host": "127.0.0.1", "origin_port": origin_port, "origin_workers": 1,
+        "origin_token": TOKEN,
+        "edge_port": edge_port, "edge_workers": 1, "edge_tls_port": tls_port,
+        "edge_http_port": 0, "edge_listen_address": "127.0.0.1",
+        "edge_origin_url": f"http://127.0.0.1:{origin_port}",
+        "edge_tls_certificate_src": str(cert), "edge_tls_key_src": str(key),
+        "edge_nginx_disable_distro_service": False, "edge_pds_fallback": False,
+        "edge_allow_private_networks": True, "edge_token": TOKEN, "edge_origin_token": TOKEN,
+    }
+    extra = work / "vars.json"
+    extra.write_text(json.dumps(variables))
+    argv = [playbook, "-i", str(inventory), "site.yml", "-e", f"@{extra}"]
+    try:
+        first = run(argv, timeout=900)
+        assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-3000:]
+        yield Install(prefix, user, f"http://127.0.0.1:{origin_port}",
+                      f"https://127.0.0.1:{tls_port}", cert, argv, first)
+    finally:
+        run_dir = prefix / "run" / "atcdn"
+        for name in ("nginx", "atcdn-edge", "atcdn-origin"):
+            stop_pid_file(run_dir / f"{name}.pid")
+        subprocess.run(["userdel", user], capture_output=True)
+        subprocess.run(["groupdel", user], capture_output=True)  # if userdel left it
+        shutil.rmtree(prefix, ignore_errors=True)
+
+
+def trust(cert: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(cert))
+
+
+def wait_ok(url: str, **kwargs) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(url, timeout=2, **kwargs).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"{url} never answered 200"
+        time.sleep(0.2)
+
+
+def test_installed_edge_serves_an_image_over_tls(install: Install) -> None:
+    wait_ok(install.origin_url + "/health")
+    wait_ok(install.edge_url + "/health", verify=trust(install.cert))
+    photo = io.BytesIO()
+    Image.new("RGB", (1200, 800), (200, 120, 40)).save(photo, "JPEG", quality=90)
+    data = photo.getvalue()
+    cid = cids.compute(data)
+    put = httpx.put(f"{install.origin_url}/blob/{cid}", params={"did": DID}, content=data,
+                    headers={"Authorization": f"Bearer {TOKEN}"})
+    assert put.status_code in (200, 201), put.text
+
+    r = httpx.get(f"{install.edge_url}/img/feed_fullsize/plain/{DID}/{cid}@jpeg",
+                  verify=trust(install.cert), timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/jpeg"
+    image = Image.open(io.BytesIO(r.content))
+    assert image.format == "JPEG" and max(image.size) <= 1000
+    # The authenticated purge API answers through nginx (from loopback, with the token).
+    purge = httpx.post(f"{install.edge_url}/admin/purge", json={"paths": [f"/img/{DID}/{cid}"]},
+                       headers={"Authorization": f"Bearer {TOKEN}"}, verify=trust(install.cert))
+    assert purge.status_code == 200 and purge.json()["purged"] >= 1, purge.text
+    # TLS really is verified against the test's certificate: an untrusting client fails.
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(install.edge_url + "/health", timeout=5)
+
+
+def test_services_run_as_the_system_user_with_a_hardened_unit(install: Install) -> None:
+    import pwd
+
+    uid = pwd.getpwnam(install.user).pw_uid
+    for name in ("atcdn-origin", "atcdn-edge"):
+        status = Path(f"/proc/{install.pid(name)}/status").read_text()
+        assert re.search(rf"^Uid:\s+{uid}\b", status, re.M), name
+        unit = (install.prefix / f"etc/systemd/system/{name}.service").read_text()
+        for line in ("NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes",
+                     "Restart=on-failure", "LimitNOFILE=", f"User={install.user}",
+                     "ReadWritePaths="):
+            assert line in unit, (name, line)
+    env = install.prefix / "etc/atcdn/origin.env"
+    assert env.stat().st_mode & 0o777 == 0o640 and TOKEN in env.read_text()
+    assert (install.prefix / "etc/atcdn/tls/edge.key").stat().st_mode & 0o777 == 0o600
+    ruleset = (install.prefix / "etc/nftables.conf").read_text()
+    assert "policy drop" in ruleset and "tcp dport { 22 }" in ruleset
+    sysctl = (install.prefix / "etc/sysctl.d/60-atcdn.conf").read_text()
+    assert "net.core.somaxconn = 65535" in sysctl
+
+
+def test_units_pass_systemd_analyze_verify(install: Install) -> None:
+    analyze = need_tool("systemd-analyze")
+    for name in ("atcdn-origin", "atcdn-edge", "atcdn-edge-tls"):
+        unit = install.prefix / f"etc/systemd/system/{name}.service"
+        done = subprocess.run([analyze, "verify", "--man=no", str(unit)], cwd=install.prefix,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and not done.stderr.strip(), (name, done.stderr)
+
+
+def test_second_apply_changes_nothing(install: Install) -> None:
+    pids = {name: install.pid(name) for name in ("atcdn-origin", "atcdn-edge", "nginx")}
+    assert recap_changed(install.first.stdout) > 0
+    second = run(install.argv, timeout=900)
+    assert second.returncode == 0, second.stdout[-6000:]
+    assert recap_changed(second.stdout) == 0, "\n".join(changed_tasks(second.stdout))
+    assert {name: install.pid(name) for name in pids} == pids
+    wait_ok(install.edge_url + "/health", verify=trust(install.cert))
