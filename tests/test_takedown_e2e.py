@@ -11,6 +11,7 @@ import io
 import os
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,7 +42,9 @@ class Node:
     def __init__(self, tmp: Path, aws: dict[str, str]) -> None:
         self.tmp = tmp
         self.env = {**aws, "ATCDN_TAKEDOWN_FOLLOW": "1", "ATCDN_TAKEDOWN_POLL_INTERVAL": POLL,
-                    "ATCDN_TAKEDOWN_TABLE": "atcdn-takedowns-e2e"}
+                    # A feed per test: a new node replays its whole feed, and another
+                    # test's account takedown must not be part of it.
+                    "ATCDN_TAKEDOWN_TABLE": f"atcdn-takedowns-{uuid.uuid4().hex}"}
         self.control("init-feed")
         self.origin = Origin(tmp / "origin", self.env, tmp / "origin.log")
         self.origin.start()
