@@ -145,6 +145,8 @@ class Transcodes:
             self._refuse(cid, VideoError(413, "TooLarge",
                                          f"video is {size} bytes, the limit is {self.limits.max_bytes}"))
             return "failed"
+        self.waiting += 1  # counted now, so concurrent requests see the queue grow
+        QUEUED.inc()
         self.jobs[cid] = asyncio.create_task(self._run(cid, path))
         return "queued"
 
@@ -154,8 +156,6 @@ class Transcodes:
         video.write_json(self.folder(cid) / ERROR_NAME, body)
 
     async def _run(self, cid: str, source: Path) -> None:
-        self.waiting += 1
-        QUEUED.inc()
         try:
             slot = await self._slot()
         finally:
@@ -183,7 +183,7 @@ class Transcodes:
         STARTED.inc()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-        log = open(self.root / f"{cid}.log", "wb")
+        log = open(self.root / f"{cid}.log", "ab")
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "edge.video", str(source), str(folder),

@@ -111,7 +111,8 @@ def open_source(path: Path) -> av.container.InputContainer:
     try:
         return av.open(str(path), metadata_errors="ignore")
     except av.FFmpegError as exc:
-        raise VideoError(422, "UndecodableMedia", f"not a readable video container: {exc}") from None
+        reason = getattr(exc, "strerror", None) or type(exc).__name__  # no server paths
+        raise VideoError(422, "UndecodableMedia", f"not a readable video container: {reason}") from None
 
 
 def rotation_filter(rotation: float, matrix: list[int] | None) -> str | None:
@@ -543,6 +544,7 @@ def run(source: Path, out: Path, limits: Limits) -> int:
         if (out / DONE_NAME).exists() or (out / ERROR_NAME).exists():
             return EXIT_DONE
         clear(out)
+        print(f"transcode start pid={os.getpid()}", flush=True)  # the journal tests count
         try:
             seconds = transcode(source, out, limits)
         except VideoError as exc:
