@@ -147,6 +147,8 @@ def probe(container: av.container.InputContainer, path: Path, limits: Limits) ->
     size = path.stat().st_size
     if size > limits.max_bytes:
         raise VideoError(413, "TooLarge", f"video is {size} bytes, the limit is {limits.max_bytes}")
+    if container.format.name.endswith("_pipe") or container.format.name == "image2":
+        raise VideoError(415, "UnsupportedMedia", "a still image is not a video")
     if not container.streams.video:
         raise VideoError(415, "UnsupportedMedia", "no video stream")
     vstream = container.streams.video[0]
@@ -329,15 +331,23 @@ class RenditionWriter:
             self.audio = self.output.add_stream("aac", rate=AUDIO_RATE)
             self.audio.codec_context.layout = "stereo"
             self.audio.codec_context.bit_rate = hls.AUDIO_BITRATE
-        self.durations: list[float] = []
+        self.frame_durations: dict[int, int] = {}
         self.end = 0.0
 
     def encode_video(self, frame: VideoFrame, key: bool) -> None:
         r = self.rendition
         out = frame.reformat(r.width, r.height, "yuv420p", interpolation="BILINEAR")
-        out.pts, out.time_base = frame.pts, frame.time_base
+        out.pts, out.time_base, out.duration = frame.pts, frame.time_base, frame.duration
         out.pict_type = PictureType.I if key else PictureType.NONE
-        self.output.mux(self.video.encode(out))
+        self.frame_durations[out.pts] = frame.duration
+        self._mux_video(self.video.encode(out))
+
+    def _mux_video(self, packets: list[av.Packet]) -> None:
+        # The muxer takes a sample's duration from its packet, which libx264 leaves unset:
+        # without it the last frame of a segment (or of a one-frame video) has no length.
+        for packet in packets:
+            packet.duration = self.frame_durations.pop(packet.pts, packet.duration)
+        self.output.mux(packets)
 
     def encode_audio(self, frame: AudioFrame) -> None:
         if self.audio is not None:
@@ -345,7 +355,7 @@ class RenditionWriter:
 
     def close(self, end: float) -> None:
         self.end = end
-        self.output.mux(self.video.encode(None))
+        self._mux_video(self.video.encode(None))
         if self.audio is not None:
             self.output.mux(self.audio.encode(None))
         self.output.close()
@@ -420,8 +430,14 @@ def _transcode(container, source: Path, out: Path, limits: Limits) -> float:
     min_interval = 1 / hls.MAX_FPS * 0.9
     pending_audio: list[AudioFrame] = []
     last_frame: VideoFrame | None = None
+    held: tuple[VideoFrame, bool] | None = None
 
     def on_segment() -> None:
+        # The master playlist appears with the first segment: by then the first second has
+        # decoded, which is where most corrupt files fail, before any viewer got a 200.
+        master = out / hls.MASTER_PLAYLIST
+        if not master.exists():
+            write_atomic(master, hls.master_playlist([w.rendition for w in writers], info.has_audio))
         progress.update(last_video, force=True)
 
     for frame in decoded(container, limits):
@@ -447,8 +463,9 @@ def _transcode(container, source: Path, out: Path, limits: Limits) -> float:
                 next_cut = hls.next_boundary(t, 0.0)
             frame.pts = round(t / VIDEO_TIME_BASE)
             frame.time_base = VIDEO_TIME_BASE
-            for writer in writers:
-                writer.encode_video(frame, key)
+            if held is not None:  # a frame lasts until the next one: VFR kept exactly
+                _encode(writers, held[0], held[1], frame.pts - held[0].pts)
+            held = (frame, key)
             last_video = t
             last_frame = frame
             if not thumb_done and t >= thumb_at:
@@ -463,17 +480,15 @@ def _transcode(container, source: Path, out: Path, limits: Limits) -> float:
                 pending_audio.append(frame)  # audio demuxed before the first video frame
             else:
                 audio_samples = _audio(writers, resampler, frame, audio_samples)
-    if first_pts is None or last_frame is None:
+    if first_pts is None or last_frame is None or held is None:
         raise VideoError(422, "UndecodableMedia", "no video frame could be decoded")
     if info.has_audio and audio_samples == 0 and pending_audio:
         for audio in pending_audio:
             audio_samples = _audio(writers, resampler, audio, audio_samples)
     if info.has_audio:
-        for writer in writers:
-            for chunk in resampler.resample(None):
-                writer.encode_audio(chunk)
-    frame_time = 1 / info.fps if info.fps else 1 / 30
-    end = last_video + min(frame_time, 0.1)
+        audio_samples = _audio(writers, resampler, None, audio_samples)
+    end = _end(last_video, info)
+    _encode(writers, held[0], held[1], round((end - last_video) / VIDEO_TIME_BASE))
     if not thumb_done:
         _thumbnail(out, last_frame, writers[-1].rendition)
     for writer in writers:
@@ -484,22 +499,36 @@ def _transcode(container, source: Path, out: Path, limits: Limits) -> float:
 
 def _start(out: Path, width: int, height: int, info: Probe, limits: Limits,
            boundaries: list[float], on_segment: Callable[[], None]) -> list[RenditionWriter]:
-    """Choose the ladder from the upright size, write the master playlist and meta.json."""
+    """Choose the ladder from the upright size, write meta.json, open the encoders."""
     info.width, info.height = width, height
     renditions = hls.ladder(width, height, info.fps)
     meta = {"width": width, "height": height, "fps": hls.output_fps(info.fps),
             "duration": info.duration, "has_audio": info.has_audio, "loop": info.loop,
             "renditions": [asdict(r) | {"name": r.name} for r in renditions]}
     write_json(out / META_NAME, meta)
-    writers = [RenditionWriter(out, r, info, limits, boundaries, on_segment) for r in renditions]
-    write_atomic(out / hls.MASTER_PLAYLIST, hls.master_playlist(renditions, info.has_audio))
-    return writers
+    return [RenditionWriter(out, r, info, limits, boundaries, on_segment) for r in renditions]
 
 
-def _audio(writers: list[RenditionWriter], resampler: av.AudioResampler, frame: AudioFrame,
-           samples: int) -> int:
+def _encode(writers: list[RenditionWriter], frame: VideoFrame, key: bool, duration: int) -> None:
+    frame.duration = max(1, duration)
+    for writer in writers:
+        writer.encode_video(frame, key)
+
+
+def _end(last: float, info: Probe) -> float:
+    """When the last frame stops showing: the source's duration when it says so (a
+    one-frame video may last a second), else one frame after the last one."""
+    frame_time = min(1 / info.fps if info.fps else 1 / 30, 0.1)
+    if info.duration and last < info.duration < last + 10:
+        return max(info.duration, last + 0.001)
+    return last + frame_time
+
+
+def _audio(writers: list[RenditionWriter], resampler: av.AudioResampler,
+           frame: AudioFrame | None, samples: int) -> int:
     """Resample to 48 kHz stereo once; every rendition encodes the same samples."""
-    frame.pts = None
+    if frame is not None:
+        frame.pts = None
     for chunk in resampler.resample(frame):
         chunk.pts = samples
         chunk.time_base = Fraction(1, AUDIO_RATE)

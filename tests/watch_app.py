@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from starlette.applications import Starlette
-from starlette.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -28,6 +29,10 @@ async def _health(request) -> PlainTextResponse:
     return PlainTextResponse("ok")
 
 
+async def _metrics(request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
 def create_app() -> Starlette:
     blobs = Path(os.environ["ATCDN_TEST_BLOBS"])
 
@@ -37,7 +42,7 @@ def create_app() -> Starlette:
             raise FileNotFoundError(cid)
         return path
 
-    routes = [Route("/health", _health), *watch_routes(get_source, EdgeSettings())]
+    routes = [Route("/health", _health), Route("/metrics", _metrics), *watch_routes(get_source, EdgeSettings())]
     static = os.environ.get("ATCDN_TEST_STATIC")
     if static:
         routes.append(Mount("/static", StaticFiles(directory=static)))
