@@ -324,6 +324,8 @@ class RenditionWriter:
             "forced-idr": "1", "sc_threshold": "0",
             "x264-params": "keyint=infinite:min-keyint=1:scenecut=0",
         }
+        # Frame threads, as the ffmpeg CLI uses (PyAV defaults to x264's slower sliced ones).
+        ctx.thread_type = "FRAME"
         if limits.threads:
             ctx.thread_count = limits.threads
         self.audio = None
@@ -450,6 +452,7 @@ def _transcode(container, source: Path, out: Path, limits: Limits) -> float:
                 frame = upright(frame)
                 width, height = frame.width, frame.height
                 writers = _start(out, width, height, info, limits, boundaries, on_segment)
+                encoders = Encoders(writers)
             else:
                 frame = upright(frame)
             t -= first_pts
@@ -464,7 +467,7 @@ def _transcode(container, source: Path, out: Path, limits: Limits) -> float:
             frame.pts = round(t / VIDEO_TIME_BASE)
             frame.time_base = VIDEO_TIME_BASE
             if held is not None:  # a frame lasts until the next one: VFR kept exactly
-                _encode(writers, held[0], held[1], frame.pts - held[0].pts)
+                encoders.encode(held[0], held[1], frame.pts - held[0].pts)
             held = (frame, key)
             last_video = t
             last_frame = frame
@@ -488,7 +491,8 @@ def _transcode(container, source: Path, out: Path, limits: Limits) -> float:
     if info.has_audio:
         audio_samples = _audio(writers, resampler, None, audio_samples)
     end = _end(last_video, info)
-    _encode(writers, held[0], held[1], round((end - last_video) / VIDEO_TIME_BASE))
+    encoders.encode(held[0], held[1], round((end - last_video) / VIDEO_TIME_BASE))
+    encoders.release()
     if not thumb_done:
         _thumbnail(out, last_frame, writers[-1].rendition)
     for writer in writers:
@@ -509,10 +513,41 @@ def _start(out: Path, width: int, height: int, info: Probe, limits: Limits,
     return [RenditionWriter(out, r, info, limits, boundaries, on_segment) for r in renditions]
 
 
-def _encode(writers: list[RenditionWriter], frame: VideoFrame, key: bool, duration: int) -> None:
-    frame.duration = max(1, duration)
-    for writer in writers:
-        writer.encode_video(frame, key)
+class Encoders:
+    """Feeds every rendition the same frames, the lowest one first at the start.
+
+    Fast start: until the lowest rendition has its first segment on disk, the other
+    renditions' frames wait in memory (bounded), so the first playable segment costs
+    decoding one second plus the cheapest encode; then they catch up. Keyframe decisions
+    are made per frame before this point, so alignment does not depend on the order.
+    """
+
+    BUDGET = 256 * 1024 * 1024  # bytes of held frames before giving up on the head start
+
+    def __init__(self, writers: list[RenditionWriter]) -> None:
+        self.lead, self.rest = writers[0], writers[1:]
+        self.held: list[tuple[VideoFrame, bool]] = []
+        self.held_bytes = 0
+        self.holding = bool(self.rest)
+
+    def encode(self, frame: VideoFrame, key: bool, duration: int) -> None:
+        frame.duration = max(1, duration)
+        self.lead.encode_video(frame, key)
+        if not self.holding:
+            for writer in self.rest:
+                writer.encode_video(frame, key)
+            return
+        self.held.append((frame, key))
+        self.held_bytes += frame.width * frame.height * 3 // 2
+        if self.lead.sink.count > 0 or self.held_bytes > self.BUDGET:
+            self.release()
+
+    def release(self) -> None:
+        self.holding = False
+        for frame, key in self.held:
+            for writer in self.rest:
+                writer.encode_video(frame, key)
+        self.held.clear()
 
 
 def _end(last: float, info: Probe) -> float:
