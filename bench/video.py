@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -167,6 +168,10 @@ def main() -> None:
             "ours_wall_s": round(med(ours), 2),
             "ffmpeg_wall_s": round(med(theirs), 2),
             "ratio_ours_over_ffmpeg": round(med(ours) / med(theirs), 3),
+            # Each run pairs one of ours with one ffmpeg run, back to back: on a shared,
+            # noisy machine the median of those ratios is the steadier figure.
+            "paired_ratio_median": round(med(o / t for o, t in zip(ours, theirs)), 3),
+            "load_average_at_end": round(os.getloadavg()[0], 2),
             "first_segment_s": round(med(first), 2),
             "ffmpeg_first_segment_s": round(med(ff_first), 2),
             "realtime_factor_ours": round(duration / med(ours), 2),
