@@ -26,7 +26,7 @@ from starlette.routing import Route
 from atcdn.settings import EdgeSettings
 from edge import hls
 from edge.transcodes import Busy, Transcodes
-from edge.video import META_NAME, THUMBNAIL_NAME
+from edge.video import META_NAME, THUMBNAIL_NAME, write_atomic
 from origin.cid import CIDError, parse
 
 GetSource = Callable[[str, str], Awaitable[Path]]
@@ -182,6 +182,23 @@ def _source_error(exc: Exception) -> Response:
     if isinstance(exc, FileNotFoundError):
         return error(404, "NotFound", "no such blob")
     return error(502, "UpstreamError", f"the video could not be fetched: {exc}")
+
+
+def source_from_bytes(get_bytes: Callable[[str, str], Awaitable[bytes]],
+                      settings: EdgeSettings) -> GetSource:
+    """Adapt a fetcher that returns verified blob *bytes* into a GetSource: the bytes are
+    kept once under ``{cache_dir}/video/sources/{cid}`` for the transcoder to read."""
+    folder = Path(settings.cache_dir) / "video" / "sources"
+
+    async def get_source(did: str, cid: str) -> Path:
+        path = folder / cid
+        if not path.exists():
+            data = await get_bytes(did, cid)
+            folder.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(write_atomic, path, data)
+        return path
+
+    return get_source
 
 
 def watch_routes(get_source: GetSource, settings: EdgeSettings) -> list[Route]:

@@ -272,3 +272,35 @@ def test_queue_full_answers_429(tmp_path: Path) -> None:
         assert "atcdn_video_encoded_seconds_total" in metrics
     finally:
         srv.stop()
+
+
+def test_limits(tmp_path: Path) -> None:
+    """Each limit is a setting; a refused source gets an honest JSON error."""
+    small = make_clip(tmp_path / "small.mp4", seconds=3, audio=False).read_bytes()
+    long = make_clip(tmp_path / "long.mp4", seconds=9, audio=False).read_bytes()
+    srv = WatchServer(tmp_path / "limits", workers=1, video_max_seconds=2,
+                      video_max_bytes=max(len(small), len(long)) - 1).start()
+    try:
+        with httpx.Client(timeout=60) as c:
+            too_long = c.get(srv.video_url(srv.add(small)) + "/playlist.m3u8")
+            assert too_long.status_code == 422 and too_long.json()["error"] == "TooLong"
+            biggest = long if len(long) > len(small) else small
+            too_big = c.get(srv.video_url(srv.add(biggest)) + "/playlist.m3u8")
+            assert too_big.status_code == 413 and too_big.json()["error"] == "TooLarge"
+    finally:
+        srv.stop()
+    srv = WatchServer(tmp_path / "timeout", workers=1, video_timeout=0.3).start()
+    try:
+        with httpx.Client(timeout=60) as c:
+            cid = srv.add(long)
+            c.get(srv.video_url(cid) + "/playlist.m3u8")  # may be served before the timeout
+            status = srv.wait_done(cid)
+            assert status["state"] == "failed" and status["error"]["error"] == "TranscodeTimeout"
+            assert not (srv.cache / "video" / cid / "playlist.m3u8").exists()  # discarded
+            slow = c.get(srv.video_url(cid) + "/playlist.m3u8")
+            assert slow.status_code == 503, slow.text
+            assert slow.json()["error"] == "TranscodeTimeout"
+            assert int(slow.headers["retry-after"]) > 0
+            assert c.get(srv.url + "/health").status_code == 200
+    finally:
+        srv.stop()
