@@ -640,4 +640,15 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    # Exit at once: everything was written atomically, and a normal interpreter exit can
+    # hang on codec threads left behind by a failed decode or encode.
+    try:
+        code = main(sys.argv[1:])
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
