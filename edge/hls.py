@@ -76,7 +76,8 @@ def h264_level(width: int, height: int, fps: float) -> int:
     frame_mbs = math.ceil(width / 16) * math.ceil(height / 16)
     mbps = frame_mbs * fps
     for level, max_mbps, max_fs in _LEVELS:
-        if frame_mbs <= max_fs and mbps <= max_mbps and max(width, height) <= math.sqrt(8 * max_fs) * 16:
+        longest_side_ok = max(width, height) <= math.sqrt(8 * max_fs) * 16
+        if frame_mbs <= max_fs and mbps <= max_mbps and longest_side_ok:
             return level
     return _LEVELS[-1][0]
 

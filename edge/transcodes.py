@@ -142,8 +142,9 @@ class Transcodes:
         self.folder(cid).mkdir(parents=True, exist_ok=True)
         size = path.stat().st_size
         if size > self.limits.max_bytes:
+            limit = self.limits.max_bytes
             self._refuse(cid, VideoError(413, "TooLarge",
-                                         f"video is {size} bytes, the limit is {self.limits.max_bytes}"))
+                                         f"video is {size} bytes, the limit is {limit}"))
             return "failed"
         self.waiting += 1  # counted now, so concurrent requests see the queue grow
         QUEUED.inc()

@@ -22,7 +22,6 @@ Directory of one transcode (``{cache_dir}/video/{cid}/``): ``playlist.m3u8``,
 from __future__ import annotations
 
 import json
-import math
 import os
 import resource
 import shutil
@@ -30,7 +29,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -86,7 +85,6 @@ class Probe:
     fps: float
     duration: float | None
     has_audio: bool
-    rotation_filter: str | None  # transpose/hflip/vflip filter chain, None when upright
     loop: bool  # animated GIFs: players should loop them
 
 
@@ -112,7 +110,8 @@ def open_source(path: Path) -> av.container.InputContainer:
         return av.open(str(path), metadata_errors="ignore")
     except av.FFmpegError as exc:
         reason = getattr(exc, "strerror", None) or type(exc).__name__  # no server paths
-        raise VideoError(422, "UndecodableMedia", f"not a readable video container: {reason}") from None
+        raise VideoError(422, "UndecodableMedia",
+                         f"not a readable video container: {reason}") from None
 
 
 def rotation_filter(rotation: float, matrix: list[int] | None) -> str | None:
@@ -171,7 +170,7 @@ def probe(container: av.container.InputContainer, path: Path, limits: Limits) ->
     fps = float(rate) if rate else 30.0
     if not 0 < fps < 1000:
         fps = 30.0
-    return Probe(width, height, fps, duration, bool(container.streams.audio), None,
+    return Probe(width, height, fps, duration, bool(container.streams.audio),
                  loop=container.format.name == "gif")
 
 
@@ -228,8 +227,7 @@ class Upright:
         return width, height
 
 
-def decoded(container: av.container.InputContainer, limits: Limits
-            ) -> Iterator[VideoFrame | AudioFrame]:
+def decoded(container: av.container.InputContainer) -> Iterator[VideoFrame | AudioFrame]:
     """Every frame of the first video and audio streams, decoded once, in demux order."""
     vstream = container.streams.video[0]
     vstream.thread_type = "AUTO"
@@ -373,7 +371,8 @@ class RenditionWriter:
 
     def _write_playlist(self, ended: bool) -> None:
         count = self.sink.count
-        edges = self.boundaries[:count] + ([self.end] if ended else self.boundaries[count:count + 1])
+        after = [self.end] if ended else self.boundaries[count:count + 1]
+        edges = self.boundaries[:count] + after
         durations = [b - a for a, b in zip(edges, edges[1:])]
         if len(durations) < count:  # cannot happen: fragment k ends at keyframe k+1
             return
@@ -439,10 +438,11 @@ def _transcode(container, source: Path, out: Path, limits: Limits) -> float:
         # decoded, which is where most corrupt files fail, before any viewer got a 200.
         master = out / hls.MASTER_PLAYLIST
         if not master.exists():
-            write_atomic(master, hls.master_playlist([w.rendition for w in writers], info.has_audio))
+            renditions = [w.rendition for w in writers]
+            write_atomic(master, hls.master_playlist(renditions, info.has_audio))
         progress.update(last_video, force=True)
 
-    for frame in decoded(container, limits):
+    for frame in decoded(container):
         if isinstance(frame, VideoFrame):
             if frame.pts is None or frame.time_base is None:
                 continue
@@ -497,7 +497,8 @@ def _transcode(container, source: Path, out: Path, limits: Limits) -> float:
         _thumbnail(out, last_frame, writers[-1].rendition)
     for writer in writers:
         writer.close(end)
-    write_json(out / STATE_NAME, {"state": "done", "progress": 100, "encoded_seconds": round(end, 3)})
+    write_json(out / STATE_NAME,
+               {"state": "done", "progress": 100, "encoded_seconds": round(end, 3)})
     return end
 
 
@@ -635,7 +636,9 @@ def main(argv: list[str]) -> int:
     source, out, limits_json = argv
     limits = Limits(**json.loads(limits_json))
     _limit_memory(limits.memory_bytes)
-    av.logging.set_level(av.logging.PANIC)
+    # No PyAV log callback (its default): a callback needs the GIL from codec threads,
+    # which deadlocks when a failed decoder is freed. FFmpeg logs to our stderr instead.
+    av.logging.set_level(None)
     return run(Path(source), Path(out), limits)
 
 

@@ -217,7 +217,8 @@ def test_restart_discards_interrupted_transcode(tmp_path: Path) -> None:
         assert not (folder / "done").exists()
         srv.start()
         with httpx.Client(timeout=60) as c:
-            assert c.get(srv.video_url(cid) + "/status").json()["state"] in ("absent", "queued", "running")
+            state = c.get(srv.video_url(cid) + "/status").json()["state"]
+            assert state in ("absent", "queued", "running")
             assert c.get(srv.video_url(cid) + "/playlist.m3u8").status_code == 200
             assert srv.wait_done(cid)["state"] == "done"
             check_hls(c, srv.video_url(cid), probe_source(path), tmp_path)

@@ -13,8 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-from starlette.applications import Starlette
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -42,7 +42,8 @@ def create_app() -> Starlette:
             raise FileNotFoundError(cid)
         return path
 
-    routes = [Route("/health", _health), Route("/metrics", _metrics), *watch_routes(get_source, EdgeSettings())]
+    routes = [Route("/health", _health), Route("/metrics", _metrics),
+              *watch_routes(get_source, EdgeSettings())]
     static = os.environ.get("ATCDN_TEST_STATIC")
     if static:
         routes.append(Mount("/static", StaticFiles(directory=static)))
