@@ -349,15 +349,26 @@ class RenditionWriter:
             packet.duration = self.frame_durations.pop(packet.pts, packet.duration)
         self.output.mux(packets)
 
-    def encode_audio(self, frame: AudioFrame) -> None:
-        if self.audio is not None:
-            self.output.mux(self.audio.encode(frame))
+    def encode_audio(self, frame: AudioFrame | None, copies: list[RenditionWriter]) -> None:
+        """Encode AAC once here and mux the same packets into ``copies`` as well (their
+        encoders, opened with the same settings, only provide the stream parameters)."""
+        if self.audio is None:
+            return
+        for packet in self.audio.encode(frame):
+            for other in copies:
+                other.mux_audio_copy(packet)
+            self.output.mux(packet)
+
+    def mux_audio_copy(self, packet: av.Packet) -> None:
+        clone = av.Packet(bytes(packet))
+        clone.pts, clone.dts, clone.duration = packet.pts, packet.dts, packet.duration
+        clone.time_base = packet.time_base
+        clone.stream = self.audio
+        self.output.mux(clone)
 
     def close(self, end: float) -> None:
         self.end = end
         self._mux_video(self.video.encode(None))
-        if self.audio is not None:
-            self.output.mux(self.audio.encode(None))
         self.output.close()
         if self.sink.count != len(self.boundaries):
             raise VideoError(500, "TranscodeFailed",
@@ -490,6 +501,7 @@ def _transcode(container, source: Path, out: Path, limits: Limits) -> float:
             audio_samples = _audio(writers, resampler, audio, audio_samples)
     if info.has_audio:
         audio_samples = _audio(writers, resampler, None, audio_samples)
+        writers[0].encode_audio(None, writers[1:])
     end = _end(last_video, info)
     encoders.encode(held[0], held[1], round((end - last_video) / VIDEO_TIME_BASE))
     encoders.release()
@@ -569,8 +581,7 @@ def _audio(writers: list[RenditionWriter], resampler: av.AudioResampler,
         chunk.pts = samples
         chunk.time_base = Fraction(1, AUDIO_RATE)
         samples += chunk.samples
-        for writer in writers:
-            writer.encode_audio(chunk)
+        writers[0].encode_audio(chunk, writers[1:])
     return samples
 
 
