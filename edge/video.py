@@ -306,7 +306,7 @@ class RenditionWriter:
         self.notify = on_segment
         self.sink = SegmentSink(self.folder, self._segment_done)
         self.output = av.open(self.sink, "w", format="mp4", options={
-            "movflags": "frag_keyframe+empty_moov+default_base_moof",
+            "movflags": "frag_keyframe+empty_moov+default_base_moof+negative_cts_offsets",
             "flush_packets": "1",
         })
         r = rendition
