@@ -91,6 +91,17 @@ class EdgeSettings(BaseSettings):
     transform_timeout: float = 20.0
     transform_memory_mb: int = 1024
 
+    # Video (/watch): transcodes to HLS run in child processes, at most
+    # video_max_concurrent per node, video_queue_length more waiting per worker.
+    video_max_bytes: int = 300 * 1024 * 1024
+    video_max_seconds: float = 600.0
+    video_max_pixels: int = 4096 * 2304
+    video_timeout: float = 900.0
+    video_memory_bytes: int = 3 * 1024**3
+    video_max_concurrent: int = 1
+    video_queue_length: int = 8
+    video_threads: int = 0
+
 
 class ControlSettings(BaseSettings):
     """The AWS control plane (Route53 edges, the takedown feed). Variables ``ATCDN_*``.

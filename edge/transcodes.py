@@ -1,0 +1,242 @@
+"""Running transcodes: one child process per video, bounded, queued, single-flight per node.
+
+Each transcode is ``python -m edge.video`` in a child process (RLIMIT_AS inside, a wall
+timeout outside), so hostile media can crash or exhaust only that child. Coordination
+between the edge's worker processes goes through files under ``{cache_dir}/video/``:
+
+- ``{cid}/.lock`` is held by the child for the whole transcode: whoever finds it held
+  knows the video is being transcoded and just serves the files as they appear;
+- ``{cid}/done`` (written last) marks a finished transcode, which survives restarts;
+  ``{cid}/error.json`` a refused source (or a transient failure, retried later);
+- ``slots/{n}.lock``: a transcode runs only while its parent holds one of
+  ``video_max_concurrent`` slot locks, so the bound holds for the whole node. Requests that
+  find every slot taken wait in this worker's queue; when it is full they get 429.
+
+A directory with neither ``done``, ``error.json`` nor a held lock is what an interrupted
+transcode left; it is never served, and the next request starts the transcode over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Literal
+
+from filelock import FileLock, Timeout
+from prometheus_client import Counter, Gauge
+
+from atcdn.settings import EdgeSettings
+from edge import video
+from edge.video import DONE_NAME, ERROR_NAME, LOCK_NAME, STATE_NAME, Limits, VideoError
+
+STARTED = Counter("atcdn_video_transcodes_started", "Video transcodes started")
+FINISHED = Counter("atcdn_video_transcodes_finished", "Video transcodes finished")
+FAILED = Counter("atcdn_video_transcodes_failed", "Video transcodes refused, crashed or timed out")
+QUEUED = Gauge("atcdn_video_transcode_queue_length", "Transcodes waiting for a slot",
+               multiprocess_mode="livesum")
+ENCODED = Counter("atcdn_video_encoded_seconds", "Seconds of video transcoded")
+
+State = Literal["absent", "queued", "running", "done", "failed"]
+TRANSIENT_RETRY_SECONDS = 300.0  # a timed-out transcode is tried again after this
+SLOT_POLL_SECONDS = 0.2
+ROOT = Path(__file__).resolve().parent.parent  # so the child finds the edge package
+
+
+class Busy(Exception):
+    """Every slot is taken and the queue is full."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("too many videos are being transcoded; retry later")
+        self.retry_after = retry_after
+
+
+def limits_of(settings: EdgeSettings) -> Limits:
+    return Limits(max_bytes=settings.video_max_bytes, max_seconds=settings.video_max_seconds,
+                  max_pixels=settings.video_max_pixels, memory_bytes=settings.video_memory_bytes,
+                  threads=settings.video_threads)
+
+
+class Transcodes:
+    """The transcodes of one edge worker process (and what it can see of the others')."""
+
+    def __init__(self, settings: EdgeSettings) -> None:
+        self.root = Path(settings.cache_dir) / "video"
+        self.limits = limits_of(settings)
+        self.timeout = settings.video_timeout
+        self.slots = max(1, settings.video_max_concurrent)
+        self.queue_length = settings.video_queue_length
+        self.jobs: dict[str, asyncio.Task[None]] = {}
+        self.waiting = 0
+        (self.root / "slots").mkdir(parents=True, exist_ok=True)
+
+    def folder(self, cid: str) -> Path:
+        return self.root / cid
+
+    # ------------------------------------------------------------------ state
+
+    def state(self, cid: str) -> State:
+        folder = self.folder(cid)
+        if (folder / DONE_NAME).exists():
+            return "done"
+        if self.error(cid) is not None:
+            return "failed"
+        if cid in self.jobs and not self._locked(folder):
+            return "queued"
+        if self._locked(folder):
+            return "running"
+        return "absent"
+
+    def error(self, cid: str) -> dict | None:
+        """The stored refusal of this video, if any (expired transient ones are dropped)."""
+        path = self.folder(cid) / ERROR_NAME
+        try:
+            error = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if error.get("transient") and time.time() - error.get("at", 0) > TRANSIENT_RETRY_SECONDS:
+            path.unlink(missing_ok=True)
+            return None
+        return error
+
+    def progress(self, cid: str) -> dict:
+        try:
+            return json.loads((self.folder(cid) / STATE_NAME).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    @staticmethod
+    def _locked(folder: Path) -> bool:
+        """Whether a transcode (in any process of this node) holds this video's lock."""
+        if not (folder / LOCK_NAME).exists():
+            return False
+        lock = FileLock(str(folder / LOCK_NAME), thread_local=False)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        lock.release()
+        return False
+
+    # ------------------------------------------------------------------ start
+
+    async def ensure(self, cid: str, source: Callable[[], Awaitable[Path]]) -> State:
+        """Make sure this video is transcoded or being transcoded; return its state.
+
+        Raises Busy when the queue is full; whatever ``source`` raises (fetch failures).
+        """
+        state = self.state(cid)
+        if state != "absent":
+            return state
+        if self.waiting >= self.queue_length:
+            raise Busy(retry_after=max(1, int(self.waiting)))
+        path = await source()
+        state = self.state(cid)
+        if state != "absent":
+            return state
+        self.folder(cid).mkdir(parents=True, exist_ok=True)
+        size = path.stat().st_size
+        if size > self.limits.max_bytes:
+            limit = self.limits.max_bytes
+            self._refuse(cid, VideoError(413, "TooLarge",
+                                         f"video is {size} bytes, the limit is {limit}"))
+            return "failed"
+        self.waiting += 1  # counted now, so concurrent requests see the queue grow
+        QUEUED.inc()
+        self.jobs[cid] = asyncio.create_task(self._run(cid, path))
+        return "queued"
+
+    def _refuse(self, cid: str, error: VideoError, transient: bool = False) -> None:
+        FAILED.inc()
+        body = error.to_json() | ({"transient": True, "at": time.time()} if transient else {})
+        video.write_json(self.folder(cid) / ERROR_NAME, body)
+
+    async def _run(self, cid: str, source: Path) -> None:
+        try:
+            slot = await self._slot()
+        finally:
+            self.waiting -= 1
+            QUEUED.dec()
+        try:
+            await self._child(cid, source)
+        finally:
+            slot.release()
+            self.jobs.pop(cid, None)
+
+    async def _slot(self) -> FileLock:
+        while True:
+            for n in range(self.slots):
+                lock = FileLock(str(self.root / "slots" / f"{n}.lock"), thread_local=False)
+                try:
+                    lock.acquire(timeout=0)
+                    return lock
+                except Timeout:
+                    continue
+            await asyncio.sleep(SLOT_POLL_SECONDS)
+
+    async def _child(self, cid: str, source: Path) -> None:
+        folder = self.folder(cid)
+        STARTED.inc()
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        log = open(self.root / f"{cid}.log", "ab")
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "edge.video", str(source), str(folder),
+                json.dumps(asdict(self.limits)), env=env, stdout=log, stderr=log,
+                stdin=asyncio.subprocess.DEVNULL)
+        finally:
+            log.close()
+        try:
+            code = await asyncio.wait_for(proc.wait(), self.timeout)
+        except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+            proc.kill()
+            await proc.wait()
+            self._discard(folder)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            self._refuse(cid, VideoError(503, "TranscodeTimeout",
+                                         f"transcode took longer than {self.timeout:.0f} s"),
+                         transient=True)
+            return
+        if code == video.EXIT_DONE and (folder / DONE_NAME).exists():
+            FINISHED.inc()
+            try:
+                ENCODED.inc(json.loads((folder / DONE_NAME).read_text())["encoded_seconds"])
+            except (OSError, ValueError, KeyError):
+                pass
+        elif code == video.EXIT_REFUSED:
+            FAILED.inc()
+        elif code != video.EXIT_BUSY:  # killed by a signal, out of memory, a bug...
+            self._discard(folder)
+            self._refuse(cid, VideoError(422, "UndecodableMedia",
+                                         f"the transcoder died on this video (exit {code})"))
+
+    @staticmethod
+    def _discard(folder: Path) -> None:
+        """Remove a killed child's partial output (when nobody else has taken over)."""
+        lock = FileLock(str(folder / LOCK_NAME), thread_local=False)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return
+        try:
+            video.clear(folder)
+        finally:
+            lock.release()
+
+    async def close(self) -> None:
+        """Stop this worker's transcodes (server shutdown): children are killed, the
+        partial output discarded, and the next request starts over."""
+        for task in list(self.jobs.values()):
+            task.cancel()
+        for task in list(self.jobs.values()):
+            try:
+                await task
+            except BaseException:
+                pass
