@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -38,6 +39,8 @@ from edge.responses import blob_type, send_entry, send_error
 from edge.takedown import SETTLE, Node, Takedowns, purge_disk, takedown
 from edge.transform import MediaError, transform
 from edge.transform import shutdown as stop_transforms
+from edge.video import write_atomic
+from edge.watch import watch_routes
 from origin.mime import SNIFF_BYTES, sniff
 
 log = logging.getLogger("atcdn.edge")
@@ -50,6 +53,7 @@ class Edge:
     def __init__(self, settings: EdgeSettings) -> None:
         node = Node(settings.cache_dir)
         use_dir(node.metrics_dir)
+        self.node = node
         self.settings = settings
         self.presets = load_presets(settings.presets)
         self.metrics = Metrics()
@@ -66,6 +70,7 @@ class Edge:
                 Route("/metrics", self.metrics_page, methods=["GET"]),
                 Route("/admin/purge", self.admin_purge, methods=["POST"]),
                 Route("/admin/takedown", self.admin_takedown, methods=["POST"]),
+                *watch_routes(self._video_source, settings),
             ],
             exception_handlers={404: _json_http_error, 405: _json_http_error},
             lifespan=self._lifespan,
@@ -98,6 +103,8 @@ class Edge:
                 return await self.image(scope, receive, send)
             if path.startswith("/blob/"):
                 return await self.blob(scope, receive, send)
+            if path.startswith("/watch/") and await self._watch_blocked(path, send):
+                return
         await self.router(scope, receive, send)
 
     # -- content routes -------------------------------------------------------------------
@@ -147,6 +154,35 @@ class Edge:
         if found is not None:
             self._served("blob", found[1], found[0], started)
             await send_entry(scope, receive, send, found[0], request)
+
+    async def _watch_blocked(self, path: str, send: Send) -> bool:
+        """Refuse (451) a /watch path of a taken-down blob or account, before the video
+        routes serve a finished transcode from disk; True when refused."""
+        parts = path.split("/")
+        if len(parts) < 4:
+            return False
+        self._sync()
+        try:
+            did, cid = urls.parse_did(parts[2]), urls.parse_cid(parts[3])
+        except urls.UrlError:
+            return False  # the video routes answer the 400
+        if not self.takedowns.blocked(did, cid):
+            return False
+        await self._error(send, "watch", _taken_down(cid))
+        return True
+
+    async def _video_source(self, did: str, cid: str) -> Path:
+        """The verified video blob as a file for the transcoder (fetched once per node)."""
+        if self.takedowns.blocked(did, cid):
+            raise _taken_down(cid)
+        value, _ = await self._source(did, cid)
+        if isinstance(value, str):
+            return Path(value)
+        path = self.node.video_dir / "sources" / cid  # small blobs live in the cache index
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(write_atomic, path, value)
+        return path
 
     # -- the miss path --------------------------------------------------------------------
 
@@ -287,7 +323,8 @@ class Edge:
                 targets.append(_did_cid(body))
         except urls.UrlError as exc:
             return _json_error(400, "InvalidRequest", str(exc))
-        removed = sum(purge_disk(self.disk, did=did, cid=cid) for did, cid in targets)
+        removed = sum(purge_disk(self.disk, self.node.video_dir, did=did, cid=cid)
+                      for did, cid in targets)
         await self._settle()
         return JSONResponse({"purged": removed, "targets": len(targets)})
 
@@ -307,7 +344,7 @@ class Edge:
             removed = 0
         else:
             self.takedowns.add(did=did, cid=cid)
-            removed = purge_disk(self.disk, did=did, cid=cid)
+            removed = purge_disk(self.disk, self.node.video_dir, did=did, cid=cid)
         await self._settle()
         return JSONResponse({"purged": removed})
 
@@ -354,6 +391,4 @@ async def _json_http_error(request: Request, exc: Exception) -> Response:
 
 def create_app() -> Edge:
     """The app factory servers call in every worker; settings come from ``ATCDN_*``."""
-    edge = Edge(EdgeSettings())
-    # Other route tables mount here, e.g. video: edge.mount("/watch", watch_routes(edge)).
-    return edge
+    return Edge(EdgeSettings())

@@ -13,6 +13,7 @@ only need the node's cache directory.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -96,15 +97,28 @@ class Node:
         self.metrics_dir = cache_dir / "metrics"
         self.lock_dir = cache_dir / "locks"
         self.tmp_dir = cache_dir / "tmp"
+        self.video_dir = cache_dir / "video"  # edge/transcodes.py: {cid}/ and sources/{cid}
         self.generation = Generation(cache_dir / "generation")
 
 
-def purge_disk(disk: DiskTier, *, did: str | None = None, cid: str | None = None) -> int:
-    """Evict every entry of ``cid`` and of every blob fetched for ``did``."""
+def purge_disk(disk: DiskTier, video_dir: Path, *, did: str | None = None,
+               cid: str | None = None) -> int:
+    """Evict every entry of ``cid`` and of every blob fetched for ``did``: the disk tier's
+    entries and the HLS transcodes (served from disk without asking the source again)."""
     victims = set(disk.cids_of(did)) if did else set()
     if cid:
         victims.add(cid)
-    return sum(disk.evict_cid(c) for c in victims)
+    removed = 0
+    for victim in victims:
+        removed += disk.evict_cid(victim)
+        for path in (video_dir / victim, video_dir / "sources" / victim):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
+            elif path.exists():
+                path.unlink()
+                removed += 1
+    return removed
 
 
 def purge(cid: str | None = None, did: str | None = None,
@@ -114,7 +128,7 @@ def purge(cid: str | None = None, did: str | None = None,
     node = Node(settings.cache_dir)
     disk = DiskTier(node.disk_dir, settings.cache_size, settings.memory_max_item)
     try:
-        removed = purge_disk(disk, did=did, cid=cid)
+        removed = purge_disk(disk, node.video_dir, did=did, cid=cid)
     finally:
         disk.close()
     node.generation.bump()

@@ -8,14 +8,11 @@ Chromium's own Accept header) and one per raw /blob URL, and the system Chromium
 
 from __future__ import annotations
 
-import functools
 import html
 import json
 import os
 import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -26,6 +23,7 @@ from tests.conftest import TOKEN, need_tool, start_edge
 from tests.npm import npm_package
 from tests.origins import Origin
 from tests.sample_images import PRESETS, SAMPLES
+from tests.servers import static_server
 
 pytestmark = pytest.mark.timeout(600)  # the first run installs tests/browser
 
@@ -75,20 +73,8 @@ def page_url(tmp_path_factory: pytest.TempPathFactory, edge_url: str) -> Iterato
     (root / "index.html").write_text(
         "<!doctype html><html><head><meta charset=utf-8><title>atcdn</title></head><body>\n"
         + "\n".join(tags) + "\n</body></html>\n")
-    handler = functools.partial(QuietHandler, directory=str(root))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/index.html"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args) -> None:
-        pass
+    with static_server(root) as base:
+        yield f"{base}/index.html"
 
 
 @pytest.fixture(scope="module")

@@ -290,7 +290,8 @@ def test_limits(tmp_path: Path) -> None:
             assert too_big.status_code == 413 and too_big.json()["error"] == "TooLarge"
     finally:
         srv.stop()
-    srv = WatchServer(tmp_path / "timeout", workers=1, video_timeout=0.3).start()
+    # A child Python that imports PyAV cannot even start within 50 ms: always a timeout.
+    srv = WatchServer(tmp_path / "timeout", workers=1, video_timeout=0.05).start()
     try:
         with httpx.Client(timeout=60) as c:
             cid = srv.add(long)
@@ -305,3 +306,26 @@ def test_limits(tmp_path: Path) -> None:
             assert c.get(srv.url + "/health").status_code == 200
     finally:
         srv.stop()
+
+
+def test_takedown_reaches_a_finished_transcode(server: WatchServer, client: httpx.Client,
+                                                tmp_path: Path) -> None:
+    """A finished video is served from disk; a takedown must still stop it, and a restore
+    must not bring back the old transcode (it was purged and is made again)."""
+    from tests.conftest import TOKEN
+
+    cid = server.add(make_clip(tmp_path / "clip.mp4", seconds=2, audio=False).read_bytes())
+    assert client.get(server.video_url(cid) + "/playlist.m3u8").status_code == 200
+    assert server.wait_done(cid)["state"] == "done"
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    taken = client.post(server.url + "/admin/takedown", json={"cid": cid}, headers=admin)
+    assert taken.status_code == 200
+    for name in ("playlist.m3u8", "thumbnail.jpg", "360p/index.m3u8", "status"):
+        refused = client.get(f"{server.video_url(cid)}/{name}")
+        assert refused.status_code == 451 and refused.json()["error"] == "TakenDown"
+    assert not (server.cache / "video" / cid).exists()  # purged from disk too
+    restored = client.post(server.url + "/admin/takedown", json={"cid": cid, "restore": True},
+                           headers=admin)
+    assert restored.status_code == 200
+    assert client.get(server.video_url(cid) + "/playlist.m3u8").status_code == 200
+    assert server.starts(cid) == 2  # transcoded again, not resurrected from a cache

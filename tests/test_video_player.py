@@ -15,6 +15,7 @@ import pytest
 
 from tests.clips import make_clip, make_gif
 from tests.conftest import CORPUS, corpus_files, need, need_tool
+from tests.npm import npm_package
 from tests.video_server import WatchServer, probe_source
 
 PLAYER = Path(__file__).resolve().parent / "player"
@@ -28,20 +29,14 @@ GENERATED = {
 VIDEOS = [*GENERATED, *(p.name for p in corpus_files("video"))]
 
 
-def _install_player() -> None:
-    need_tool("node")
-    need_tool("ffprobe")
-    need(Path("/usr/bin/chromium").exists() or bool(need_tool("chromium")), "chromium missing")
-    if not (PLAYER / "node_modules" / "hls.js").is_dir():
-        npm = need_tool("npm")
-        subprocess.run([npm, "install", "--no-audit", "--no-fund", "--no-save"], cwd=PLAYER,
-                       check=True, capture_output=True)
 
 
 @pytest.fixture(scope="module")
 def played(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict]]:
     """Play every video once; results by file name."""
-    _install_player()
+    need_tool("ffprobe")
+    need_tool("chromium")
+    npm_package("player")
     work = tmp_path_factory.mktemp("player")
     server = WatchServer(work / "node", static=PLAYER).start()
     try:
@@ -53,7 +48,7 @@ def played(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict]
         urls = {name: server.video_url(server.add(path.read_bytes())) + "/playlist.m3u8"
                 for name, path in sources.items()}
         run = subprocess.run(
-            ["node", str(PLAYER / "play.mjs"), server.url + "/static/player.html",
+            ["node", str(PLAYER / "play.mjs"), server.static_url + "/player.html",
              json.dumps(list(urls.values()))],
             cwd=PLAYER, capture_output=True, text=True, timeout=800)
         assert run.returncode == 0, run.stderr[-3000:]

@@ -1,8 +1,9 @@
-"""A real /watch server process over a blob directory (tests/watch_app.py), and the HLS
-checks the video tests share: fetch every rendition, probe it with ffprobe."""
+"""A real video node (origin + edge processes) and the HLS checks the video tests share:
+fetch every rendition, probe it with ffprobe."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -12,49 +13,68 @@ from pathlib import Path
 
 import httpx
 
-from tests.servers import Process, free_port
-from tests.watch_app import add_blob
+from origin.cid import compute
+from tests.conftest import TOKEN, Edge, start_edge
+from tests.origins import Origin
+from tests.servers import static_server
 
 DID = "did:plc:" + "a" * 24
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class WatchServer:
-    """``python -m tests.watch_app`` with its own blob and cache directories."""
+    """A video node: a real origin and a real ``atcdn edge serve`` in front of it.
+
+    ``add`` stores a blob in the origin; ``url`` is the edge. With ``static``, that
+    directory is served from another 127.0.0.1 origin (``static_url``), as a site
+    embedding the player would be. Settings are ``ATCDN_EDGE_*`` values by name.
+    """
 
     def __init__(self, base: Path, *, workers: int = 2, static: Path | None = None,
-                 **settings: str | int) -> None:
-        self.blobs = base / "blobs"
+                 **settings: str | int | float) -> None:
+        self.base = base
         self.cache = base / "cache"
-        self.blobs.mkdir(parents=True, exist_ok=True)
-        self.log = base / "server.log"
-        self.env = {"ATCDN_TEST_BLOBS": str(self.blobs), "ATCDN_EDGE_CACHE_DIR": str(self.cache),
-                    "ATCDN_EDGE_WORKERS": str(workers), "ATCDN_EDGE_SERVER": "granian",
+        self.workers = workers
+        self.static = static
+        self.env = {"ATCDN_PDS_FALLBACK": "0",
                     **{f"ATCDN_EDGE_{k.upper()}": str(v) for k, v in settings.items()}}
-        if static is not None:
-            self.env["ATCDN_TEST_STATIC"] = str(static)
-        self.proc: Process | None = None
+        self.origin: Origin | None = None
+        self.edge: Edge | None = None
+        self._static: contextlib.ExitStack | None = None
         self.url = ""
+        self.static_url = ""
 
     def start(self) -> "WatchServer":
-        port = free_port()
-        import sys
-        self.proc = Process([sys.executable, "-m", "tests.watch_app", str(port)], env=self.env,
-                            log=self.log, cwd=ROOT)
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc.wait_http(self.url + "/health")
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.origin = Origin(self.base / "origin", {}, self.base / "origin.log")
+        self.origin.start()
+        self.edge = start_edge(self.origin.url, self.cache, self.base / "edge.log",
+                               workers=self.workers, env=self.env)
+        self.url = self.edge.url
+        if self.static is not None and self._static is None:
+            self._static = contextlib.ExitStack()
+            self.static_url = self._static.enter_context(static_server(self.static))
         return self
 
     def stop(self, sig: int | None = None) -> None:
-        if self.proc is not None:
-            if sig is None:
-                self.proc.stop()
-            else:
-                self.proc.stop(sig)
-            self.proc = None
+        """Stop the edge (with ``sig``, e.g. SIGKILL mid-transcode) and the origin."""
+        if self.edge is not None:
+            self.edge.proc.stop(*(() if sig is None else (sig,)))
+            self.edge = None
+        if self.origin is not None:
+            self.origin.stop()
+            self.origin = None
+        if self._static is not None:
+            self._static.close()
+            self._static = None
 
     def add(self, data: bytes) -> str:
-        return add_blob(self.blobs, data)
+        """Store ``data`` in the origin; its CID."""
+        cid = compute(data)
+        assert self.origin is not None
+        stored = httpx.put(f"{self.origin.url}/blob/{cid}", content=data, timeout=60,
+                           headers={"Authorization": f"Bearer {TOKEN}"})
+        assert stored.status_code in (200, 201), stored.text
+        return cid
 
     def video_url(self, cid: str, did: str = DID) -> str:
         return f"{self.url}/watch/{did}/{cid}"
