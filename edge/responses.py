@@ -1,9 +1,8 @@
 """Sending cached entries and errors over raw ASGI.
 
-Immutable content makes the HTTP rules short: a strong ETag per (cid, preset, format),
-``If-None-Match`` -> 304, one ``Range`` -> 206 (a satisfiable multi-range is answered
-with the whole body, as RFC 9110 allows), an unsatisfiable one -> 416, HEAD -> headers
-only, and always a Content-Length. Files go out through Starlette's FileResponse, which
+Immutable content makes the HTTP rules short (origin/ranges.py): a strong ETag per
+(cid, preset, format), ``If-None-Match`` -> 304, one ``Range`` -> 206, an unsatisfiable
+one -> 416, HEAD -> headers only, and always a Content-Length. Files go out through Starlette's FileResponse, which
 uses granian's zero-copy ``http.response.pathsend`` when the server offers it.
 """
 
@@ -16,6 +15,7 @@ from starlette.responses import FileResponse
 from starlette.types import Receive, Scope, Send
 
 from edge.cache import IMMUTABLE, Entry, Headers
+from origin.ranges import RangeNotSatisfiable, etag_matches, parse_range
 
 JSON = b"application/json"
 VARY_ACCEPT = (b"vary", b"Accept")
@@ -41,46 +41,13 @@ def blob_type(content_type: str | None) -> tuple[str, Headers]:
     return "application/octet-stream", [*BLOB_HEADERS, (b"content-disposition", b"attachment")]
 
 
-def parse_range(header: str, size: int) -> tuple[int, int] | None | bool:
-    """``(start, end_exclusive)`` for one satisfiable range; None to ignore the header
-    (malformed or several ranges: send everything); False when unsatisfiable (416)."""
-    unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
-        return None
-    first, dash, last = spec.strip().partition("-")
-    if not dash:
-        return None
-    try:
-        if first == "":
-            length = int(last)
-            if length <= 0:
-                return False if size == 0 or length == 0 else None
-            return max(size - length, 0), size
-        start = int(first)
-        end = int(last) + 1 if last else size
-    except ValueError:
-        return None
-    if start < 0 or (last and end <= start):
-        return None
-    if start >= size:
-        return False
-    return start, min(end, size)
-
-
-def etag_matches(header: str, etag: bytes) -> bool:
-    if header.strip() == "*":
-        return True
-    tag = etag.decode()
-    return any(t.strip().removeprefix("W/") == tag for t in header.split(","))
-
-
 async def send_entry(scope: Scope, receive: Receive, send: Send, entry: Entry,
                      request: dict[bytes, bytes], *, vary: bool = False) -> None:
     """Answer with ``entry`` honouring HEAD, If-None-Match and Range."""
     head_only = scope["method"] == "HEAD"
     headers = entry.headers + [VARY_ACCEPT] if vary else entry.headers
     inm = request.get(b"if-none-match")
-    if inm is not None and etag_matches(inm.decode("latin-1"), entry.etag):
+    if inm is not None and etag_matches(inm.decode("latin-1"), entry.etag.decode()):
         not_modified = [(b"etag", entry.etag), (b"cache-control", IMMUTABLE)]
         if vary:
             not_modified.append(VARY_ACCEPT)
@@ -91,8 +58,9 @@ async def send_entry(scope: Scope, receive: Receive, send: Send, entry: Entry,
     if_range = request.get(b"if-range")
     if raw_range and if_range is not None and if_range.strip() != entry.etag:
         raw_range = None  # a range of some other version: send this one whole
-    span = parse_range(raw_range.decode("latin-1"), entry.size) if raw_range else None
-    if span is False:
+    try:
+        span = parse_range(raw_range.decode("latin-1"), entry.size) if raw_range else None
+    except RangeNotSatisfiable:
         await send_error(send, 416, "RangeNotSatisfiable", f"the entity is {entry.size} bytes",
                          extra=[(b"content-range", f"bytes */{entry.size}".encode())])
         return

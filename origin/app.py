@@ -24,6 +24,7 @@ from origin import cid as cids
 from origin.index import BlobMeta, Index
 from origin.metrics import Metrics, MetricsMiddleware
 from origin.mime import is_active, sniff
+from origin.ranges import RangeNotSatisfiable, etag_matches, parse_range
 from origin.store import BlobStore, Staging, open_store
 
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -46,44 +47,6 @@ class ApiError(Exception):
         self.error = error or ERROR_NAMES.get(status, "Error")
         self.message = message
         self.headers = headers
-
-
-class RangeNotSatisfiable(Exception):
-    pass
-
-
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """The one byte range ``[start, end)`` asked for, or None to send the whole blob.
-
-    Malformed headers and multi-range requests are ignored (RFC 9110 allows answering
-    200 with the full body); a well-formed range past the end raises.
-    """
-    if not header or not header.startswith("bytes=") or "," in header:
-        return None
-    first, sep, last = header[6:].strip().partition("-")
-    if not sep or not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
-        return None
-    if first == "":
-        if last == "":
-            return None
-        length = int(last)
-        if length == 0 or size == 0:
-            raise RangeNotSatisfiable
-        return max(size - length, 0), size
-    start = int(first)
-    end = size if last == "" else min(int(last) + 1, size)
-    if last != "" and int(last) < start:
-        return None  # invalid range: ignore
-    if start >= size:
-        raise RangeNotSatisfiable
-    return start, end
-
-
-def etag_matches(if_none_match: str, etag: str) -> bool:
-    if if_none_match.strip() == "*":
-        return True
-    tags = (tag.strip().removeprefix("W/") for tag in if_none_match.split(","))
-    return etag in tags
 
 
 def error_response(status: int, error: str, message: str,

@@ -8,7 +8,8 @@ from edge import urls
 from edge.did import document_url, pds_endpoint
 from edge.fetch import is_public_address
 from edge.presets import DEFAULT_PRESETS
-from edge.responses import blob_type, etag_matches, parse_range
+from edge.responses import blob_type
+from origin.ranges import RangeNotSatisfiable, etag_matches, parse_range
 from origin.cid import compute
 
 CID = compute(b"hello")
@@ -105,19 +106,24 @@ def test_purge_path_rejects_others() -> None:
     ("bytes=90-", (90, 100)),
     ("bytes=-10", (90, 100)),
     ("bytes=95-200", (95, 100)),
-    ("bytes=100-", False),
+    ("bytes=100-", RangeNotSatisfiable),
+    ("bytes=-0", RangeNotSatisfiable),
     ("bytes=0-1,5-6", None),
     ("items=0-1", None),
     ("bytes=5-1", None),
     ("bytes=abc", None),
 ])
 def test_parse_range(header: str, expected: object) -> None:
-    assert parse_range(header, 100) == expected
+    if expected is RangeNotSatisfiable:
+        with pytest.raises(RangeNotSatisfiable):
+            parse_range(header, 100)
+    else:
+        assert parse_range(header, 100) == expected
 
 
 def test_etag_matching() -> None:
-    assert etag_matches('"a", "b"', b'"b"') and etag_matches("*", b'"x"')
-    assert etag_matches('W/"b"', b'"b"') and not etag_matches('"c"', b'"b"')
+    assert etag_matches('"a", "b"', '"b"') and etag_matches("*", '"x"')
+    assert etag_matches('W/"b"', '"b"') and not etag_matches('"c"', '"b"')
 
 
 @pytest.mark.parametrize("sniffed, safe", [
