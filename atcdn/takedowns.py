@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,12 +26,12 @@ from filelock import FileLock
 from atcdn.control import client
 from atcdn.settings import ControlSettings
 from origin import cid as cids
+from origin import did as dids
 
 log = logging.getLogger("atcdn.takedowns")
 
 FEED = "takedowns"
 Action = Literal["takedown", "restore"]
-DID = re.compile(r"^did:(plc:[a-z2-7]{24}|web:[a-zA-Z0-9.\-]+(%3[aA]\d+)?)$")
 
 
 @dataclass(frozen=True)
@@ -56,8 +55,8 @@ def check_target(cid: str | None, did: str | None) -> None:
         raise ValueError("name exactly one of cid or did")
     if cid is not None:
         cids.parse(cid)  # CIDError is a ValueError
-    if did is not None and not DID.match(did):
-        raise ValueError(f"not a did:plc or did:web DID: {did!r}")
+    if did is not None:
+        dids.parse(did)  # DIDError is a ValueError
 
 
 class Feed:

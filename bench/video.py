@@ -34,9 +34,10 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.watch_app import add_blob  # noqa: E402
+
 from edge import hls  # noqa: E402
 from tests.servers import Process, free_port  # noqa: E402
-from tests.watch_app import add_blob  # noqa: E402
 
 DID = "did:plc:" + "b" * 24
 

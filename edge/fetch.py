@@ -29,9 +29,9 @@ import httpcore
 import httpx
 
 from atcdn.settings import EdgeSettings
-from edge.did import Resolver
 from edge.errors import BlockedAddress, EdgeError
 from edge.metrics import Metrics
+from edge.resolver import Resolver
 from origin.cid import Verifier
 
 log = logging.getLogger("atcdn.edge")

@@ -15,13 +15,7 @@ from urllib.parse import unquote
 
 from edge.presets import FORMATS, Format, Preset
 from origin import cid as cids
-
-PLC_RE = re.compile(r"did:plc:[a-z2-7]{24}")
-# did:web names a host (atproto allows no path); a port only percent-encoded (%3A).
-WEB_RE = re.compile(
-    r"did:web:(?P<host>(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)"
-    r"(?:%3a(?P<port>[0-9]{1,5}))?"
-)
+from origin import did as dids
 
 
 class UrlError(ValueError):
@@ -44,27 +38,10 @@ class BlobRequest:
 
 def parse_did(text: str) -> str:
     """The canonical DID in ``text`` (raw or percent-encoded), or raise UrlError."""
-    if text[:6].lower() == "did%3a":  # still encoded after the server's decoding
-        text = unquote(text)
-    if text.startswith("did:plc:"):
-        if PLC_RE.fullmatch(text):
-            return text
-        raise UrlError("did:plc DIDs are 'did:plc:' followed by 24 base32 characters")
-    if text.startswith("did:web:"):
-        # A decoded "did:web:host:8080" means "host%3A8080": put the escape back.
-        rest = text[len("did:web:"):]
-        if rest.count(":") == 1:
-            rest = rest.replace(":", "%3A")
-        did = "did:web:" + rest.lower().replace("%3a", "%3A")
-        if WEB_RE.fullmatch(did.lower()):
-            return did
-        raise UrlError("did:web DIDs are 'did:web:' followed by a hostname")
-    raise UrlError("unsupported DID method (did:plc and did:web only)")
-
-
-def did_web_host(did: str) -> str:
-    """``host`` or ``host:port`` named by a did:web."""
-    return did[len("did:web:"):].replace("%3A", ":")
+    try:
+        return dids.parse(text)
+    except dids.DIDError as exc:
+        raise UrlError(str(exc)) from None
 
 
 @functools.lru_cache(maxsize=1 << 16)

@@ -24,16 +24,14 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from atcdn.settings import EdgeSettings
-from edge import hls
+from edge import hls, urls
 from edge.transcodes import Busy, Transcodes
 from edge.video import META_NAME, THUMBNAIL_NAME, write_atomic
-from origin.cid import CIDError, parse
 
 GetSource = Callable[[str, str], Awaitable[Path]]
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 GROWING = "public, max-age=1"
-DID = re.compile(r"^did:(plc:[a-z2-7]{24}|web:[A-Za-z0-9.\-:%]{1,253})$")
 RENDITION = re.compile(r"^[1-9][0-9]{0,3}p$")
 FILE = re.compile(r"^(index\.m3u8|init\.mp4|seg[0-9]{5}\.m4s)$")
 CONTENT_TYPES = {
@@ -95,14 +93,11 @@ class Watch:
     # ------------------------------------------------------------------ serving
 
     def _ids(self, request: Request) -> tuple[str, str] | Response:
-        did, cid = request.path_params["did"], request.path_params["cid"]
-        if not DID.match(did):
-            return error(400, "InvalidDid", f"not a DID: {did!r}")
         try:
-            parse(cid)
-        except CIDError as exc:
-            return error(400, "InvalidCid", str(exc))
-        return did, cid
+            return (urls.parse_did(request.path_params["did"]),
+                    urls.parse_cid(request.path_params["cid"]))
+        except urls.UrlError as exc:
+            return error(400, "InvalidRequest", str(exc))
 
     async def _serve(self, request: Request, relative: str) -> Response:
         """Serve one file of the transcode, starting it and waiting for the file if needed."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import re
+from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -21,6 +21,7 @@ from starlette.types import Lifespan
 from atcdn.settings import OriginSettings
 from atcdn.takedowns import Event, start_follower
 from origin import cid as cids
+from origin import did as dids
 from origin.index import BlobMeta, Index
 from origin.metrics import Metrics, MetricsMiddleware
 from origin.mime import is_active, sniff
@@ -29,8 +30,6 @@ from origin.store import BlobStore, Staging, open_store
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 SANDBOX = "default-src 'none'; sandbox"
-# did:plc:<24 base32> or did:web:<host>, and other methods in the generic DID syntax.
-DID_RE = re.compile(r"^did:[a-z]+:[a-zA-Z0-9._:%-]{1,2000}$")
 ERROR_NAMES = {400: "BadRequest", 401: "AuthRequired", 404: "NotFound",
                405: "MethodNotAllowed", 413: "PayloadTooLarge", 416: "RangeNotSatisfiable",
                422: "CidMismatch", 451: "TakenDown", 500: "InternalServerError",
@@ -90,9 +89,10 @@ class Origin:
     def parse_did(text: str | None) -> str | None:
         if text is None:
             return None
-        if not DID_RE.match(text):
-            raise ApiError(400, f"not a DID: {text[:100]!r}", "InvalidDid")
-        return text
+        try:
+            return dids.parse(text)
+        except dids.DIDError as exc:
+            raise ApiError(400, f"not a DID: {text[:100]!r}: {exc}", "InvalidDid") from None
 
     async def receive(self, request: Request) -> Staging:
         """Stream the body into a staging file, refusing oversized bodies early."""

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from edge.takedown import purge
 from atcdn.settings import EdgeSettings
+from edge.takedown import purge
 from tests.conftest import TOKEN, Upstream, start_upstream
 
 DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"

@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from atcdn.settings import EdgeSettings
-from edge.did import Resolver
 from edge.errors import EdgeError
 from edge.fetch import public_client
+from edge.resolver import Resolver
 from origin.cid import compute
 from tests.conftest import start_upstream
 

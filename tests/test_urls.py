@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 
 from edge import urls
-from edge.did import document_url, pds_endpoint
 from edge.fetch import is_public_address
 from edge.presets import DEFAULT_PRESETS
+from edge.resolver import document_url, pds_endpoint
 from edge.responses import blob_type
-from origin.ranges import RangeNotSatisfiable, etag_matches, parse_range
+from origin import did as dids
 from origin.cid import compute
+from origin.ranges import RangeNotSatisfiable, etag_matches, parse_range
 
 CID = compute(b"hello")
 PLC = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
@@ -32,7 +33,7 @@ def test_did_web_with_and_without_port() -> None:
     assert urls.parse_did("did:web:localhost%3A8080") == "did:web:localhost%3A8080"
     # the server decoded %3A once already
     assert urls.parse_did("did:web:localhost:8080") == "did:web:localhost%3A8080"
-    assert urls.did_web_host("did:web:localhost%3A8080") == "localhost:8080"
+    assert dids.web_host("did:web:localhost%3A8080") == "localhost:8080"
 
 
 @pytest.mark.parametrize("bad", [

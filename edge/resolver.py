@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from edge.errors import BlockedAddress, EdgeError
-from edge.urls import did_web_host
+from origin.did import web_host
 
 STALE_AFTER = 3600.0
 EXPIRE_AFTER = 24 * 3600.0
@@ -23,7 +23,7 @@ EXPIRE_AFTER = 24 * 3600.0
 def document_url(did: str, plc_url: str) -> str:
     if did.startswith("did:plc:"):
         return f"{plc_url.rstrip('/')}/{did}"
-    host = did_web_host(did)
+    host = web_host(did)
     # As the reference resolver does: plain http for localhost (development only;
     # the SSRF guard refuses loopback unless private networks are allowed).
     scheme = "http" if host.split(":")[0] == "localhost" else "https"
