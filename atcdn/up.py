@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 
 HOST = "127.0.0.1"
+SAMPLE_DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"  # any valid DID; the origin has the blob
 
 
 @dataclass
@@ -110,18 +111,13 @@ atcdn is up.  Origin: {origin_url}   (write token in {token_file})
 
   # store a file under the CID you computed, recording the DID that references it:
   CID=$({sys.executable} -c 'import sys; from origin.cid import compute; print(compute(open(sys.argv[1], "rb").read()))' photo.jpg)
-  curl -s -X PUT -H "Authorization: Bearer $TOKEN" --data-binary @photo.jpg "{origin_url}/blob/$CID?did=did:plc:example"
+  curl -s -X PUT -H "Authorization: Bearer $TOKEN" --data-binary @photo.jpg "{origin_url}/blob/$CID?did={SAMPLE_DID}"
 
   # fetch it back (whole, a range, or as a PDS would serve it):
   curl -s -o copy.jpg {origin_url}/blob/$CID
   curl -s -H 'Range: bytes=0-99' {origin_url}/blob/$CID | wc -c
-  curl -s -o copy2.jpg "{origin_url}/xrpc/com.atproto.sync.getBlob?did=did:plc:example&cid=$CID"
-
-Ctrl-C stops everything.
+  curl -s -o copy2.jpg "{origin_url}/xrpc/com.atproto.sync.getBlob?did={SAMPLE_DID}&cid=$CID"
 """
-
-
-SAMPLE_DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"  # any valid DID; the origin has the blob
 
 
 def sample_image() -> bytes:
@@ -158,7 +154,11 @@ def edge_usage(edge_url: str, sample_cid: str) -> str:
   curl -s -o thumb.webp "{edge_url}/img/feed_thumbnail/plain/{did}/$CID@webp"
   curl -s -o avatar.jpg "{edge_url}/img/avatar/plain/{did}/$CID@jpeg"
   curl -s -o original "{edge_url}/blob/{did}/$CID"
-  curl -s {edge_url}/metrics | grep atcdn_edge_
+  # a stored video (MP4, MOV, WebM, GIF) plays as HLS (hls.js, Safari, ExoPlayer):
+  curl -s "{edge_url}/watch/{did}/$CID/playlist.m3u8"
+  curl -s {edge_url}/metrics | grep atcdn_
+
+Ctrl-C stops everything.
 """
 
 
