@@ -27,7 +27,7 @@ def _origin_serve(args: argparse.Namespace) -> None:
 
     _export("ATCDN_ORIGIN_", args, ["host", "port", "data_dir", "workers", "server"])
     settings = OriginSettings()
-    prepare_multiprocess_dir(settings.data_dir)  # before workers import prometheus_client
+    prepare_multiprocess_dir(settings.data_dir / "metrics")  # before workers import prometheus_client
     run("origin.app:create_app", host=settings.host, port=settings.port,
         workers=settings.workers, server=settings.server)
 
@@ -39,10 +39,10 @@ def _edge_serve(args: argparse.Namespace) -> None:
     _export("ATCDN_EDGE_", args,
             ["host", "port", "origin", "cache_dir", "cache_size", "workers", "server"])
     settings = EdgeSettings()
-    from edge.metrics import prepare_dir
+    from origin.metrics import prepare_multiprocess_dir
     from edge.takedown import Node
 
-    prepare_dir(Node(settings.cache_dir).metrics_dir)  # before any worker starts
+    prepare_multiprocess_dir(Node(settings.cache_dir).metrics_dir)  # before any worker starts
     run("edge.app:create_app", host=settings.host, port=settings.port,
         workers=settings.workers, server=settings.server)
 

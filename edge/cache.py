@@ -15,7 +15,6 @@ renderings at once.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -164,8 +163,3 @@ class DiskTier:
 
     def close(self) -> None:
         self.cache.close()
-
-
-def clear_dir(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,9 @@
 """Prometheus metrics of an edge node, summed over its worker processes.
 
 prometheus_client's multiprocess mode keeps each worker's values in mmapped files in
-``{cache_dir}/metrics``; ``prepare_dir`` (run once by the server's parent process) empties
-it and exports ``PROMETHEUS_MULTIPROC_DIR``, which must be set before prometheus_client
-is first imported, hence the imports inside functions here.
+``{cache_dir}/metrics``; ``origin.metrics.prepare_multiprocess_dir`` (run once by the
+server's parent process) empties it and exports ``PROMETHEUS_MULTIPROC_DIR``, which must
+be set before prometheus_client is first imported, hence the imports inside functions.
 
 Memory-tier hits are the hot path: they are tallied in plain ints and flushed into the
 shared counters about once a second rather than touching mmapped values per request.
@@ -16,15 +16,8 @@ import functools
 import os
 from pathlib import Path
 
-from edge.cache import clear_dir
 
 FLUSH_EVERY = 1.0
-
-
-def prepare_dir(path: Path) -> None:
-    """Start a server with empty metrics (in the parent, before workers exist)."""
-    clear_dir(path)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
 
 
 def use_dir(path: Path) -> None:

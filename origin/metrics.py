@@ -22,9 +22,9 @@ KNOWN_ROUTES = frozenset({"/health", "/metrics", "/blob", "/admin/takedown", "/a
                           "/xrpc/com.atproto.sync.getBlob"})
 
 
-def prepare_multiprocess_dir(data_dir: Path) -> None:
-    """Start a server's metrics afresh in ``data_dir/metrics`` (call before workers start)."""
-    directory = Path(data_dir) / "metrics"
+def prepare_multiprocess_dir(directory: Path) -> None:
+    """Start a server's metrics afresh in ``directory`` (call in the server's parent
+    process, before workers start). The origin and the edge both use it."""
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True, exist_ok=True)
     os.environ[MULTIPROC_ENV] = str(directory)
