@@ -24,8 +24,11 @@ def _origin_serve(args: argparse.Namespace) -> None:
     from atcdn.serve import run
     from atcdn.settings import OriginSettings
 
+    from origin.metrics import prepare_multiprocess_dir
+
     _export("ATCDN_ORIGIN_", args, ["host", "port", "data_dir", "workers", "server"])
     settings = OriginSettings()
+    prepare_multiprocess_dir(settings.data_dir)  # before workers import prometheus_client
     run("origin.app:create_app", host=settings.host, port=settings.port,
         workers=settings.workers, server=settings.server)
 

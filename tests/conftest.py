@@ -62,3 +62,11 @@ def origin(tmp_path: Path) -> Iterator[str]:
         yield url
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory):
+    """A real SeaweedFS S3 endpoint for the whole session (skipped without ``weed``)."""
+    from tests.seaweed import run_seaweed
+
+    yield from run_seaweed(need_tool("weed"), tmp_path_factory.mktemp("seaweed"))

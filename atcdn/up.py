@@ -1,0 +1,148 @@
+"""``atcdn up``: the whole CDN on localhost with embedded defaults, one command.
+
+Each service is a child process (``python -m atcdn.cli <role> serve ...``) in its own
+session; ``up`` waits for every one to answer ``/health``, prints how to use it, and stops
+them all on Ctrl-C / SIGTERM, or as soon as one of them exits.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+HOST = "127.0.0.1"
+
+
+@dataclass
+class Service:
+    name: str
+    argv: list[str]
+    health_url: str
+    env: dict[str, str] = field(default_factory=dict)
+    popen: subprocess.Popen | None = None
+
+    def start(self, log_dir: Path) -> None:
+        log = open(log_dir / f"{self.name}.log", "ab")
+        self.popen = subprocess.Popen(self.argv, env={**os.environ, **self.env}, stdout=log,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the service's process group (its workers too), SIGKILL if it lingers."""
+        if self.popen is None:
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.popen.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.popen.wait(timeout)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+
+
+def load_token(path: Path) -> str:
+    """The origin write token, generated on first use and kept (mode 0600) in ``path``."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(token + "\n")
+    return token
+
+
+def services(data_dir: Path, origin_port: int, edge_port: int, token: str) -> list[Service]:
+    """The processes of a local CDN, in start order (the edge joins this list)."""
+    cli = [sys.executable, "-m", "atcdn.cli"]
+    origin = Service(
+        "origin",
+        [*cli, "origin", "serve", "--host", HOST, "--port", str(origin_port),
+         "--data-dir", str(data_dir / "origin")],
+        f"http://{HOST}:{origin_port}/health",
+        env={"ATCDN_ORIGIN_TOKEN": token, "ATCDN_ORIGIN_STORE": "fs"},
+    )
+    return [origin]
+
+
+def wait_healthy(service: Service, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not service.alive():
+            raise RuntimeError(f"{service.name} exited during start-up (see its log)")
+        try:
+            if httpx.get(service.health_url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{service.name} did not become healthy within {timeout}s")
+
+
+def usage(origin_url: str, token_file: Path) -> str:
+    return f"""
+atcdn is up.  Origin: {origin_url}   (write token in {token_file})
+
+  TOKEN=$(cat {token_file})
+
+  # store a file, letting the origin compute its CID (answers {{"cid", "size", "mimeType"}}):
+  curl -s -X POST -H "Authorization: Bearer $TOKEN" --data-binary @photo.jpg {origin_url}/blob
+
+  # store a file under the CID you computed, recording the DID that references it:
+  CID=$({sys.executable} -c 'import sys; from origin.cid import compute; print(compute(open(sys.argv[1], "rb").read()))' photo.jpg)
+  curl -s -X PUT -H "Authorization: Bearer $TOKEN" --data-binary @photo.jpg "{origin_url}/blob/$CID?did=did:plc:example"
+
+  # fetch it back (whole, a range, or as a PDS would serve it):
+  curl -s -o copy.jpg {origin_url}/blob/$CID
+  curl -s -H 'Range: bytes=0-99' {origin_url}/blob/$CID | wc -c
+  curl -s -o copy2.jpg "{origin_url}/xrpc/com.atproto.sync.getBlob?did=did:plc:example&cid=$CID"
+
+Ctrl-C stops everything.
+"""
+
+
+def up(data_dir: str | Path, origin_port: int, edge_port: int) -> None:
+    data_dir = Path(data_dir).resolve()
+    log_dir = data_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    token_file = data_dir / "origin-token"
+    running: list[Service] = []
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        for service in services(data_dir, origin_port, edge_port, load_token(token_file)):
+            service.start(log_dir)
+            running.append(service)
+            wait_healthy(service)
+        print(usage(f"http://{HOST}:{origin_port}", token_file), flush=True)
+        while all(service.alive() for service in running):
+            time.sleep(0.5)
+        stopped = next(service.name for service in running if not service.alive())
+        print(f"{stopped} exited; stopping the rest (logs in {log_dir})", file=sys.stderr)
+        raise SystemExit(1)
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"atcdn up: {exc}; logs in {log_dir}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        print("stopping...", file=sys.stderr)
+    finally:
+        for service in reversed(running):
+            service.stop()
+

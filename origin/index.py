@@ -1,0 +1,122 @@
+"""The metadata index: what the origin knows about each blob, in SQLite.
+
+One small database file in the data directory, in WAL mode so several worker processes
+read while one writes. Queries are indexed point look-ups (tens of microseconds), so
+they run inline on the event loop rather than paying a thread hop.
+
+Takedown rule (see ``blocked``): a blob is withheld (451) when its CID is taken down;
+when the request names a DID (``?did=``) that is taken down; or, when no DID is named,
+when the blob has referencing DIDs and every one of them is taken down. A blob no DID
+references is only withheld by a CID takedown. Bytes are never deleted.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS blobs (
+    cid TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mime TEXT NOT NULL,
+    first_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS refs (
+    cid TEXT NOT NULL,
+    did TEXT NOT NULL,
+    first_seen REAL NOT NULL,
+    PRIMARY KEY (cid, did)
+);
+CREATE TABLE IF NOT EXISTS takedowns (
+    subject TEXT PRIMARY KEY,  -- a CID or a DID (DIDs start with "did:", CIDs never do)
+    at REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class BlobMeta:
+    cid: str
+    size: int
+    mime: str
+    first_seen: float
+
+
+class Index:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None,
+                                   check_same_thread=False)
+        self._db.execute("PRAGMA busy_timeout = 30000")
+        # Switching to WAL takes a lock; several workers start at once, so retry.
+        for attempt in range(50):
+            try:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                self._db.executescript(SCHEMA)
+                break
+            except sqlite3.OperationalError:
+                if attempt == 49:
+                    raise
+                time.sleep(0.1)
+        self._db.execute("PRAGMA synchronous = NORMAL")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _run(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def get(self, cid: str) -> BlobMeta | None:
+        rows = self._run("SELECT cid, size, mime, first_seen FROM blobs WHERE cid = ?", (cid,))
+        return BlobMeta(*rows[0]) if rows else None
+
+    def record(self, cid: str, size: int, mime: str, did: str | None = None) -> BlobMeta:
+        """Note a stored blob (first sighting wins) and, optionally, a DID referencing it."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?)",
+                                 (cid, size, mime, now))
+                if did is not None:
+                    self._db.execute("INSERT OR IGNORE INTO refs VALUES (?, ?, ?)",
+                                     (cid, did, now))
+                row = self._db.execute("SELECT cid, size, mime, first_seen FROM blobs "
+                                       "WHERE cid = ?", (cid,)).fetchone()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return BlobMeta(*row)
+
+    def dids(self, cid: str) -> list[str]:
+        return [row[0] for row in self._run(
+            "SELECT did FROM refs WHERE cid = ? ORDER BY did", (cid,))]
+
+    def take_down(self, subject: str) -> None:
+        self._run("INSERT OR IGNORE INTO takedowns VALUES (?, ?)", (subject, time.time()))
+
+    def restore(self, subject: str) -> bool:
+        with self._lock:
+            return self._db.execute("DELETE FROM takedowns WHERE subject = ?",
+                                    (subject,)).rowcount > 0
+
+    def is_taken_down(self, subject: str) -> bool:
+        return bool(self._run("SELECT 1 FROM takedowns WHERE subject = ?", (subject,)))
+
+    def blocked(self, cid: str, did: str | None = None) -> bool:
+        """Whether to withhold ``cid`` (requested for ``did``, if given): the module rule."""
+        if self.is_taken_down(cid) or (did is not None and self.is_taken_down(did)):
+            return True
+        if did is not None:
+            return False
+        refs, down = self._run(
+            "SELECT COUNT(*), COUNT(t.subject) FROM refs r "
+            "LEFT JOIN takedowns t ON t.subject = r.did WHERE r.cid = ?", (cid,))[0]
+        return refs > 0 and refs == down

@@ -1,0 +1,102 @@
+"""Prometheus metrics of the origin, correct across several worker processes.
+
+``atcdn origin serve`` calls ``prepare_multiprocess_dir`` before the server starts its
+workers: each worker then writes its counters to files in ``<data_dir>/metrics`` and
+``/metrics`` sums them (prometheus_client's multiprocess mode). Without that variable
+(an app built in-process), the counters are per process.
+
+``prometheus_client`` reads ``PROMETHEUS_MULTIPROC_DIR`` when it is first imported, so
+this module imports it lazily.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+KNOWN_ROUTES = frozenset({"/health", "/metrics", "/blob", "/admin/takedown", "/admin/restore",
+                          "/xrpc/com.atproto.sync.getBlob"})
+
+
+def prepare_multiprocess_dir(data_dir: Path) -> None:
+    """Start a server's metrics afresh in ``data_dir/metrics`` (call before workers start)."""
+    directory = Path(data_dir) / "metrics"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ[MULTIPROC_ENV] = str(directory)
+
+
+def route_of(path: str) -> str:
+    """A bounded label for a request path."""
+    if path.startswith("/blob/"):
+        return "/blob/{cid}"
+    return path if path in KNOWN_ROUTES else "unmatched"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter
+
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        # Per-process mode keeps its own registry so building two apps never clashes.
+        own = None if self.multiprocess else CollectorRegistry()
+        self.registry = own
+        self.requests = Counter("atcdn_origin_requests", "HTTP requests",
+                                ["method", "route", "status"], registry=own)
+        self.bytes_in = Counter("atcdn_origin_bytes_in", "blob bytes received", registry=own)
+        self.bytes_out = Counter("atcdn_origin_bytes_out", "body bytes sent", registry=own)
+        self.verification_failures = Counter(
+            "atcdn_origin_verification_failures", "bodies that did not match their CID",
+            registry=own)
+
+    def render(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+        from prometheus_client import multiprocess
+
+        registry = self.registry
+        if registry is None:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class MetricsMiddleware:
+    """Counts every request by method, route and status, and the body bytes sent."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        declared = 0
+        sent = 0
+
+        async def counting_send(message: Message) -> None:
+            nonlocal status, declared, sent
+            kind = message["type"]
+            if kind == "http.response.start":
+                status = message["status"]
+                for name, value in message.get("headers", ()):
+                    if name.lower() == b"content-length":
+                        declared = int(value)
+            elif kind == "http.response.body":
+                sent += len(message.get("body", b""))
+            elif kind == "http.response.pathsend":
+                sent += declared  # the server sends the file itself
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            self.metrics.requests.labels(scope["method"], route_of(scope["path"]),
+                                         str(status)).inc()
+            if sent:
+                self.metrics.bytes_out.inc(sent)
