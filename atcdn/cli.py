@@ -40,6 +40,10 @@ def _edge_serve(args: argparse.Namespace) -> None:
     _export("ATCDN_EDGE_", args,
             ["host", "port", "origin", "cache_dir", "cache_size", "workers", "server"])
     settings = EdgeSettings()
+    from edge.metrics import prepare_dir
+    from edge.takedown import Node
+
+    prepare_dir(Node(settings.cache_dir).metrics_dir)  # before any worker starts
     run("edge.app:create_app", host=settings.host, port=settings.port,
         workers=settings.workers, server=settings.server)
 

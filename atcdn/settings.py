@@ -62,3 +62,22 @@ class EdgeSettings(BaseSettings):
         default=False,
         validation_alias=AliasChoices("ATCDN_ALLOW_PRIVATE_NETWORKS", "allow_private_networks"),
     )
+    # Edge server (edge/app.py, fetch.py, cache.py).
+    origin_token: str | None = Field(
+        default=None, description="bearer token to hand PDS-fetched blobs to the origin")
+    purge_token: str | None = Field(
+        default=None, description="bearer token for POST /admin/purge and /admin/takedown")
+    enable_avif: bool = Field(default=False, description="offer AVIF to Accept: image/avif")
+    memory_cache_size: int = Field(
+        default=256 * 1024**2, description="in-memory tier budget per worker, bytes")
+    memory_max_item: int = Field(
+        default=1024**2, description="larger entries live only on disk, served as files")
+    max_fetch_bytes: int = 300 * 1024**2
+    max_image_source_bytes: int = 50 * 1024**2
+    fetch_connect_timeout: float = 3.0
+    fetch_timeout: float = 30.0
+    fetch_retries: int = 2
+    max_redirects: int = 3
+    retry_after: int = Field(default=5, description="Retry-After seconds on 502/503/504")
+    presets: str | None = Field(
+        default=None, description="JSON object of extra/overriding image presets")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.servers import Process, atcdn, free_port
@@ -70,3 +73,112 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory):
     from tests.seaweed import run_seaweed
 
     yield from run_seaweed(need_tool("weed"), tmp_path_factory.mktemp("seaweed"))
+
+
+class Edge:
+    """A running ``atcdn edge serve`` process."""
+
+    def __init__(self, proc: Process, url: str, cache_dir: Path) -> None:
+        self.proc = proc
+        self.url = url
+        self.cache_dir = cache_dir
+
+    def metric(self, name: str) -> float:
+        """Sum of every sample of ``name`` on /metrics (all labels, all workers)."""
+        text = httpx.get(self.url + "/metrics").text
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+def start_edge(origin_url: str, cache_dir: Path, log: Path, *, workers: int = 1,
+               server: str = "granian", env: dict[str, str] | None = None) -> Edge:
+    """Start an edge on a free port (private networks allowed, test tokens set)."""
+    port = free_port()
+    proc = Process(
+        atcdn("edge", "serve", "--host", "127.0.0.1", "--port", str(port),
+              "--origin", origin_url, "--cache-dir", str(cache_dir),
+              "--workers", str(workers), "--server", server),
+        env={"ATCDN_ALLOW_PRIVATE_NETWORKS": "1", "ATCDN_EDGE_ORIGIN_TOKEN": TOKEN,
+             "ATCDN_EDGE_PURGE_TOKEN": TOKEN, **(env or {})},
+        log=log, cwd=ROOT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        proc.wait_http(url + "/health")
+    except BaseException:
+        proc.stop()
+        raise
+    return Edge(proc, url, cache_dir)
+
+
+@pytest.fixture
+def edge_factory(tmp_path: Path) -> Iterator:
+    """Start edges with ``edge_factory(origin_url, **kw)``; all are stopped afterwards."""
+    started: list[Edge] = []
+
+    def factory(origin_url: str, *, cache_dir: Path | None = None, **kwargs) -> Edge:
+        n = len(started)
+        edge = start_edge(origin_url, cache_dir or tmp_path / f"edge{n}", tmp_path / f"edge{n}.log",
+                          **kwargs)
+        started.append(edge)
+        return edge
+
+    yield factory
+    for edge in started:
+        edge.proc.stop()
+
+
+@pytest.fixture
+def edge(origin: str, edge_factory) -> Edge:
+    """A real edge process in front of the real ``origin`` fixture."""
+    return edge_factory(origin)
+
+
+class Upstream:
+    """A running tests/standins.py process: origin, PDS, PLC and did:web host in one."""
+
+    def __init__(self, proc: Process, url: str, root: Path) -> None:
+        self.proc = proc
+        self.url = url
+        self.root = root
+
+    def add_blob(self, data: bytes) -> str:
+        from origin.cid import compute
+
+        cid = compute(data)
+        (self.root / "blobs").mkdir(exist_ok=True)
+        (self.root / "blobs" / cid).write_bytes(data)
+        return cid
+
+    def add_did(self, did: str, pds_url: str, name: str | None = None) -> None:
+        doc = {"id": did, "service": [{"id": "#atproto_pds", "type": "AtprotoPersonalDataServer",
+                                       "serviceEndpoint": pds_url}]}
+        (self.root / "dids").mkdir(exist_ok=True)
+        (self.root / "dids" / f"{name or did}.json").write_text(json.dumps(doc))
+
+    def requests(self) -> list[str]:
+        from tests.standins import requests
+
+        return requests(self.root)
+
+
+def start_upstream(root: Path, env: dict[str, str] | None = None) -> Upstream:
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    proc = Process([sys.executable, "-m", "tests.standins", "--port", str(port), "--dir", str(root)],
+                   env=env, log=root.parent / f"{root.name}.log", cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    proc.wait_http(url + "/health")
+    return Upstream(proc, url, root)
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Iterator[Upstream]:
+    up = start_upstream(tmp_path / "upstream")
+    try:
+        yield up
+    finally:
+        up.proc.stop()

@@ -1,0 +1,318 @@
+"""The edge HTTP server: ``/img/...`` and ``/blob/...`` in front, the rest on Starlette.
+
+The story of an image request: parse the URL -> pick the format -> refuse taken-down
+items (451) -> memory hit? send it. Otherwise, under node-wide single-flight: disk hit?
+else get the verified source (disk, else origin, else PDS) -> transform -> store on
+disk -> send. Only the two content routes bypass Starlette's router, so a memory hit
+costs one dict lookup and two ``send`` calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import filetype
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from atcdn.settings import EdgeSettings
+from edge import urls
+from edge.cache import DiskTier, Entry, MemoryTier, make_entry
+from edge.errors import EdgeError
+from edge.fetch import Fetcher
+from edge.flight import SingleFlight
+from edge.metrics import Metrics, use_dir
+from edge.presets import CONTENT_TYPES, Format, load_presets
+from edge.responses import blob_type, send_entry, send_error
+from edge.takedown import Node, Takedowns, purge_disk
+from edge.transform import MediaError, transform
+
+log = logging.getLogger("atcdn.edge")
+Value = bytes | str  # a disk-tier value: small bytes, or the path of a file
+
+
+class Edge:
+    """The ASGI application of one edge worker process."""
+
+    def __init__(self, settings: EdgeSettings) -> None:
+        node = Node(settings.cache_dir)
+        use_dir(node.metrics_dir)
+        self.settings = settings
+        self.presets = load_presets(settings.presets)
+        self.metrics = Metrics()
+        self.memory = MemoryTier(settings.memory_cache_size)
+        self.disk = DiskTier(node.disk_dir, settings.cache_size, settings.memory_max_item)
+        self.takedowns = Takedowns(node.takedown_dir)
+        self.generation = node.generation
+        self.flight = SingleFlight(node.lock_dir, wait=2 * settings.fetch_timeout + 60)
+        self.fetcher = Fetcher(settings, self.metrics, node.tmp_dir)
+        self.router = Starlette(
+            routes=[
+                Route("/health", self.health, methods=["GET", "HEAD"]),
+                Route("/metrics", self.metrics_page, methods=["GET"]),
+                Route("/admin/purge", self.admin_purge, methods=["POST"]),
+                Route("/admin/takedown", self.admin_takedown, methods=["POST"]),
+            ],
+            exception_handlers={404: _json_http_error, 405: _json_http_error},
+            lifespan=self._lifespan,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        yield
+        await self.fetcher.aclose()
+        self.metrics.flush()
+
+    def mount(self, path: str, app: ASGIApp) -> None:
+        """Add another route table (e.g. video's ``/watch``) behind the content routes."""
+        self.router.mount(path, app)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path.startswith("/img/"):
+                return await self.image(scope, receive, send)
+            if path.startswith("/blob/"):
+                return await self.blob(scope, receive, send)
+        await self.router(scope, receive, send)
+
+    # -- content routes -------------------------------------------------------------------
+
+    async def image(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] not in ("GET", "HEAD"):
+            return await send_error(send, 405, "MethodNotAllowed", "GET or HEAD only")
+        self._sync()
+        request = dict(scope["headers"])
+        try:
+            req = urls.parse_image_path(scope["path"], self.presets)
+        except urls.UrlError as exc:
+            return await self._error(send, "img", EdgeError(400, "InvalidRequest", str(exc)))
+        fmt = req.fmt or urls.negotiate(request.get(b"accept", b"").decode("latin-1"),
+                                        self.settings.enable_avif)
+        if self.takedowns.blocked(req.did, req.cid):
+            return await self._error(send, "img", _taken_down(req.cid))
+        key = urls.image_key(req.cid, req.preset.name, fmt)
+        entry = self.memory.get(key)
+        if entry is not None:
+            self.metrics.memory_hit("img", entry.size)
+            return await send_entry(scope, receive, send, entry, request, vary=req.fmt is None)
+        started = time.monotonic()
+        try:
+            entry, outcome = await self._image_entry(req, fmt, key)
+        except (EdgeError, MediaError) as exc:
+            return await self._error(send, "img", exc)
+        self._served("img", outcome, entry, started)
+        await send_entry(scope, receive, send, entry, request, vary=req.fmt is None)
+
+    async def blob(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] not in ("GET", "HEAD"):
+            return await send_error(send, 405, "MethodNotAllowed", "GET or HEAD only")
+        self._sync()
+        request = dict(scope["headers"])
+        try:
+            req = urls.parse_blob_path(scope["path"])
+        except urls.UrlError as exc:
+            return await self._error(send, "blob", EdgeError(400, "InvalidRequest", str(exc)))
+        if self.takedowns.blocked(req.did, req.cid):
+            return await self._error(send, "blob", _taken_down(req.cid))
+        key = urls.source_key(req.cid)
+        entry = self.memory.get(key)
+        if entry is not None:
+            self.metrics.memory_hit("blob", entry.size)
+            return await send_entry(scope, receive, send, entry, request)
+        started = time.monotonic()
+        try:
+            value, outcome = await self._source(req.did, req.cid)
+        except EdgeError as exc:
+            return await self._error(send, "blob", exc)
+        content_type, extra = blob_type(filetype.guess_mime(self.disk.head(value)))
+        entry = self._remember(key, value, urls.blob_etag(req.cid), content_type, extra)
+        self._served("blob", outcome, entry, started)
+        await send_entry(scope, receive, send, entry, request)
+
+    # -- the miss path --------------------------------------------------------------------
+
+    async def _image_entry(self, req: urls.ImageRequest, fmt: Format, key: str) -> tuple[Entry, str]:
+        value = self.disk.get(key)
+        if value is not None:
+            return self._image_remember(req, fmt, key, value), "disk"
+        return await self.flight.run(key, lambda: self._render(req, fmt, key)), "miss"
+
+    async def _render(self, req: urls.ImageRequest, fmt: Format, key: str) -> Entry:
+        value = self.disk.get(key)  # rendered by another process while we waited
+        if value is None:
+            source, _ = await self._source(req.did, req.cid)
+            started = time.monotonic()
+            try:
+                rendered = await transform(self._source_bytes(source), req.preset, fmt)
+            except MediaError as exc:
+                self.metrics.transforms.labels(str(exc.status)).inc()
+                raise
+            self.metrics.transforms.labels("200").inc()
+            self.metrics.transform_seconds.observe(time.monotonic() - started)
+            self.disk.put_bytes(key, rendered.body, req.cid)
+            value = self.disk.get(key) or rendered.body
+        return self._image_remember(req, fmt, key, value)
+
+    async def _source(self, did: str, cid: str) -> tuple[Value, str]:
+        """The verified source blob from disk, else fetched (once per node)."""
+        key = urls.source_key(cid)
+        value = self.disk.get(key)
+        if value is not None:
+            return value, "disk"
+        return await self.flight.run(key, lambda: self._fetch_source(did, cid, key)), "miss"
+
+    async def _fetch_source(self, did: str, cid: str, key: str) -> Value:
+        value = self.disk.get(key)
+        if value is not None:
+            return value
+        fetched = await self.fetcher.fetch(did, cid)
+        try:
+            if self.takedowns.blocked(did, cid):  # taken down while we fetched
+                raise _taken_down(cid)
+            self.disk.put_file(key, fetched.path, cid)
+            self.disk.remember_owner(did, cid)
+        finally:
+            fetched.path.unlink(missing_ok=True)
+        value = self.disk.get(key)
+        if value is None:
+            raise EdgeError(507, "CacheFull", "the blob does not fit this edge's cache")
+        return value
+
+    def _source_bytes(self, value: Value) -> bytes:
+        size = len(value) if isinstance(value, bytes) else os.path.getsize(value)
+        limit = self.settings.max_image_source_bytes
+        if size > limit:
+            raise MediaError(413, "SourceTooLarge", f"source is {size} bytes, limit {limit}")
+        if isinstance(value, bytes):
+            return value
+        with open(value, "rb") as fh:
+            return fh.read()
+
+    def _image_remember(self, req: urls.ImageRequest, fmt: Format, key: str, value: Value) -> Entry:
+        return self._remember(key, value, urls.image_etag(req.cid, req.preset.name, fmt),
+                              CONTENT_TYPES[fmt])
+
+    def _remember(self, key: str, value: Value, etag: str, content_type: str,
+                  extra: list[tuple[bytes, bytes]] = []) -> Entry:  # noqa: B006 (read only)
+        if isinstance(value, bytes):
+            entry = make_entry(etag, content_type, len(value), body=value, extra=extra)
+        else:
+            entry = make_entry(etag, content_type, os.path.getsize(value), path=value, extra=extra)
+        self.memory.put(key, entry)
+        return entry
+
+    def _sync(self) -> None:
+        """Pick up takedowns and purges made by any process of this node."""
+        if self.generation.changed():
+            self.memory.clear()
+            self.takedowns.load()
+
+    def _served(self, route: str, outcome: str, entry: Entry, started: float) -> None:
+        if outcome == "disk":
+            self.metrics.cache_hits.labels(route, "disk").inc()
+        else:
+            self.metrics.cache_misses.labels(route).inc()
+        self.metrics.bytes_served.labels(route).inc(entry.size)
+        self.metrics.request_seconds.labels(route, outcome).observe(time.monotonic() - started)
+
+    async def _error(self, send: Send, route: str, exc: EdgeError | MediaError) -> None:
+        self.metrics.errors.labels(route, str(exc.status)).inc()
+        await send_error(send, exc.status, exc.error, exc.message,
+                         retry_after=self.settings.retry_after)
+
+    # -- Starlette routes -----------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def metrics_page(self, request: Request) -> Response:
+        return Response(self.metrics.render(),
+                        media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def admin_purge(self, request: Request) -> Response:
+        """Body: ``{"paths": [...]}`` and/or ``{"did": ..., "cid": ...}``."""
+        body = await self._admin_body(request)
+        if isinstance(body, Response):
+            return body
+        targets: list[tuple[str | None, str | None]] = []
+        try:
+            for path in body.get("paths") or []:
+                did, cid = urls.parse_purge_path(str(path))
+                targets.append((None, cid) if cid else (did, None))
+            if body.get("did") or body.get("cid"):
+                targets.append(_did_cid(body))
+        except urls.UrlError as exc:
+            return _json_error(400, "InvalidRequest", str(exc))
+        removed = sum(purge_disk(self.disk, did=did, cid=cid) for did, cid in targets)
+        self.generation.bump()
+        return JSONResponse({"purged": removed, "targets": len(targets)})
+
+    async def admin_takedown(self, request: Request) -> Response:
+        """Body: ``{"did": ..., "cid": ..., "restore": false}``; 451 from now on."""
+        body = await self._admin_body(request)
+        if isinstance(body, Response):
+            return body
+        try:
+            did, cid = _did_cid(body)
+        except urls.UrlError as exc:
+            return _json_error(400, "InvalidRequest", str(exc))
+        if not did and not cid:
+            return _json_error(400, "InvalidRequest", "give a did, a cid or both")
+        if body.get("restore"):
+            self.takedowns.remove(did=did, cid=cid)
+            removed = 0
+        else:
+            self.takedowns.add(did=did, cid=cid)
+            removed = purge_disk(self.disk, did=did, cid=cid)
+        self.generation.bump()
+        return JSONResponse({"purged": removed})
+
+    async def _admin_body(self, request: Request) -> dict[str, Any] | Response:
+        token = self.settings.purge_token
+        if not token:
+            return _json_error(403, "Forbidden", "set ATCDN_EDGE_PURGE_TOKEN to enable")
+        if request.headers.get("authorization") != f"Bearer {token}":
+            return _json_error(401, "Unauthorized", "bad or missing bearer token")
+        try:
+            body = await request.json()
+        except ValueError:
+            return _json_error(400, "InvalidRequest", "body must be JSON")
+        if not isinstance(body, dict):
+            return _json_error(400, "InvalidRequest", "body must be a JSON object")
+        return body
+
+
+def _did_cid(body: dict[str, Any]) -> tuple[str | None, str | None]:
+    did = urls.parse_did(str(body["did"])) if body.get("did") else None
+    cid = urls.parse_cid(str(body["cid"])) if body.get("cid") else None
+    return did, cid
+
+
+def _taken_down(cid: str) -> EdgeError:
+    return EdgeError(451, "TakenDown", f"{cid} is unavailable for legal reasons")
+
+
+def _json_error(status: int, error: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": error, "message": message}, status_code=status)
+
+
+async def _json_http_error(request: Request, exc: Exception) -> Response:
+    status = getattr(exc, "status_code", 500)
+    names = {404: "NotFound", 405: "MethodNotAllowed"}
+    return _json_error(status, names.get(status, "Error"), str(getattr(exc, "detail", exc)))
+
+
+def create_app() -> Edge:
+    """The app factory servers call in every worker; settings come from ``ATCDN_*``."""
+    edge = Edge(EdgeSettings())
+    # Other route tables mount here, e.g. video: edge.mount("/watch", watch_routes(edge)).
+    return edge

@@ -1,0 +1,159 @@
+"""The edge's two cache tiers.
+
+- ``MemoryTier``: per worker process, an LRU of ready-to-send entries under a byte
+  budget. Small entries keep their body; big ones keep only the path of their disk file,
+  so a hit costs neither SQLite nor a copy (granian sends the file with pathsend).
+- ``DiskTier``: a ``diskcache`` directory shared by every worker of the node, with a byte
+  budget and LRU eviction; it survives restarts. diskcache writes a value's file under a
+  fresh name and only then commits its row, so a crash never leaves a half-written entry
+  that is later served.
+
+Every entry is tagged with its CID, so a purge by CID drops the source blob and all its
+renderings at once.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import diskcache
+
+IMMUTABLE = b"public, max-age=31536000, immutable"
+PATH_ENTRY_COST = 1024  # what a path-only memory entry is charged against the budget
+
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(slots=True)
+class Entry:
+    """A cached response: the full header list of its 200, and a body or a file."""
+
+    etag: bytes
+    size: int
+    headers: Headers
+    body: bytes | None = None
+    path: str | None = None
+    cost: int = field(default=0)
+
+
+def make_entry(etag: str, content_type: str, size: int, *, body: bytes | None = None,
+               path: str | None = None, extra: Headers = ()) -> Entry:  # type: ignore[assignment]
+    headers: Headers = [
+        (b"content-type", content_type.encode()),
+        (b"content-length", str(size).encode()),
+        (b"cache-control", IMMUTABLE),
+        (b"etag", etag.encode()),
+        (b"accept-ranges", b"bytes"),
+        (b"x-content-type-options", b"nosniff"),
+        *extra,
+    ]
+    cost = size if body is not None else PATH_ENTRY_COST
+    return Entry(etag.encode(), size, headers, body, path, cost)
+
+
+class MemoryTier:
+    """A byte-budgeted LRU of entries, private to one worker process."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.used = 0
+        self._items: OrderedDict[str, Entry] = OrderedDict()
+
+    def get(self, key: str) -> Entry | None:
+        entry = self._items.get(key)
+        if entry is not None:
+            if entry.path is not None and not os.path.exists(entry.path):
+                self.drop(key)  # the disk tier evicted the file under us
+                return None
+            self._items.move_to_end(key)
+        return entry
+
+    def put(self, key: str, entry: Entry) -> None:
+        if entry.cost > self.budget:
+            return
+        self.drop(key)
+        self._items[key] = entry
+        self.used += entry.cost
+        while self.used > self.budget:
+            _, old = self._items.popitem(last=False)
+            self.used -= old.cost
+
+    def drop(self, key: str) -> None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.used -= old.cost
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.used = 0
+
+
+class DiskTier:
+    """Shared by all workers of a node (SQLite index + value files)."""
+
+    def __init__(self, directory: Path, budget: int, min_file_size: int) -> None:
+        self.min_file_size = min_file_size
+        self.cache = diskcache.Cache(
+            str(directory),
+            size_limit=budget,
+            eviction_policy="least-recently-used",
+            disk_min_file_size=min_file_size,
+            tag_index=True,
+            statistics=False,
+        )
+
+    def get(self, key: str) -> bytes | str | None:
+        """The value's bytes when small, else the path of its file; None on a miss."""
+        value = self.cache.get(key, read=True)
+        if value is None or isinstance(value, bytes):
+            return value
+        value.close()
+        return value.name
+
+    def read(self, key: str) -> bytes | None:
+        value = self.cache.get(key)
+        return value if isinstance(value, bytes) else None
+
+    def head(self, value: bytes | str, size: int = 512) -> bytes:
+        """The first bytes of a value, for sniffing its type."""
+        if isinstance(value, bytes):
+            return value[:size]
+        with open(value, "rb") as fh:
+            return fh.read(size)
+
+    def put_bytes(self, key: str, body: bytes, cid: str) -> None:
+        self.cache.set(key, body, tag=cid)
+
+    def put_file(self, key: str, path: Path, cid: str) -> None:
+        """Store a (verified) file's bytes; the caller removes ``path`` after."""
+        if path.stat().st_size < self.min_file_size:
+            self.put_bytes(key, path.read_bytes(), cid)
+            return
+        with open(path, "rb") as fh:
+            self.cache.set(key, fh, read=True, tag=cid)
+
+    def remember_owner(self, did: str, cid: str) -> None:
+        """Note which account a source came from, so a purge by DID finds its blobs."""
+        key = f"owner/{did}"
+        with self.cache.transact():
+            cids = self.cache.get(key, default=())
+            if cid not in cids:
+                self.cache.set(key, (*cids, cid)[-10000:])
+
+    def cids_of(self, did: str) -> tuple[str, ...]:
+        return self.cache.get(f"owner/{did}", default=())
+
+    def evict_cid(self, cid: str) -> int:
+        return self.cache.evict(cid)
+
+    def close(self) -> None:
+        self.cache.close()
+
+
+def clear_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,257 @@
+"""Getting a blob's bytes: from the origin, else from the account's PDS; always verified.
+
+Every byte is hashed while it streams to a temporary file; only a file whose sha256
+matches the CID is ever returned, so nothing unverified can be transformed, cached or
+served. A mismatch is counted, logged and answered 502.
+
+The origin is the operator's own service. Everything reached through a DID document (the
+PLC directory, did:web hosts, PDSes) is the open internet: unless private networks are
+allowed, those fetches are https only and connect only to public unicast addresses,
+checked on the address actually connected to (after DNS), on every redirect hop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import socket
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpcore
+import httpx
+
+from atcdn.settings import EdgeSettings
+from edge.did import Resolver
+from edge.errors import EdgeError
+from edge.metrics import Metrics
+from origin.cid import Verifier
+
+log = logging.getLogger("atcdn.edge")
+RETRYABLE = (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+
+
+class BlockedAddress(Exception):
+    """A fetch the SSRF guard refused (scheme or address)."""
+
+
+def is_public_address(ip: str) -> bool:
+    """True for a global unicast address (pure): no loopback, private, link-local,
+    shared (CGNAT), multicast, reserved or unspecified ranges, also inside IPv6."""
+    address = ipaddress.ip_address(ip)
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour or (
+            address.teredo[1] if address.teredo else None)
+        if embedded is not None and not is_public_address(str(embedded)):
+            return False
+    return address.is_global and not address.is_multicast
+
+
+class PublicOnlyBackend(httpcore.AsyncNetworkBackend):
+    """Resolve the host, refuse unless every address is public, connect by address.
+
+    Connecting to the checked address (TLS still verifies the original name: httpcore
+    passes it as server_hostname) leaves no gap for DNS rebinding.
+    """
+
+    def __init__(self) -> None:
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                          local_address: str | None = None,
+                          socket_options: Any = None) -> httpcore.AsyncNetworkStream:
+        with anyio.fail_after(timeout):
+            infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        addresses = [str(info[4][0]) for info in infos]
+        refused = [a for a in addresses if not is_public_address(a)]
+        if not addresses or refused:
+            raise BlockedAddress(f"{host} resolves to a non-public address {refused}")
+        return await self._inner.connect_tcp(addresses[0], port, timeout, local_address,
+                                             socket_options)
+
+    async def connect_unix_socket(self, *args: Any, **kwargs: Any) -> Any:
+        raise BlockedAddress("unix sockets are not fetched")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+async def _https_only(request: httpx.Request) -> None:
+    if request.url.scheme != "https":
+        raise BlockedAddress(f"refusing {request.url.scheme} URL {request.url}")
+
+
+def _timeout(settings: EdgeSettings) -> httpx.Timeout:
+    return httpx.Timeout(settings.fetch_timeout, connect=settings.fetch_connect_timeout)
+
+
+def origin_client(settings: EdgeSettings) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=settings.origin.rstrip("/"), timeout=_timeout(settings),
+                             trust_env=False, limits=httpx.Limits(max_connections=64))
+
+
+def public_client(settings: EdgeSettings) -> httpx.AsyncClient:
+    """The client for the open internet (DID documents, PDSes), with the SSRF guard."""
+    kwargs: dict[str, Any] = {}
+    if not settings.allow_private_networks:
+        transport = httpx.AsyncHTTPTransport()
+        # httpx exposes no network-backend option; httpcore's pool takes one.
+        transport._pool._network_backend = PublicOnlyBackend()
+        kwargs = {"transport": transport, "event_hooks": {"request": [_https_only]}}
+    return httpx.AsyncClient(timeout=_timeout(settings), trust_env=False,
+                             follow_redirects=True, max_redirects=settings.max_redirects,
+                             headers={"user-agent": "atcdn-edge"}, **kwargs)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    path: Path  # a verified temporary file; the caller moves or removes it
+    size: int
+    source: str  # "origin" or "pds"
+
+
+class Fetcher:
+    def __init__(self, settings: EdgeSettings, metrics: Metrics, tmp_dir: Path) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.tmp_dir = tmp_dir
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.origin = origin_client(settings)
+        self.public = public_client(settings)
+        self.resolver = Resolver(self.public, settings.plc_url)
+        self._handoffs: set[asyncio.Task] = set()
+
+    async def aclose(self) -> None:
+        await self.origin.aclose()
+        await self.public.aclose()
+
+    async def fetch(self, did: str, cid: str) -> Fetched:
+        """The verified bytes of ``cid``: the origin's copy, else the PDS's (handed on to
+        the origin so the next edge finds it). 404 unknown, 451 taken down at the origin
+        (never looked for elsewhere), 502/504 upstream trouble."""
+        status, fetched = await self._get(self.origin, f"/blob/{cid}", {"did": did}, cid, "origin")
+        if fetched is not None:
+            return fetched
+        if status == 451:
+            raise EdgeError(451, "TakenDown", f"{cid} is taken down")
+        if status != 404:
+            raise EdgeError(502, "UpstreamFailed", f"origin answered HTTP {status}")
+        if not self.settings.pds_fallback:
+            raise EdgeError(404, "BlobNotFound", f"no blob {cid}")
+        pds = await self._resolve(did)
+        status, fetched = await self._get(
+            self.public, f"{pds}/xrpc/com.atproto.sync.getBlob", {"did": did, "cid": cid},
+            cid, "pds")
+        if fetched is None:
+            # A PDS answers unknown (and taken-down) blobs with 400, like the AppView: 404.
+            if 400 <= status < 500:
+                raise EdgeError(404, "BlobNotFound", f"no blob {cid} for {did}")
+            raise EdgeError(502, "UpstreamFailed", f"PDS answered HTTP {status}")
+        self._hand_to_origin(did, cid, fetched.path)
+        return fetched
+
+    async def _resolve(self, did: str) -> str:
+        try:
+            return await self.resolver.pds(did)
+        except BlockedAddress as exc:
+            raise EdgeError(502, "ForbiddenAddress", str(exc)) from None
+
+    async def _get(self, client: httpx.AsyncClient, url: str, params: dict[str, str],
+                   cid: str, source: str) -> tuple[int, Fetched | None]:
+        """(status, verified file or None); retries 5xx and connection errors, never 4xx."""
+        counter = self.metrics.origin_fetches if source == "origin" else self.metrics.pds_fetches
+        started = time.monotonic()
+        for attempt in range(self.settings.fetch_retries + 1):
+            if attempt:
+                await asyncio.sleep(0.1 * 2**attempt)
+            try:
+                async with asyncio.timeout(self.settings.fetch_timeout):
+                    async with client.stream("GET", url, params=params) as response:
+                        if response.status_code >= 500 and attempt < self.settings.fetch_retries:
+                            continue
+                        if response.status_code != 200:
+                            counter.labels(str(response.status_code)).inc()
+                            return response.status_code, None
+                        fetched = await self._save(response, cid, source)
+            except BlockedAddress as exc:
+                counter.labels("blocked").inc()
+                raise EdgeError(502, "ForbiddenAddress", str(exc)) from None
+            except (httpx.TimeoutException, TimeoutError):
+                counter.labels("timeout").inc()
+                raise EdgeError(504, "UpstreamTimeout", f"{source} timed out") from None
+            except RETRYABLE as exc:
+                if attempt < self.settings.fetch_retries:
+                    continue
+                counter.labels("unreachable").inc()
+                raise EdgeError(502, "UpstreamUnavailable", f"{source}: {exc!r}") from None
+            except httpx.HTTPError as exc:
+                counter.labels("error").inc()
+                raise EdgeError(502, "UpstreamFailed", f"{source}: {exc!r}") from None
+            counter.labels("200").inc()
+            self.metrics.fetch_seconds.labels(source).observe(time.monotonic() - started)
+            return 200, fetched
+        raise AssertionError("unreachable")
+
+    async def _save(self, response: httpx.Response, cid: str, source: str) -> Fetched:
+        """Stream to a temporary file while hashing; keep it only if it is ``cid``."""
+        limit = self.settings.max_fetch_bytes
+        declared = response.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise EdgeError(413, "BlobTooLarge", f"blob is {declared} bytes, limit {limit}")
+        verifier = Verifier()
+        fd, name = tempfile.mkstemp(dir=self.tmp_dir, suffix=".part")
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                async for chunk in response.aiter_bytes(1 << 20):
+                    verifier.update(chunk)
+                    if verifier.size > limit:
+                        raise EdgeError(413, "BlobTooLarge", f"blob exceeds {limit} bytes")
+                    out.write(chunk)
+            if not verifier.matches(cid):
+                self.metrics.verification_failures.labels(source).inc()
+                log.warning("verification failed: %s sent %s for %s", source, verifier.cid, cid)
+                raise EdgeError(502, "VerificationFailed",
+                                f"{source} bytes do not match {cid}; not served")
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return Fetched(path, verifier.size, source)
+
+    def _hand_to_origin(self, did: str, cid: str, path: Path) -> None:
+        """Give a PDS-fetched blob to the origin in the background (needs a token)."""
+        if not self.settings.origin_token:
+            return
+        copy = path.with_suffix(".handoff")
+        os.link(path, copy)
+        task = asyncio.create_task(self._put(did, cid, copy))
+        self._handoffs.add(task)
+        task.add_done_callback(self._handoffs.discard)
+
+    async def _put(self, did: str, cid: str, path: Path) -> None:
+        try:
+            response = await self.origin.put(
+                f"/blob/{cid}", params={"did": did}, content=_chunks(path),
+                headers={"authorization": f"Bearer {self.settings.origin_token}",
+                         "content-type": "application/octet-stream",
+                         "content-length": str(path.stat().st_size)})
+            if response.status_code not in (200, 201):
+                log.warning("origin refused %s: HTTP %s %s", cid, response.status_code,
+                            response.text[:200])
+        except httpx.HTTPError as exc:
+            log.warning("handing %s to the origin failed: %r", cid, exc)
+        finally:
+            path.unlink(missing_ok=True)
+
+
+async def _chunks(path: Path) -> AsyncIterator[bytes]:
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            yield chunk

@@ -1,0 +1,82 @@
+"""Prometheus metrics of an edge node, summed over its worker processes.
+
+prometheus_client's multiprocess mode keeps each worker's values in mmapped files in
+``{cache_dir}/metrics``; ``prepare_dir`` (run once by the server's parent process) empties
+it and exports ``PROMETHEUS_MULTIPROC_DIR``, which must be set before prometheus_client
+is first imported, hence the imports inside functions here.
+
+Memory-tier hits are the hot path: they are tallied in plain ints and flushed into the
+shared counters about once a second rather than touching mmapped values per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from edge.cache import clear_dir
+
+FLUSH_EVERY = 1.0
+
+
+def prepare_dir(path: Path) -> None:
+    """Start a server with empty metrics (in the parent, before workers exist)."""
+    clear_dir(path)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+
+
+def use_dir(path: Path) -> None:
+    """In a worker: make sure the multiprocess directory is set (uvicorn with 1 worker,
+    tests building the app directly) before prometheus_client loads."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(path))
+
+
+class Metrics:
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Histogram
+
+        self.origin_fetches = Counter(
+            "atcdn_edge_origin_fetches", "Blob fetches from the origin", ["result"])
+        self.pds_fetches = Counter(
+            "atcdn_edge_pds_fetches", "Blob fetches from a PDS (origin had no copy)", ["result"])
+        self.transforms = Counter("atcdn_edge_transforms", "Image transforms run", ["result"])
+        self.verification_failures = Counter(
+            "atcdn_edge_verification_failures", "Fetched bytes that did not match their CID",
+            ["source"])
+        self.cache_hits = Counter("atcdn_edge_cache_hits", "Cache hits", ["route", "tier"])
+        self.cache_misses = Counter("atcdn_edge_cache_misses", "Cache misses", ["route"])
+        self.bytes_served = Counter("atcdn_edge_bytes_served", "Response body bytes", ["route"])
+        self.errors = Counter("atcdn_edge_errors", "Error responses", ["route", "status"])
+        self.request_seconds = Histogram(
+            "atcdn_edge_request_seconds", "Time to answer a request that missed memory",
+            ["route", "outcome"])
+        self.fetch_seconds = Histogram(
+            "atcdn_edge_fetch_seconds", "Time to fetch and verify a blob", ["source"])
+        self.transform_seconds = Histogram("atcdn_edge_transform_seconds", "Transform time")
+        self._hits: dict[str, int] = {"img": 0, "blob": 0}
+        self._bytes: dict[str, int] = {"img": 0, "blob": 0}
+        self._flusher: asyncio.TimerHandle | None = None
+
+    def memory_hit(self, route: str, size: int) -> None:
+        self._hits[route] += 1
+        self._bytes[route] += size
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().call_later(FLUSH_EVERY, self.flush)
+
+    def flush(self) -> None:
+        self._flusher = None
+        for route in self._hits:
+            if self._hits[route]:
+                self.cache_hits.labels(route, "memory").inc(self._hits[route])
+                self.bytes_served.labels(route).inc(self._bytes[route])
+                self._hits[route] = self._bytes[route] = 0
+
+    def render(self) -> bytes:
+        from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+        self.flush()
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)

@@ -1,0 +1,135 @@
+"""Sending cached entries and errors over raw ASGI.
+
+Immutable content makes the HTTP rules short: a strong ETag per (cid, preset, format),
+``If-None-Match`` -> 304, one ``Range`` -> 206 (a satisfiable multi-range is answered
+with the whole body, as RFC 9110 allows), an unsatisfiable one -> 416, HEAD -> headers
+only, and always a Content-Length. Files go out through Starlette's FileResponse, which
+uses granian's zero-copy ``http.response.pathsend`` when the server offers it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from starlette.responses import FileResponse
+from starlette.types import Receive, Scope, Send
+
+from edge.cache import IMMUTABLE, Entry, Headers
+
+JSON = b"application/json"
+VARY_ACCEPT = (b"vary", b"Accept")
+UPSTREAM_STATUSES = (502, 503, 504)
+# /blob types sent inline: media a browser renders without running anything.
+INLINE_TYPES = frozenset({
+    "image/jpeg", "image/png", "image/gif", "image/webp", "image/avif", "image/heic",
+    "image/heif", "image/bmp", "image/tiff", "video/mp4", "video/quicktime", "video/webm",
+    "video/x-matroska", "audio/mpeg", "audio/mp4", "audio/ogg", "audio/x-wav",
+    "audio/x-flac", "application/pdf",
+})
+BLOB_HEADERS: Headers = [
+    (b"content-security-policy", b"default-src 'none'; sandbox"),
+]
+
+
+def blob_type(content_type: str | None) -> tuple[str, Headers]:
+    """A safe Content-Type for raw blob bytes and its extra headers: anything not a known
+    media type (HTML, SVG, XML, unknown) is an octet-stream attachment."""
+    if content_type in INLINE_TYPES:
+        return content_type, BLOB_HEADERS
+    return "application/octet-stream", [*BLOB_HEADERS, (b"content-disposition", b"attachment")]
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None | bool:
+    """``(start, end_exclusive)`` for one satisfiable range; None to ignore the header
+    (malformed or several ranges: send everything); False when unsatisfiable (416)."""
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash:
+        return None
+    try:
+        if first == "":
+            length = int(last)
+            if length <= 0:
+                return False if size == 0 or length == 0 else None
+            return max(size - length, 0), size
+        start = int(first)
+        end = int(last) + 1 if last else size
+    except ValueError:
+        return None
+    if start < 0 or (last and end <= start):
+        return None
+    if start >= size:
+        return False
+    return start, min(end, size)
+
+
+def etag_matches(header: str, etag: bytes) -> bool:
+    if header.strip() == "*":
+        return True
+    tag = etag.decode()
+    return any(t.strip().removeprefix("W/") == tag for t in header.split(","))
+
+
+async def send_entry(scope: Scope, receive: Receive, send: Send, entry: Entry,
+                     request: dict[bytes, bytes], *, vary: bool = False) -> None:
+    """Answer with ``entry`` honouring HEAD, If-None-Match and Range."""
+    head_only = scope["method"] == "HEAD"
+    headers = entry.headers + [VARY_ACCEPT] if vary else entry.headers
+    inm = request.get(b"if-none-match")
+    if inm is not None and etag_matches(inm.decode("latin-1"), entry.etag):
+        not_modified = [(b"etag", entry.etag), (b"cache-control", IMMUTABLE)]
+        if vary:
+            not_modified.append(VARY_ACCEPT)
+        await send({"type": "http.response.start", "status": 304, "headers": not_modified})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    raw_range = request.get(b"range")
+    span = parse_range(raw_range.decode("latin-1"), entry.size) if raw_range else None
+    if span is False:
+        await send_error(send, 416, "RangeNotSatisfiable", f"the entity is {entry.size} bytes",
+                         extra=[(b"content-range", f"bytes */{entry.size}".encode())])
+        return
+    if entry.path is not None:
+        response = FileResponse(entry.path, headers=_as_dict(headers), stat_result=os.stat(entry.path))
+        if span is None and raw_range:  # ignored range: whole body, as for memory entries
+            scope = {**scope, "headers": [h for h in scope["headers"] if h[0] != b"range"]}
+        await response(scope, receive, send)
+        return
+    body = entry.body or b""
+    if span is None:
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if head_only else body})
+        return
+    start, end = span
+    partial = [h for h in headers if h[0] != b"content-length"] + [
+        (b"content-length", str(end - start).encode()),
+        (b"content-range", f"bytes {start}-{end - 1}/{entry.size}".encode()),
+    ]
+    await send({"type": "http.response.start", "status": 206, "headers": partial})
+    await send({"type": "http.response.body", "body": b"" if head_only else body[start:end]})
+
+
+def _as_dict(headers: Headers) -> dict[str, str]:
+    return {k.decode(): v.decode("latin-1") for k, v in headers}
+
+
+def error_body(error: str, message: str) -> bytes:
+    return json.dumps({"error": error, "message": message}).encode()
+
+
+async def send_error(send: Send, status: int, error: str, message: str, *,
+                     retry_after: int = 5, extra: Headers = ()) -> None:  # type: ignore[assignment]
+    body = error_body(error, message)
+    headers: Headers = [
+        (b"content-type", JSON),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+        *extra,
+    ]
+    if status in UPSTREAM_STATUSES or status == 429:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

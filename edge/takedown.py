@@ -1,0 +1,122 @@
+"""Takedowns and purges on one edge node.
+
+A local takedown set (by CID and by DID) answers 451 before any cache or fetch is
+consulted, so a taken-down item cannot come back through a cache or the PDS fallback.
+A purge drops cached entries from every tier. Both bump a *generation* stamp file that
+every worker checks on each request (one ``stat``): on a change a worker reloads the
+takedown set and empties its memory tier.
+
+``takedown()`` and ``purge()`` are plain functions for the takedown-feed follower; they
+only need the node's cache directory.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import diskcache
+
+from atcdn.settings import EdgeSettings
+from edge.cache import DiskTier
+
+
+class Generation:
+    """A stamp file whose mtime (set explicitly, in ns) changes on every purge."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        if not path.exists():
+            path.touch()
+        self.seen = -1
+
+    def changed(self) -> bool:
+        stamp = os.stat(self.path).st_mtime_ns
+        if stamp == self.seen:
+            return False
+        self.seen = stamp
+        return True
+
+    def bump(self) -> None:
+        now = time.time_ns()
+        os.utime(self.path, ns=(now, now))
+
+
+class Takedowns:
+    """The node's takedown set, persisted in ``{cache_dir}/takedowns`` (never evicted)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.index = diskcache.Index(str(directory))
+        self.dids: frozenset[str] = frozenset()
+        self.cids: frozenset[str] = frozenset()
+        self.load()
+
+    def load(self) -> None:
+        keys = list(self.index.keys())
+        self.dids = frozenset(k[4:] for k in keys if k.startswith("did:"))
+        self.cids = frozenset(k[4:] for k in keys if k.startswith("cid:"))
+
+    def blocked(self, did: str, cid: str) -> bool:
+        return cid in self.cids or did in self.dids
+
+    def add(self, *, did: str | None = None, cid: str | None = None) -> None:
+        for key in _keys(did, cid):
+            self.index[key] = time.time()
+
+    def remove(self, *, did: str | None = None, cid: str | None = None) -> None:
+        for key in _keys(did, cid):
+            self.index.pop(key, None)
+
+
+def _keys(did: str | None, cid: str | None) -> list[str]:
+    return ([f"did:{did}"] if did else []) + ([f"cid:{cid}"] if cid else [])
+
+
+class Node:
+    """The cache-directory layout shared by the server and these functions."""
+
+    def __init__(self, cache_dir: Path) -> None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        self.disk_dir = cache_dir / "disk"
+        self.takedown_dir = cache_dir / "takedowns"
+        self.metrics_dir = cache_dir / "metrics"
+        self.lock_dir = cache_dir / "locks"
+        self.tmp_dir = cache_dir / "tmp"
+        self.generation = Generation(cache_dir / "generation")
+
+
+def purge_disk(disk: DiskTier, *, did: str | None = None, cid: str | None = None) -> int:
+    """Evict every entry of ``cid`` and of every blob fetched for ``did``."""
+    victims = set(disk.cids_of(did)) if did else set()
+    if cid:
+        victims.add(cid)
+    return sum(disk.evict_cid(c) for c in victims)
+
+
+def purge(cid: str | None = None, did: str | None = None,
+          settings: EdgeSettings | None = None) -> int:
+    """Drop cached copies (all tiers, all workers) of a blob or an account's blobs."""
+    settings = settings or EdgeSettings()
+    node = Node(settings.cache_dir)
+    disk = DiskTier(node.disk_dir, settings.cache_size, settings.memory_max_item)
+    try:
+        removed = purge_disk(disk, did=did, cid=cid)
+    finally:
+        disk.close()
+    node.generation.bump()
+    return removed
+
+
+def takedown(cid: str | None = None, did: str | None = None, *, restore: bool = False,
+             settings: EdgeSettings | None = None) -> None:
+    """Block (451) a blob or an account on this node and purge it; ``restore`` undoes."""
+    settings = settings or EdgeSettings()
+    node = Node(settings.cache_dir)
+    takedowns = Takedowns(node.takedown_dir)
+    if restore:
+        takedowns.remove(did=did, cid=cid)
+        node.generation.bump()
+        return
+    takedowns.add(did=did, cid=cid)
+    purge(cid=cid, did=did, settings=settings)

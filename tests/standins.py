@@ -1,0 +1,101 @@
+"""Stand-ins for the edge's upstreams, run as real HTTP processes in tests.
+
+One small Starlette app plays the origin (``/blob/{cid}``), a PDS (``getBlob``), a PLC
+directory (``/{did}``) and a did:web host (``/.well-known/did.json``), all serving from
+a directory of files named by CID or DID. Every request is appended to
+``requests.log`` there, so tests can count what reached the upstream. With
+``STANDIN_FLIP=1`` it flips one byte of every blob it serves (a corrupting origin).
+
+    python -m tests.standins --port P --dir D
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+TOKEN = "test-token"
+
+
+def build(root: Path) -> Starlette:
+    flip = os.environ.get("STANDIN_FLIP") == "1"
+
+    def log(request: Request) -> None:
+        with open(root / "requests.log", "a") as fh:
+            fh.write(f"{request.method} {request.url.path}?{request.url.query}\n")
+
+    def blob_bytes(cid: str) -> bytes | None:
+        path = root / "blobs" / cid
+        if not path.is_file():
+            return None
+        data = path.read_bytes()
+        if flip and data:
+            data = bytes([data[0] ^ 0x01]) + data[1:]
+        return data
+
+    async def origin_blob(request: Request) -> Response:
+        log(request)
+        cid = request.path_params["cid"]
+        if request.method == "PUT":
+            if request.headers.get("authorization") != f"Bearer {TOKEN}":
+                return JSONResponse({"error": "Unauthorized", "message": "token"}, 401)
+            (root / "blobs").mkdir(exist_ok=True)
+            (root / "blobs" / cid).write_bytes(await request.body())
+            return JSONResponse({"cid": cid}, 201)
+        if (root / "takedowns" / cid).exists():
+            return JSONResponse({"error": "TakenDown", "message": cid}, 451)
+        if (root / "origin-empty").exists():
+            return JSONResponse({"error": "BlobNotFound", "message": cid}, 404)
+        data = blob_bytes(cid)
+        if data is None:
+            return JSONResponse({"error": "BlobNotFound", "message": cid}, 404)
+        return Response(data, media_type="application/octet-stream")
+
+    async def get_blob(request: Request) -> Response:
+        log(request)
+        data = blob_bytes(request.query_params.get("cid", ""))
+        if data is None:
+            return JSONResponse({"error": "InvalidRequest", "message": "Blob not found"}, 400)
+        return Response(data, media_type="application/octet-stream",
+                        headers={"cache-control": "private"})
+
+    async def did_doc(request: Request) -> Response:
+        log(request)
+        name = request.path_params.get("did", "did-web")
+        path = root / "dids" / f"{name}.json"
+        if not path.is_file():
+            return JSONResponse({"message": "DID not registered"}, 404)
+        return JSONResponse(json.loads(path.read_text()))
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    return Starlette(routes=[
+        Route("/health", health),
+        Route("/blob/{cid}", origin_blob, methods=["GET", "PUT"]),
+        Route("/xrpc/com.atproto.sync.getBlob", get_blob),
+        Route("/.well-known/did.json", did_doc),
+        Route("/{did}", did_doc),
+    ])
+
+
+def requests(root: Path) -> list[str]:
+    log = root / "requests.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+if __name__ == "__main__":
+    import uvicorn
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--dir", type=Path, required=True)
+    args = parser.parse_args()
+    uvicorn.run(build(args.dir), host="127.0.0.1", port=args.port, log_level="warning")
