@@ -211,11 +211,13 @@ class WrkRun:
 
 
 def wrk(url: str, *, seconds: float, connections: int, threads: int, script: Path) -> WrkRun:
-    out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url],
-        capture_output=True, text=True, check=True, timeout=seconds + 60,
-    ).stdout
-    line = next(x for x in out.splitlines() if x.startswith("WRKJSON "))
+    done = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "-s", str(script), url],
+        capture_output=True, text=True, timeout=seconds + 60,
+    )
+    line = next((x for x in done.stdout.splitlines() if x.startswith("WRKJSON ")), None)
+    if done.returncode or line is None:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout}{done.stderr}")
     return WrkRun(**json.loads(line.removeprefix("WRKJSON ")))
 
 
