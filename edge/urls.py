@@ -8,6 +8,7 @@ when it still carries escapes.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -66,7 +67,10 @@ def did_web_host(did: str) -> str:
     return did[len("did:web:"):].replace("%3A", ":")
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def parse_cid(text: str) -> str:
+    # Cached: every hit parses its URL, and multiformats' decoding (with its runtime type
+    # checks) cost a third of a worker's CPU on memory hits. Errors are never cached.
     try:
         cids.parse(text)
     except cids.CIDError as exc:
