@@ -2,8 +2,8 @@
 
 One run, one command, from the repository root::
 
-    python bench/edge.py                       # ~4 minutes on a 2-core box
-    python bench/edge.py --duration 3 --runs 1 # a quick look
+    python bench/edge.py                        # ~4 minutes on a 2-core box
+    python bench/edge.py --runs 1 --herd 500    # a quick look
 
 What it does, with the same bytes and the same load generator (wrk) for every peer:
 
@@ -212,7 +212,8 @@ class WrkRun:
 
 def wrk(url: str, *, seconds: float, connections: int, threads: int, script: Path) -> WrkRun:
     done = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "-s", str(script), url],
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s",
+         "-s", str(script), url],
         capture_output=True, text=True, timeout=seconds + 60,
     )
     line = next((x for x in done.stdout.splitlines() if x.startswith("WRKJSON ")), None)
@@ -231,6 +232,14 @@ class Series:
 
     def median(self, metric: str) -> float:
         return statistics.median(getattr(r, metric) for r in self.runs)
+
+    def ratio(self, peer: Series | None, metric: str) -> float | None:
+        """Median over rounds of this/peer, each pair measured seconds apart, so a
+        burst of load from elsewhere on the machine skews a round's pair alike."""
+        if peer is None:
+            return None
+        return statistics.median(getattr(a, metric) / getattr(b, metric)
+                                 for a, b in zip(self.runs, peer.runs))
 
 
 # --- the herd ------------------------------------------------------------------------------
@@ -436,16 +445,15 @@ def bench_herd(args: argparse.Namespace, work: Path, origin: str) -> dict:
 def report(args: argparse.Namespace, targets: list[Target], series: dict, herd_result: dict | None) -> dict:
     servers = list(dict.fromkeys(s for s, _ in series))
     rows = []
-    print(f"\n{'object':16} {'server':16} {'req/s':>9} {'MB/s':>8} {'x nginx':>8} "
+    print(f"\n{'object':16} {'bytes':>8} {'server':16} {'req/s':>9} {'MB/s':>8} {'x nginx':>8} "
           f"{'x varnish':>9} {'p99 ms':>7} {'errors':>6}  goal")
     for target in targets:
         nginx = series.get(("nginx", target.name))
         varnish = series.get(("varnish", target.name))
         for server in servers:
             s = series[(server, target.name)]
-            value = s.median(target.metric)
-            vs_nginx = value / nginx.median(target.metric) if nginx else None
-            vs_varnish = value / varnish.median(target.metric) if varnish else None
+            vs_nginx = s.ratio(nginx, target.metric)
+            vs_varnish = s.ratio(varnish, target.metric)
             goal = None
             if server.startswith("edge") and vs_nginx is not None:
                 need = GOAL_SMALL_RPS if target.metric == "rps" else GOAL_BIG_MBPS
@@ -464,9 +472,18 @@ def report(args: argparse.Namespace, targets: list[Target], series: dict, herd_r
             fmt = lambda x: f"{x:.2f}" if x is not None else "-"  # noqa: E731
             verdict = "" if goal is None else (
                 f"{'yes' if goal['met'] else 'NO'} (>= {goal['need_x_nginx']}x {target.metric})")
-            print(f"{target.name:16} {server:16} {row['rps_median']:9} {row['mbps_median']:8} "
+            print(f"{target.name:16} {target.size:8} {server:16} {row['rps_median']:9} {row['mbps_median']:8} "
                   f"{fmt(vs_nginx):>8} {fmt(vs_varnish):>9} {row['p99_ms_median']:7} "
                   f"{row['errors']:6}  {verdict}")
+    judged = args.servers[0] if args.servers else None
+    goals = {
+        f"{row['object']}: edge ({judged}) >= {row['goal']['need_x_nginx']}x nginx "
+        f"{'req/s' if row['judged_on'] == 'rps' else 'MB/s'}": row["goal"]["met"]
+        for row in rows if row["server"] == f"edge ({judged})" and row["goal"]
+    }
+    if herd_result:
+        goals[f"herd of {herd_result['requests']}: 1 origin fetch, 1 transform, 0 errors"] = (
+            herd_result["goal_met"])
     if herd_result:
         h = herd_result
         print(f"\nherd: {h['requests']} identical cold requests in flight at once -> "
@@ -474,7 +491,11 @@ def report(args: argparse.Namespace, targets: list[Target], series: dict, herd_r
               f"errors {h['errors']:g}, distinct bodies {h['distinct_bodies']}, "
               f"last answer after {h['last_s']} s; goal met: {'yes' if h['goal_met'] else 'NO'}")
     print(f"\n(wrk -t{args.threads} -c{args.connections}, {args.runs} x {args.duration} s per "
-          f"cell, medians; wrk shares the {os.cpu_count()} cores with the servers)")
+          f"cell; req/s and MB/s are medians, ratios the median of per-round ratios; wrk "
+          f"shares the {os.cpu_count()} cores with the servers)")
+    print("\ngoals:")
+    for goal, met in goals.items():
+        print(f"  {'met    ' if met else 'NOT MET'}  {goal}")
     return {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -483,6 +504,7 @@ def report(args: argparse.Namespace, targets: list[Target], series: dict, herd_r
                     "note": "wrk runs on the same cores as the servers"},
         "load": {"tool": "wrk", "threads": args.threads, "connections": args.connections,
                  "duration_s": args.duration, "runs": args.runs},
+        "goals": goals,
         "hits": rows,
         "herd": herd_result,
     }
@@ -490,9 +512,9 @@ def report(args: argparse.Namespace, targets: list[Target], series: dict, herd_r
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=5, help="seconds per wrk run")
+    parser.add_argument("--duration", type=float, default=3, help="seconds per wrk run")
     parser.add_argument("--warmup", type=float, default=1, help="seconds of wrk warm-up")
-    parser.add_argument("--runs", type=int, default=3, help="rounds; medians are reported")
+    parser.add_argument("--runs", type=int, default=5, help="rounds; medians are reported")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--servers", nargs="+", default=["granian", "uvicorn"],
