@@ -350,7 +350,7 @@ def raise_nofile() -> int:
 
 
 def bench_hits(args: argparse.Namespace, work: Path, origin: str) -> tuple[list[Target], dict]:
-    small = make_jpeg(SMALL)
+    small = make_jpeg(args.small_bytes)
     big = random.Random(5).randbytes(BIG)
     small_cid, big_cid = put_blob(origin, small), put_blob(origin, big)
     targets = [
@@ -521,6 +521,8 @@ def main(argv: list[str] | None = None) -> dict:
                         choices=["granian", "uvicorn"], help="edge servers, first is judged")
     parser.add_argument("--peers", nargs="*", default=["nginx", "varnish"],
                         choices=["nginx", "varnish"])
+    parser.add_argument("--small-bytes", type=int, default=SMALL,
+                        help="size cap of the small JPEG (granian slows sharply above ~50,000)")
     parser.add_argument("--herd", type=int, default=2000, help="0 skips the herd")
     parser.add_argument("--no-hits", action="store_true", help="only the herd")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "edge.json")
