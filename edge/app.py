@@ -16,7 +16,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import filetype
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -34,6 +33,7 @@ from edge.presets import CONTENT_TYPES, Format, load_presets
 from edge.responses import blob_type, send_entry, send_error
 from edge.takedown import Node, Takedowns, purge_disk
 from edge.transform import MediaError, transform
+from origin.mime import SNIFF_BYTES, sniff
 
 log = logging.getLogger("atcdn.edge")
 Value = bytes | str  # a disk-tier value: small bytes, or the path of a file
@@ -133,7 +133,7 @@ class Edge:
             value, outcome = await self._source(req.did, req.cid)
         except EdgeError as exc:
             return await self._error(send, "blob", exc)
-        content_type, extra = blob_type(filetype.guess_mime(self.disk.head(value)))
+        content_type, extra = blob_type(sniff(self.disk.head(value, SNIFF_BYTES)))
         entry = self._remember(key, value, urls.blob_etag(req.cid), content_type, extra)
         self._served("blob", outcome, entry, started)
         await send_entry(scope, receive, send, entry, request)

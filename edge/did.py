@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from edge.errors import EdgeError
+from edge.errors import BlockedAddress, EdgeError
 from edge.urls import did_web_host
 
 STALE_AFTER = 3600.0
@@ -76,6 +76,8 @@ class Resolver:
         url = document_url(did, self.plc_url)
         try:
             response = await self.client.get(url)
+        except BlockedAddress as exc:
+            raise EdgeError(502, "ForbiddenAddress", str(exc)) from None
         except httpx.TimeoutException:
             raise EdgeError(504, "UpstreamTimeout", f"resolving {did} timed out") from None
         except httpx.HTTPError as exc:

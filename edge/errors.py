@@ -11,3 +11,7 @@ class EdgeError(Exception):
         self.status = status
         self.error = error
         self.message = message
+
+
+class BlockedAddress(Exception):
+    """A fetch the SSRF guard refused (scheme or address)."""

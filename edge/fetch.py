@@ -30,16 +30,12 @@ import httpx
 
 from atcdn.settings import EdgeSettings
 from edge.did import Resolver
-from edge.errors import EdgeError
+from edge.errors import BlockedAddress, EdgeError
 from edge.metrics import Metrics
 from origin.cid import Verifier
 
 log = logging.getLogger("atcdn.edge")
 RETRYABLE = (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
-
-
-class BlockedAddress(Exception):
-    """A fetch the SSRF guard refused (scheme or address)."""
 
 
 def is_public_address(ip: str) -> bool:
@@ -145,7 +141,7 @@ class Fetcher:
             raise EdgeError(502, "UpstreamFailed", f"origin answered HTTP {status}")
         if not self.settings.pds_fallback:
             raise EdgeError(404, "BlobNotFound", f"no blob {cid}")
-        pds = await self._resolve(did)
+        pds = await self.resolver.pds(did)
         status, fetched = await self._get(
             self.public, f"{pds}/xrpc/com.atproto.sync.getBlob", {"did": did, "cid": cid},
             cid, "pds")
@@ -156,12 +152,6 @@ class Fetcher:
             raise EdgeError(502, "UpstreamFailed", f"PDS answered HTTP {status}")
         self._hand_to_origin(did, cid, fetched.path)
         return fetched
-
-    async def _resolve(self, did: str) -> str:
-        try:
-            return await self.resolver.pds(did)
-        except BlockedAddress as exc:
-            raise EdgeError(502, "ForbiddenAddress", str(exc)) from None
 
     async def _get(self, client: httpx.AsyncClient, url: str, params: dict[str, str],
                    cid: str, source: str) -> tuple[int, Fetched | None]:

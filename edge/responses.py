@@ -33,8 +33,9 @@ BLOB_HEADERS: Headers = [
 
 
 def blob_type(content_type: str | None) -> tuple[str, Headers]:
-    """A safe Content-Type for raw blob bytes and its extra headers: anything not a known
-    media type (HTML, SVG, XML, unknown) is an octet-stream attachment."""
+    """A safe Content-Type for raw blob bytes (as ``origin.mime.sniff`` names them) and
+    its extra headers: anything not a known media type (HTML, SVG, XML, unknown) is an
+    octet-stream attachment. An allowlist, so a new active type can never slip through."""
     if content_type in INLINE_TYPES:
         return content_type, BLOB_HEADERS
     return "application/octet-stream", [*BLOB_HEADERS, (b"content-disposition", b"attachment")]

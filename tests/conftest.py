@@ -67,14 +67,6 @@ def origin(tmp_path: Path) -> Iterator[str]:
         proc.stop()
 
 
-@pytest.fixture(scope="session")
-def seaweed(tmp_path_factory: pytest.TempPathFactory):
-    """A real SeaweedFS S3 endpoint for the whole session (skipped without ``weed``)."""
-    from tests.seaweed import run_seaweed
-
-    yield from run_seaweed(need_tool("weed"), tmp_path_factory.mktemp("seaweed"))
-
-
 class Edge:
     """A running ``atcdn edge serve`` process."""
 
@@ -182,3 +174,11 @@ def upstream(tmp_path: Path) -> Iterator[Upstream]:
         yield up
     finally:
         up.proc.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory):
+    """A real SeaweedFS S3 endpoint for the whole session (skipped without ``weed``)."""
+    from tests.seaweed import run_seaweed
+
+    yield from run_seaweed(need_tool("weed"), tmp_path_factory.mktemp("seaweed"))

@@ -1,0 +1,140 @@
+"""Fetching through DID documents: PDS fallback with stand-in PLC and PDS processes,
+handing blobs on to the origin, and the SSRF guard."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from atcdn.settings import EdgeSettings
+from edge.did import Resolver
+from edge.errors import EdgeError
+from edge.fetch import public_client
+from origin.cid import compute
+from tests.conftest import start_upstream
+
+DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
+
+
+def wait_for(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def world(tmp_path: Path):
+    """An empty origin (404 for every GET), and a PLC directory + PDS holding the blob."""
+    origin = start_upstream(tmp_path / "origin")
+    (origin.root / "origin-empty").touch()
+    pds = start_upstream(tmp_path / "pds")
+    pds.add_did(DID, pds.url)
+    try:
+        yield origin, pds
+    finally:
+        origin.proc.stop()
+        pds.proc.stop()
+
+
+def test_pds_fallback_serves_and_hands_on_to_origin(world, edge_factory) -> None:
+    origin, pds = world
+    data = b"GIF89a" + bytes(range(256)) * 20
+    cid = pds.add_blob(data)
+    edge = edge_factory(origin.url, env={"ATCDN_PLC_URL": pds.url})
+    r = httpx.get(f"{edge.url}/blob/{DID}/{cid}", timeout=30)
+    assert r.status_code == 200 and r.content == data
+    log = pds.requests()
+    assert f"GET /{DID}?" in log
+    assert any(line.startswith("GET /xrpc/com.atproto.sync.getBlob") and cid in line
+               for line in log)
+    # The verified bytes were handed to the origin, with the token.
+    assert wait_for(lambda: (origin.root / "blobs" / cid).is_file())
+    assert (origin.root / "blobs" / cid).read_bytes() == data
+    # Unknown to the PDS (it answers 400): 404.
+    missing = compute(b"not on the pds")
+    r = httpx.get(f"{edge.url}/blob/{DID}/{missing}", timeout=30)
+    assert r.status_code == 404 and r.json()["error"] == "BlobNotFound"
+    # A DID the PLC directory does not know: 404.
+    r = httpx.get(f"{edge.url}/blob/did:plc:aaaaaaaaaaaaaaaaaaaaaaaa/{missing}", timeout=30)
+    assert r.status_code == 404
+    assert edge.metric("atcdn_edge_pds_fetches_total") == 2
+
+
+def test_pds_fallback_can_be_turned_off(world, edge_factory) -> None:
+    origin, pds = world
+    cid = pds.add_blob(b"some bytes on the pds only")
+    edge = edge_factory(origin.url, env={"ATCDN_PLC_URL": pds.url, "ATCDN_PDS_FALLBACK": "0"})
+    assert httpx.get(f"{edge.url}/blob/{DID}/{cid}", timeout=30).status_code == 404
+    assert pds.requests() == []
+
+
+def test_corrupt_pds_is_never_served(tmp_path: Path, edge_factory) -> None:
+    origin = start_upstream(tmp_path / "origin")
+    (origin.root / "origin-empty").touch()
+    pds = start_upstream(tmp_path / "pds", env={"STANDIN_FLIP": "1"})
+    try:
+        pds.add_did(DID, pds.url)
+        cid = pds.add_blob(b"bytes the pds will corrupt" * 50)
+        edge = edge_factory(origin.url, env={"ATCDN_PLC_URL": pds.url})
+        r = httpx.get(f"{edge.url}/blob/{DID}/{cid}", timeout=30)
+        assert r.status_code == 502 and r.json()["error"] == "VerificationFailed"
+        assert not (origin.root / "blobs" / cid).exists()  # nothing handed on
+    finally:
+        origin.proc.stop()
+        pds.proc.stop()
+
+
+def test_ssrf_guard_refuses_loopback_did_web(world, edge_factory) -> None:
+    origin, pds = world
+    port = pds.url.rsplit(":", 1)[1]
+    did = f"did:web:localhost%3A{port}"
+    pds.add_did(did, pds.url, name="did-web")
+    cid = pds.add_blob(b"bytes behind a private address")
+    # Allowed (as in tests and local use): resolved and served.
+    open_edge = edge_factory(origin.url)
+    assert httpx.get(f"{open_edge.url}/blob/{did}/{cid}", timeout=30).status_code == 200
+    seen = len(pds.requests())
+    # The production default: refused before any connection to the private address.
+    guarded = edge_factory(origin.url, env={"ATCDN_ALLOW_PRIVATE_NETWORKS": "0",
+                                            "ATCDN_PLC_URL": pds.url})
+    for path in (f"/blob/{did}/{cid}", f"/blob/{DID}/{cid}"):  # did:web, then did:plc via http
+        r = httpx.get(guarded.url + path, timeout=30)
+        assert r.status_code == 502 and r.json()["error"] == "ForbiddenAddress", r.text
+    assert len(pds.requests()) == seen
+
+
+def test_guarded_client_checks_the_resolved_address() -> None:
+    """https to a name that resolves to loopback is refused at connect time."""
+    settings = EdgeSettings(allow_private_networks=False)
+
+    async def resolve() -> None:
+        client = public_client(settings)
+        try:
+            await Resolver(client, "https://localhost:1").pds(DID)
+        finally:
+            await client.aclose()
+
+    with pytest.raises(EdgeError) as caught:
+        asyncio.run(resolve())
+    assert caught.value.status == 502
+
+
+def test_pds_blob_lands_in_the_real_origin(origin: str, tmp_path: Path, edge_factory) -> None:
+    pds = start_upstream(tmp_path / "pds")
+    try:
+        pds.add_did(DID, pds.url)
+        data = b"\x89PNG\r\n\x1a\n" + b"not really a png, still a blob" * 40
+        cid = pds.add_blob(data)
+        edge = edge_factory(origin, env={"ATCDN_PLC_URL": pds.url})
+        assert httpx.get(f"{edge.url}/blob/{DID}/{cid}", timeout=30).content == data
+        assert wait_for(lambda: httpx.get(f"{origin}/blob/{cid}").status_code == 200)
+        assert httpx.get(f"{origin}/blob/{cid}").content == data
+    finally:
+        pds.proc.stop()
