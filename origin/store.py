@@ -8,13 +8,16 @@ an oversized one never leaves a partial blob where a reader could find it.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import fcntl
 import os
 import tempfile
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,16 +29,21 @@ from origin.mime import SNIFF_BYTES
 if TYPE_CHECKING:
     from atcdn.settings import OriginSettings
 
-CHUNK = 1024 * 1024  # write/hash/read unit: big enough that thread hops are cheap
+CHUNK = 1024 * 1024  # read unit: big enough that thread hops are cheap
+BATCH = 1024 * 1024  # bytes hashed and written per hand-off to the worker threads
+IOV_MAX = 512  # buffers per writev (the kernel limit is 1024)
 
 
 class Staging:
     """A blob being received: appended to a locked temp file and hashed on the way.
 
-    Small network chunks are gathered into ``CHUNK``-sized writes, and each write plus
-    its hashing runs in a worker thread (both release the GIL), so the event loop keeps
-    receiving. The temp file holds an exclusive ``flock`` while it lives: a process that
-    dies mid-upload releases it, which is how ``sweep`` knows a temp file is orphaned.
+    Network chunks are gathered into batches of about ``BATCH`` bytes; each batch is
+    hashed in one worker thread and written (``writev``, no copy) in another, both
+    releasing the GIL, while the event loop receives the next batch. Only one batch is
+    in flight, which keeps the hash in order and memory bounded.
+
+    The temp file holds an exclusive ``flock`` while it lives: a process that dies
+    mid-upload releases it, which is how ``sweep`` knows a temp file is orphaned.
     """
 
     def __init__(self, tmp_dir: Path) -> None:
@@ -44,26 +52,25 @@ class Staging:
         self.path = Path(name)
         self.verifier = Verifier()
         self.head = b""  # first bytes, for MIME sniffing
+        self.size = 0  # bytes received so far
         self._fd: int | None = fd
-        self._buffer = bytearray()
-
-    @property
-    def size(self) -> int:
-        return self.verifier.size + len(self._buffer)
+        self._batch: list[bytes] = []
+        self._batched = 0
+        self._jobs: list[Future] = []
 
     async def write(self, chunk: bytes) -> None:
         if len(self.head) < SNIFF_BYTES:
             self.head += chunk[: SNIFF_BYTES - len(self.head)]
-        self._buffer += chunk
-        if len(self._buffer) >= CHUNK:
-            data, self._buffer = self._buffer, bytearray()
-            await anyio.to_thread.run_sync(self._append, data)
+        self.size += len(chunk)
+        self._batch.append(chunk)
+        self._batched += len(chunk)
+        if self._batched >= BATCH:
+            await self._flush()
 
     async def finish(self) -> None:
-        """Write and hash what is buffered: after this ``verifier`` knows the whole body."""
-        data, self._buffer = self._buffer, bytearray()
-        if data:
-            await anyio.to_thread.run_sync(self._append, data)
+        """Hash and write everything received: then ``verifier`` knows the whole body."""
+        await self._flush()
+        await self._wait()
 
     def sync_and_close(self) -> None:
         """Make the bytes durable before they are committed."""
@@ -71,23 +78,76 @@ class Staging:
         self._close()
 
     def discard(self) -> None:
+        """Remove the temp file, once any batch still being written is done with it."""
+        running = [job for job in self._jobs if not job.done()]
+        self._jobs = []
+        if not running:
+            self._remove()
+            return
+        lock = threading.Lock()
+        left = [len(running)]
+
+        def done(_: Future) -> None:
+            with lock:
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                self._remove()
+
+        for job in running:
+            job.add_done_callback(done)
+
+    async def _flush(self) -> None:
+        if not self._batch:
+            return
+        batch, self._batch, self._batched = self._batch, [], 0
+        await self._wait()
+        executor = _executor()
+        self._jobs = [executor.submit(self._hash, batch), executor.submit(self._write, batch)]
+
+    async def _wait(self) -> None:
+        if self._jobs:
+            await asyncio.gather(*(asyncio.wrap_future(job) for job in self._jobs))
+            self._jobs = []
+
+    def _hash(self, batch: list[bytes]) -> None:
+        for chunk in batch:
+            self.verifier.update(chunk)
+
+    def _write(self, batch: list[bytes]) -> None:
+        fd = self._fd
+        assert fd is not None
+        for i in range(0, len(batch), IOV_MAX):
+            group = batch[i:i + IOV_MAX]
+            written = os.writev(fd, group)
+            total = sum(map(len, group))
+            if written < total:  # short write: finish the group the slow way
+                view = memoryview(b"".join(group))[written:]
+                while view:
+                    view = view[os.write(fd, view):]
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _remove(self) -> None:
         self._close()
         try:
             self.path.unlink()
         except FileNotFoundError:
             pass
 
-    def _append(self, data: bytearray) -> None:
-        self.verifier.update(data)
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)  # type: ignore[arg-type]
-            view = view[written:]
 
-    def _close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+_EXECUTOR: ThreadPoolExecutor | None = None
+
+
+def _executor() -> ThreadPoolExecutor:
+    """The threads that hash and write staged batches (one pool per process)."""
+    global _EXECUTOR
+    if _EXECUTOR is None:
+        _EXECUTOR = ThreadPoolExecutor(max_workers=16, thread_name_prefix="atcdn-staging")
+    return _EXECUTOR
 
 
 def sweep(tmp_dir: Path, min_age: float = 60.0) -> int:
