@@ -493,6 +493,15 @@ def report(args: argparse.Namespace, targets: list[Target], series: dict, herd_r
     print(f"\n(wrk -t{args.threads} -c{args.connections}, {args.runs} x {args.duration} s per "
           f"cell; req/s and MB/s are medians, ratios the median of per-round ratios; wrk "
           f"shares the {os.cpu_count()} cores with the servers)")
+    if "granian" in args.servers and "uvicorn" in args.servers:
+        print()
+        for target in targets:
+            g, u = series[("edge (granian)", target.name)], series[("edge (uvicorn)", target.name)]
+            speedup = g.ratio(u, target.metric)
+            print(f"{target.name}: granian {speedup:.2f}x uvicorn")
+            for row in rows:
+                if row["object"] == target.name and row["server"] == "edge (granian)":
+                    row["x_uvicorn"] = round(speedup, 3)
     print("\ngoals:")
     for goal, met in goals.items():
         print(f"  {'met    ' if met else 'NOT MET'}  {goal}")
