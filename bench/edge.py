@@ -47,12 +47,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import h11  # noqa: E402  (httpx's own HTTP/1.1 parser)
-import httpx  # noqa: E402
-from PIL import Image  # noqa: E402
+import h11  # httpx's own HTTP/1.1 parser
+import httpx
+from PIL import Image
 
-from origin.cid import compute  # noqa: E402
-from tests.servers import Process, atcdn, free_port  # noqa: E402
+from origin.cid import compute
+from tests.servers import Process, atcdn, free_port
 
 DID = "did:plc:benchbenchbenchbenchbenc"
 TOKEN = "bench-token"
@@ -214,7 +214,7 @@ def wrk(url: str, *, seconds: float, connections: int, threads: int, script: Pat
     done = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s",
          "-s", str(script), url],
-        capture_output=True, text=True, timeout=seconds + 60,
+        capture_output=True, text=True, timeout=seconds + 60, check=False,
     )
     line = next((x for x in done.stdout.splitlines() if x.startswith("WRKJSON ")), None)
     if done.returncode or line is None:
@@ -343,77 +343,104 @@ def fetch(url: str) -> bytes:
 
 def raise_nofile() -> int:
     """The herd holds thousands of sockets open, in this process and in the edge's."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = hard if hard != resource.RLIM_INFINITY else 65536
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     return want
 
 
 def bench_hits(args: argparse.Namespace, work: Path, origin: str) -> tuple[list[Target], dict]:
-    small = make_jpeg(args.small_bytes)
+    """The story of the hit benchmark: objects in, servers up, same bytes, load."""
+    targets = store_objects(origin, args.small_bytes)
+    procs: list[Process] = []
+    try:
+        servers = start_edges(args, work, origin, procs)
+        docroot = work / "docroot"
+        bodies = copy_to_docroot(next(iter(servers.values())), targets, docroot)
+        targets = [Target(t.name, t.path, t.metric, len(bodies[t.path])) for t in targets]
+        servers |= start_peers(args, work, docroot, procs)
+        check_same_bytes(servers, bodies)
+        return targets, run_rounds(args, work, servers, targets)
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
+def store_objects(origin: str, small_bytes: int) -> list[Target]:
+    small = make_jpeg(small_bytes)
     big = random.Random(5).randbytes(BIG)
     small_cid, big_cid = put_blob(origin, small), put_blob(origin, big)
-    targets = [
+    return [
         Target("50 KB /img hit", f"/img/feed_thumbnail/plain/{DID}/{small_cid}@jpeg", "rps"),
         Target("50 KB /blob hit", f"/blob/{DID}/{small_cid}", "rps"),
         Target("5 MB /blob hit", f"/blob/{DID}/{big_cid}", "mbps"),
     ]
 
-    procs: list[Process] = []
+
+def start_edges(args: argparse.Namespace, work: Path, origin: str,
+                procs: list[Process]) -> dict[str, str]:
+    servers = {}
+    for server in args.servers:
+        port = free_port()
+        procs.append(start_edge(work, f"edge-{server}", port, origin, server))
+        servers[f"edge ({server})"] = f"http://127.0.0.1:{port}"
+    return servers
+
+
+def copy_to_docroot(edge: str, targets: list[Target], docroot: Path) -> dict[str, bytes]:
+    """The peers serve exactly what the edge answers, under the same paths."""
+    bodies = {}
+    for target in targets:
+        bodies[target.path] = fetch(edge + target.path)
+        file = docroot / target.path.lstrip("/")
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(bodies[target.path])
+    return bodies
+
+
+def start_peers(args: argparse.Namespace, work: Path, docroot: Path,
+                procs: list[Process]) -> dict[str, str]:
     servers: dict[str, str] = {}
-    try:
-        for server in args.servers:
-            port = free_port()
-            procs.append(start_edge(work, f"edge-{server}", port, origin, server))
-            servers[f"edge ({server})"] = f"http://127.0.0.1:{port}"
+    if not args.peers:
+        return servers
+    nginx_port = free_port()
+    procs.append(start_nginx(work, nginx_port, docroot))
+    if "nginx" in args.peers:
+        servers["nginx"] = f"http://127.0.0.1:{nginx_port}"
+    if "varnish" in args.peers:
+        port = free_port()
+        procs.append(start_varnish(work, port, nginx_port))
+        servers["varnish"] = f"http://127.0.0.1:{port}"
+    return servers
 
-        # The peers serve exactly what the first edge answers, under the same paths.
-        docroot = work / "docroot"
-        first_edge = next(iter(servers.values()))
-        for i, target in enumerate(targets):
-            body = fetch(first_edge + target.path)
-            targets[i] = Target(target.name, target.path, target.metric, len(body))
-            file = docroot / target.path.lstrip("/")
-            file.parent.mkdir(parents=True, exist_ok=True)
-            file.write_bytes(body)
-        if "nginx" in args.peers or "varnish" in args.peers:
-            nginx_port = free_port()
-            procs.append(start_nginx(work, nginx_port, docroot))
-            if "nginx" in args.peers:
-                servers["nginx"] = f"http://127.0.0.1:{nginx_port}"
-            if "varnish" in args.peers:
-                port = free_port()
-                procs.append(start_varnish(work, port, nginx_port))
-                servers["varnish"] = f"http://127.0.0.1:{port}"
 
-        # Same bytes everywhere, or the comparison means nothing.
-        for name, base in servers.items():
-            for target in targets:
-                body = fetch(base + target.path)
-                if len(body) != target.size:
-                    raise RuntimeError(f"{name} {target.path}: {len(body)} bytes, "
-                                       f"expected {target.size}")
+def check_same_bytes(servers: dict[str, str], bodies: dict[str, bytes]) -> None:
+    """Same bytes everywhere, or the comparison means nothing."""
+    for name, base in servers.items():
+        for path, expected in bodies.items():
+            if fetch(base + path) != expected:
+                raise RuntimeError(f"{name} answers other bytes for {path}")
 
-        script = work / "report.lua"
-        script.write_text(WRK_REPORT)
-        load = dict(connections=args.connections, threads=args.threads, script=script)
-        for name, base in servers.items():  # warm every worker's memory and every cache
-            for target in targets:
-                wrk(base + target.path, seconds=args.warmup, **load)
 
-        series = {(s, t.name): Series(s, t.name) for s in servers for t in targets}
-        for round_ in range(args.runs):
-            for target in targets:
-                for name, base in servers.items():
-                    run = wrk(base + target.path, seconds=args.duration, **load)
-                    series[(name, target.name)].runs.append(run)
-                    print(f"  round {round_ + 1} {target.name:16} {name:16} "
-                          f"{run.rps:10.0f} req/s {run.mbps:9.1f} MB/s "
-                          f"errors {run.errors}", flush=True)
-    finally:
-        for proc in reversed(procs):
-            proc.stop()
-    return targets, series
+def run_rounds(args: argparse.Namespace, work: Path, servers: dict[str, str],
+               targets: list[Target]) -> dict[tuple[str, str], Series]:
+    """Warm every worker's memory and every cache, then measure round-robin."""
+    script = work / "report.lua"
+    script.write_text(WRK_REPORT)
+    load = {"connections": args.connections, "threads": args.threads, "script": script}
+    for base in servers.values():
+        for target in targets:
+            wrk(base + target.path, seconds=args.warmup, **load)
+    series = {(s, t.name): Series(s, t.name) for s in servers for t in targets}
+    for round_ in range(args.runs):
+        for target in targets:
+            for name, base in servers.items():
+                run = wrk(base + target.path, seconds=args.duration, **load)
+                series[(name, target.name)].runs.append(run)
+                print(f"  round {round_ + 1} {target.name:16} {name:16} "
+                      f"{run.rps:10.0f} req/s {run.mbps:9.1f} MB/s "
+                      f"errors {run.errors}", flush=True)
+    return series
 
 
 def bench_herd(args: argparse.Namespace, work: Path, origin: str) -> dict:
@@ -469,11 +496,10 @@ def report(args: argparse.Namespace, targets: list[Target], series: dict, herd_r
                 "runs": [asdict(r) for r in s.runs],
             }
             rows.append(row)
-            fmt = lambda x: f"{x:.2f}" if x is not None else "-"  # noqa: E731
             verdict = "" if goal is None else (
                 f"{'yes' if goal['met'] else 'NO'} (>= {goal['need_x_nginx']}x {target.metric})")
             print(f"{target.name:16} {target.size:8} {server:16} {row['rps_median']:9} {row['mbps_median']:8} "
-                  f"{fmt(vs_nginx):>8} {fmt(vs_varnish):>9} {row['p99_ms_median']:7} "
+                  f"{_ratio(vs_nginx):>8} {_ratio(vs_varnish):>9} {row['p99_ms_median']:7} "
                   f"{row['errors']:6}  {verdict}")
     judged = args.servers[0] if args.servers else None
     goals = {
@@ -517,6 +543,10 @@ def report(args: argparse.Namespace, targets: list[Target], series: dict, herd_r
         "hits": rows,
         "herd": herd_result,
     }
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def main(argv: list[str] | None = None) -> dict:
