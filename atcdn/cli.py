@@ -23,7 +23,6 @@ def _export(prefix: str, args: argparse.Namespace, names: Sequence[str]) -> None
 def _origin_serve(args: argparse.Namespace) -> None:
     from atcdn.serve import run
     from atcdn.settings import OriginSettings
-
     from origin.metrics import prepare_multiprocess_dir
 
     _export("ATCDN_ORIGIN_", args, ["host", "port", "data_dir", "workers", "server"])

@@ -73,7 +73,6 @@ class EdgeSettings(BaseSettings):
     memory_max_item: int = Field(
         default=1024**2, description="larger entries live only on disk, served as files")
     max_fetch_bytes: int = 300 * 1024**2
-    max_image_source_bytes: int = 50 * 1024**2
     fetch_connect_timeout: float = 3.0
     fetch_timeout: float = 30.0
     fetch_retries: int = 2
@@ -81,3 +80,13 @@ class EdgeSettings(BaseSettings):
     retry_after: int = Field(default=5, description="Retry-After seconds on 502/503/504")
     presets: str | None = Field(
         default=None, description="JSON object of extra/overriding image presets")
+    max_pending_misses: int = Field(
+        default=512, description="cache misses in progress per worker before answering 429")
+    # Image transforms (edge/image.py, edge/transform.py): source limits and worker pool.
+    image_max_source_bytes: int = 50 * 1024 * 1024
+    image_max_source_pixels: int = 50_000_000
+    image_max_frames: int = 300
+    image_max_animation_pixels: int = 100_000_000
+    transform_workers: int = 2
+    transform_timeout: float = 20.0
+    transform_memory_mb: int = 1024

@@ -30,10 +30,9 @@ class Service:
     popen: subprocess.Popen | None = None
 
     def start(self, log_dir: Path) -> None:
-        log = open(log_dir / f"{self.name}.log", "ab")
-        self.popen = subprocess.Popen(self.argv, env={**os.environ, **self.env}, stdout=log,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
+        with open(log_dir / f"{self.name}.log", "ab") as log:  # the child keeps its own fd
+            self.popen = subprocess.Popen(self.argv, env={**os.environ, **self.env}, stdout=log,
+                                          stderr=subprocess.STDOUT, start_new_session=True)
 
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
@@ -76,7 +75,14 @@ def services(data_dir: Path, origin_port: int, edge_port: int, token: str) -> li
         f"http://{HOST}:{origin_port}/health",
         env={"ATCDN_ORIGIN_TOKEN": token, "ATCDN_ORIGIN_STORE": "fs"},
     )
-    return [origin]
+    edge = Service(
+        "edge",
+        [*cli, "edge", "serve", "--host", HOST, "--port", str(edge_port),
+         "--origin", f"http://{HOST}:{origin_port}", "--cache-dir", str(data_dir / "edge")],
+        f"http://{HOST}:{edge_port}/health",
+        env={"ATCDN_EDGE_ORIGIN_TOKEN": token},
+    )
+    return [origin, edge]
 
 
 def wait_healthy(service: Service, timeout: float = 60.0) -> None:
@@ -115,6 +121,17 @@ Ctrl-C stops everything.
 """
 
 
+def edge_usage(edge_url: str) -> str:
+    did = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"  # any valid DID; the origin already has the blob
+    return f"""Edge: {edge_url}   (verifies, transforms and caches what the origin holds)
+
+  curl -s -o thumb.webp "{edge_url}/img/feed_thumbnail/plain/{did}/$CID@webp"
+  curl -s -o avatar.jpg "{edge_url}/img/avatar/plain/{did}/$CID@jpeg"
+  curl -s -o original "{edge_url}/blob/{did}/$CID"
+  curl -s {edge_url}/metrics | grep atcdn_edge_
+"""
+
+
 def up(data_dir: str | Path, origin_port: int, edge_port: int) -> None:
     data_dir = Path(data_dir).resolve()
     log_dir = data_dir / "logs"
@@ -132,6 +149,7 @@ def up(data_dir: str | Path, origin_port: int, edge_port: int) -> None:
             running.append(service)
             wait_healthy(service)
         print(usage(f"http://{HOST}:{origin_port}", token_file), flush=True)
+        print(edge_usage(f"http://{HOST}:{edge_port}"), flush=True)
         while all(service.alive() for service in running):
             time.sleep(0.5)
         stopped = next(service.name for service in running if not service.alive())

@@ -29,8 +29,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from origin.cid import compute  # noqa: E402
-from tests.servers import Process, atcdn, free_port  # noqa: E402
+from origin.cid import compute
+from tests.servers import Process, atcdn, free_port
 
 TOKEN = "bench-token"
 MB = 1024 * 1024

@@ -9,11 +9,13 @@ costs one dict lookup and two ``send`` calls.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hmac
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -31,8 +33,9 @@ from edge.flight import SingleFlight
 from edge.metrics import Metrics, use_dir
 from edge.presets import CONTENT_TYPES, Format, load_presets
 from edge.responses import blob_type, send_entry, send_error
-from edge.takedown import Node, Takedowns, purge_disk
+from edge.takedown import SETTLE, Node, Takedowns, purge_disk
 from edge.transform import MediaError, transform
+from edge.transform import shutdown as stop_transforms
 from origin.mime import SNIFF_BYTES, sniff
 
 log = logging.getLogger("atcdn.edge")
@@ -48,12 +51,13 @@ class Edge:
         self.settings = settings
         self.presets = load_presets(settings.presets)
         self.metrics = Metrics()
-        self.memory = MemoryTier(settings.memory_cache_size)
         self.disk = DiskTier(node.disk_dir, settings.cache_size, settings.memory_max_item)
+        self.memory = MemoryTier(settings.memory_cache_size, touch=self.disk.touch)
         self.takedowns = Takedowns(node.takedown_dir)
         self.generation = node.generation
         self.flight = SingleFlight(node.lock_dir, wait=2 * settings.fetch_timeout + 60)
         self.fetcher = Fetcher(settings, self.metrics, node.tmp_dir)
+        self.pending = 0  # memory misses in progress in this worker
         self.router = Starlette(
             routes=[
                 Route("/health", self.health, methods=["GET", "HEAD"]),
@@ -69,6 +73,7 @@ class Edge:
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         yield
         await self.fetcher.aclose()
+        stop_transforms()
         self.metrics.flush()
 
     def mount(self, path: str, app: ASGIApp) -> None:
@@ -105,12 +110,10 @@ class Edge:
             self.metrics.memory_hit("img", entry.size)
             return await send_entry(scope, receive, send, entry, request, vary=req.fmt is None)
         started = time.monotonic()
-        try:
-            entry, outcome = await self._image_entry(req, fmt, key)
-        except (EdgeError, MediaError) as exc:
-            return await self._error(send, "img", exc)
-        self._served("img", outcome, entry, started)
-        await send_entry(scope, receive, send, entry, request, vary=req.fmt is None)
+        found = await self._miss(send, "img", lambda: self._image_entry(req, fmt, key))
+        if found is not None:
+            self._served("img", found[1], found[0], started)
+            await send_entry(scope, receive, send, found[0], request, vary=req.fmt is None)
 
     async def blob(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] not in ("GET", "HEAD"):
@@ -129,18 +132,39 @@ class Edge:
             self.metrics.memory_hit("blob", entry.size)
             return await send_entry(scope, receive, send, entry, request)
         started = time.monotonic()
-        try:
-            value, outcome = await self._source(req.did, req.cid)
-        except EdgeError as exc:
-            return await self._error(send, "blob", exc)
-        content_type, extra = blob_type(sniff(self.disk.head(value, SNIFF_BYTES)))
-        entry = self._remember(key, value, urls.blob_etag(req.cid), content_type, extra)
-        self._served("blob", outcome, entry, started)
-        await send_entry(scope, receive, send, entry, request)
+        found = await self._miss(send, "blob", lambda: self._blob_entry(req, key))
+        if found is not None:
+            self._served("blob", found[1], found[0], started)
+            await send_entry(scope, receive, send, found[0], request)
 
     # -- the miss path --------------------------------------------------------------------
 
-    async def _image_entry(self, req: urls.ImageRequest, fmt: Format, key: str) -> tuple[Entry, str]:
+    async def _miss(self, send: Send, route: str,
+                    work: Callable[[], Awaitable[tuple[Entry, str]]]) -> tuple[Entry, str] | None:
+        """Run a memory miss: bounded in number per worker (429 beyond), and every
+        failure answered as JSON. None when an error was sent."""
+        if self.pending >= self.settings.max_pending_misses:
+            await self._error(send, route, EdgeError(429, "Overloaded", "too busy; retry later"))
+            return None
+        self.pending += 1
+        try:
+            return await work()
+        except (EdgeError, MediaError) as exc:
+            await self._error(send, route, exc)
+        except Exception:
+            log.exception("%s request failed", route)
+            await self._error(send, route, EdgeError(500, "InternalError", "unexpected; logged"))
+        finally:
+            self.pending -= 1
+        return None
+
+    async def _blob_entry(self, req: urls.BlobRequest, key: str) -> tuple[Entry, str]:
+        value, outcome = await self._source(req.did, req.cid)
+        content_type, extra = blob_type(sniff(self.disk.head(value, SNIFF_BYTES)))
+        return self._remember(key, value, urls.blob_etag(req.cid), content_type, extra), outcome
+
+    async def _image_entry(self, req: urls.ImageRequest, fmt: Format,
+                           key: str) -> tuple[Entry, str]:
         value = self.disk.get(key)
         if value is not None:
             return self._image_remember(req, fmt, key, value), "disk"
@@ -189,7 +213,7 @@ class Edge:
 
     def _source_bytes(self, value: Value) -> bytes:
         size = len(value) if isinstance(value, bytes) else os.path.getsize(value)
-        limit = self.settings.max_image_source_bytes
+        limit = self.settings.image_max_source_bytes
         if size > limit:
             raise MediaError(413, "SourceTooLarge", f"source is {size} bytes, limit {limit}")
         if isinstance(value, bytes):
@@ -253,7 +277,7 @@ class Edge:
         except urls.UrlError as exc:
             return _json_error(400, "InvalidRequest", str(exc))
         removed = sum(purge_disk(self.disk, did=did, cid=cid) for did, cid in targets)
-        self.generation.bump()
+        await self._settle()
         return JSONResponse({"purged": removed, "targets": len(targets)})
 
     async def admin_takedown(self, request: Request) -> Response:
@@ -273,14 +297,20 @@ class Edge:
         else:
             self.takedowns.add(did=did, cid=cid)
             removed = purge_disk(self.disk, did=did, cid=cid)
-        self.generation.bump()
+        await self._settle()
         return JSONResponse({"purged": removed})
+
+    async def _settle(self) -> None:
+        """Tell every worker, and answer only once they all will have looked."""
+        self.generation.bump()
+        await asyncio.sleep(SETTLE)
 
     async def _admin_body(self, request: Request) -> dict[str, Any] | Response:
         token = self.settings.purge_token
         if not token:
             return _json_error(403, "Forbidden", "set ATCDN_EDGE_PURGE_TOKEN to enable")
-        if request.headers.get("authorization") != f"Bearer {token}":
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
             return _json_error(401, "Unauthorized", "bad or missing bearer token")
         try:
             body = await request.json()

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +26,7 @@ import diskcache
 
 IMMUTABLE = b"public, max-age=31536000, immutable"
 PATH_ENTRY_COST = 1024  # what a path-only memory entry is charged against the budget
+TOUCH_EVERY = 60.0  # seconds between telling the disk tier a file entry is still hot
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -38,6 +41,7 @@ class Entry:
     body: bytes | None = None
     path: str | None = None
     cost: int = field(default=0)
+    touched: float = field(default=0.0)  # when the disk tier last saw a hit on its file
 
 
 def make_entry(etag: str, content_type: str, size: int, *, body: bytes | None = None,
@@ -58,17 +62,23 @@ def make_entry(etag: str, content_type: str, size: int, *, body: bytes | None = 
 class MemoryTier:
     """A byte-budgeted LRU of entries, private to one worker process."""
 
-    def __init__(self, budget: int) -> None:
+    def __init__(self, budget: int, touch: Callable[[str], None] = lambda key: None) -> None:
         self.budget = budget
+        self.touch = touch  # keeps the disk tier's LRU clock of file entries current
         self.used = 0
         self._items: OrderedDict[str, Entry] = OrderedDict()
 
     def get(self, key: str) -> Entry | None:
         entry = self._items.get(key)
         if entry is not None:
-            if entry.path is not None and not os.path.exists(entry.path):
-                self.drop(key)  # the disk tier evicted the file under us
-                return None
+            if entry.path is not None:
+                if not os.path.exists(entry.path):
+                    self.drop(key)  # the disk tier evicted the file under us
+                    return None
+                now = time.monotonic()
+                if now - entry.touched > TOUCH_EVERY:
+                    entry.touched = now
+                    self.touch(key)
             self._items.move_to_end(key)
         return entry
 
@@ -114,9 +124,11 @@ class DiskTier:
         value.close()
         return value.name
 
-    def read(self, key: str) -> bytes | None:
-        value = self.cache.get(key)
-        return value if isinstance(value, bytes) else None
+    def touch(self, key: str) -> None:
+        """Count a hit served from memory, so LRU eviction sees the file as used."""
+        value = self.cache.get(key, read=True)
+        if value is not None and not isinstance(value, bytes):
+            value.close()
 
     def head(self, value: bytes | str, size: int = 512) -> bytes:
         """The first bytes of a value, for sniffing its type."""

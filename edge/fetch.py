@@ -119,6 +119,7 @@ class Fetcher:
         self.metrics = metrics
         self.tmp_dir = tmp_dir
         tmp_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale(tmp_dir)
         self.origin = origin_client(settings)
         self.public = public_client(settings)
         self.resolver = Resolver(self.public, settings.plc_url)
@@ -239,6 +240,17 @@ class Fetcher:
             log.warning("handing %s to the origin failed: %r", cid, exc)
         finally:
             path.unlink(missing_ok=True)
+
+
+def _remove_stale(tmp_dir: Path, age: float = 3600.0) -> None:
+    """Drop temporary files a killed worker left behind (a live fetch is never that old)."""
+    cutoff = time.time() - age
+    for path in tmp_dir.iterdir():
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+        except FileNotFoundError:
+            pass
 
 
 async def _chunks(path: Path) -> AsyncIterator[bytes]:

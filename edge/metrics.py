@@ -12,6 +12,7 @@ shared counters about once a second rather than touching mmapped values per requ
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from pathlib import Path
 
@@ -37,6 +38,10 @@ class Metrics:
     def __init__(self) -> None:
         from prometheus_client import Counter, Histogram
 
+        # Values live in the multiprocess files; registering them in the default registry
+        # as well would only make a second app in one process fail (duplicate names).
+        Counter = functools.partial(Counter, registry=None)  # noqa: N806
+        Histogram = functools.partial(Histogram, registry=None)  # noqa: N806
         self.origin_fetches = Counter(
             "atcdn_edge_origin_fetches", "Blob fetches from the origin", ["result"])
         self.pds_fetches = Counter(

@@ -27,6 +27,7 @@ class Preset:
     height: int
     fit: Fit
     quality: int = 80
+    progressive: bool = False  # JPEG output only
 
 
 DEFAULT_PRESETS: dict[str, Preset] = {
@@ -44,11 +45,13 @@ DEFAULT_PRESETS: dict[str, Preset] = {
 
 def load_presets(extra_json: str | None) -> dict[str, Preset]:
     """The default table extended (or overridden) by a JSON object from settings:
-    ``{"name": {"width": 640, "height": 640, "fit": "inside", "quality": 75}}``."""
+    ``{"name": {"width": 640, "height": 640, "fit": "inside", "quality": 75,
+    "progressive": true}}``."""
     presets = dict(DEFAULT_PRESETS)
     for name, spec in json.loads(extra_json or "{}").items():
         if spec.get("fit") not in ("cover", "inside", "original"):
             raise ValueError(f"preset {name}: fit must be cover, inside or original")
         presets[name] = Preset(name, int(spec.get("width", 0)), int(spec.get("height", 0)),
-                               spec["fit"], int(spec.get("quality", 80)))
+                               spec["fit"], int(spec.get("quality", 80)),
+                               bool(spec.get("progressive", False)))
     return presets

@@ -88,14 +88,18 @@ async def send_entry(scope: Scope, receive: Receive, send: Send, entry: Entry,
         await send({"type": "http.response.body", "body": b""})
         return
     raw_range = request.get(b"range")
+    if_range = request.get(b"if-range")
+    if raw_range and if_range is not None and if_range.strip() != entry.etag:
+        raw_range = None  # a range of some other version: send this one whole
     span = parse_range(raw_range.decode("latin-1"), entry.size) if raw_range else None
     if span is False:
         await send_error(send, 416, "RangeNotSatisfiable", f"the entity is {entry.size} bytes",
                          extra=[(b"content-range", f"bytes */{entry.size}".encode())])
         return
     if entry.path is not None:
-        response = FileResponse(entry.path, headers=_as_dict(headers), stat_result=os.stat(entry.path))
-        if span is None and raw_range:  # ignored range: whole body, as for memory entries
+        response = FileResponse(entry.path, headers=_as_dict(headers),
+                                stat_result=os.stat(entry.path))
+        if span is None and b"range" in request:  # ignored range: whole body, as in memory
             scope = {**scope, "headers": [h for h in scope["headers"] if h[0] != b"range"]}
         await response(scope, receive, send)
         return

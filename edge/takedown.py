@@ -22,16 +22,29 @@ from atcdn.settings import EdgeSettings
 from edge.cache import DiskTier
 
 
+CHECK_EVERY = 0.1  # seconds between a worker's looks at the stamp file
+SETTLE = 2 * CHECK_EVERY  # after this, every worker has seen a bump
+
+
 class Generation:
-    """A stamp file whose mtime (set explicitly, in ns) changes on every purge."""
+    """A stamp file whose mtime (set explicitly, in ns) changes on every purge.
+
+    Workers look at it at most every CHECK_EVERY seconds (a stat per request would be a
+    third of a memory hit's cost); purges wait SETTLE before they report done.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         if not path.exists():
             path.touch()
         self.seen = -1
+        self.next_check = 0.0
 
     def changed(self) -> bool:
+        now = time.monotonic()
+        if now < self.next_check:
+            return False
+        self.next_check = now + CHECK_EVERY
         stamp = os.stat(self.path).st_mtime_ns
         if stamp == self.seen:
             return False
@@ -105,6 +118,7 @@ def purge(cid: str | None = None, did: str | None = None,
     finally:
         disk.close()
     node.generation.bump()
+    time.sleep(SETTLE)
     return removed
 
 
@@ -117,6 +131,7 @@ def takedown(cid: str | None = None, did: str | None = None, *, restore: bool = 
     if restore:
         takedowns.remove(did=did, cid=cid)
         node.generation.bump()
+        time.sleep(SETTLE)
         return
     takedowns.add(did=did, cid=cid)
     purge(cid=cid, did=did, settings=settings)

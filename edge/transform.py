@@ -1,25 +1,43 @@
-"""The transform interface the edge server calls.
+"""The transform interface the edge server calls, and the worker pool behind it.
 
-STUB: a provisional in-process implementation so the server can be built against the
-interface; the real pipeline (edge/image.py) and worker pool replace its body.
+Decoders are the riskiest code an edge runs on untrusted bytes, so the pipeline
+(edge/image.py) never runs in the server process: it runs in a pool of worker processes
+(pebble), each under an address-space limit (RLIMIT_AS), each task under a timeout. A
+decoder that segfaults or runs away costs one request (503) and one worker, which the pool
+replaces; a MemoryError is the source's fault (422). Workers are long-lived and forked
+from a clean fork server, so a request costs no process start, and only the source bytes
+and the rendition cross the process boundary.
+
+Startup (once per server process, e.g. in the app factory or lifespan)::
+
+    from edge import transform
+    transform.configure(settings)      # an EdgeSettings; optional
+    ...
+    transform.shutdown()               # on exit; optional
+
+Without ``configure`` the first ``transform()`` starts a pool with EdgeSettings() defaults.
 """
 
 from __future__ import annotations
 
-import io
+import asyncio
+import concurrent.futures
+import multiprocessing
+import os
+import resource
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
+from pebble import ProcessExpired, ProcessPool
+
+from edge.image import ImageLimits, MediaError, render
 from edge.presets import CONTENT_TYPES, Format, Preset
 
+__all__ = ["MediaError", "Rendered", "Transformer", "configure", "shutdown", "transform"]
 
-class MediaError(Exception):
-    """A transform refused or failed; ``status`` is the honest HTTP code."""
-
-    def __init__(self, status: int, error: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error = error
-        self.message = message
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -28,22 +46,121 @@ class Rendered:
     content_type: str
 
 
+@dataclass(frozen=True)
+class PoolSettings:
+    workers: int = 2
+    timeout: float = 20.0
+    memory_mb: int = 1024
+    # A worker is replaced after this many tasks, bounding slow leaks/fragmentation.
+    max_tasks: int = 500
+
+
+class Transformer:
+    """A pool of isolated image workers; one per server process."""
+
+    def __init__(self, limits: ImageLimits = ImageLimits(),
+                 pool: PoolSettings = PoolSettings()) -> None:
+        self.limits = limits
+        self.settings = pool
+        context = multiprocessing.get_context("forkserver")
+        # Workers fork from a small server that has Pillow loaded, not from the (threaded,
+        # async) server process.
+        context.set_forkserver_preload(["edge.image"])
+        self._pool = ProcessPool(max_workers=pool.workers, max_tasks=pool.max_tasks,
+                                 initializer=_init_worker, initargs=(pool.memory_mb,),
+                                 context=context)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Transformer:
+        """From an ``atcdn.settings.EdgeSettings``."""
+        limits = ImageLimits(
+            max_source_bytes=settings.image_max_source_bytes,
+            max_source_pixels=settings.image_max_source_pixels,
+            max_frames=settings.image_max_frames,
+            max_animation_pixels=settings.image_max_animation_pixels,
+        )
+        pool = PoolSettings(workers=settings.transform_workers,
+                            timeout=settings.transform_timeout,
+                            memory_mb=settings.transform_memory_mb)
+        return cls(limits, pool)
+
+    async def transform(self, source: bytes, preset: Preset, fmt: Format) -> Rendered:
+        body = await self.run(render, source, preset, fmt, self.limits)
+        return Rendered(body, CONTENT_TYPES[fmt])
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        """Run ``function(*args)`` in a worker; crashes and timeouts become a 503."""
+        future = self._pool.schedule(function, args, timeout=self.settings.timeout)
+        try:
+            return await asyncio.wrap_future(future)
+        except MediaError:
+            raise
+        except concurrent.futures.TimeoutError:
+            raise MediaError(503, "TransformTimeout",
+                             f"transform took over {self.settings.timeout:g} s") from None
+        except ProcessExpired as exc:
+            raise MediaError(503, "TransformCrashed",
+                             f"image worker died (exit code {exc.exitcode})") from None
+        except MemoryError:
+            raise MediaError(422, "UndecodableMedia",
+                             "image needs more memory than allowed") from None
+        except concurrent.futures.CancelledError:
+            raise
+        except Exception as exc:  # e.g. the pool is closing
+            raise MediaError(503, "TransformFailed", f"image worker failed: {exc}") from None
+
+    def close(self) -> None:
+        self._pool.stop()
+        self._pool.join(timeout=5)
+
+
+def _init_worker(memory_mb: int) -> None:
+    """Runs in each worker before any task: cap its address space."""
+    if memory_mb > 0:
+        limit = memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    # No core dumps from crashing decoders.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+_lock = threading.Lock()
+_default: Transformer | None = None
+
+
+def configure(settings: Any = None) -> Transformer:
+    """Start this process's pool from an EdgeSettings (defaults when None)."""
+    global _default
+    if settings is None:
+        from atcdn.settings import EdgeSettings
+
+        settings = EdgeSettings()
+    with _lock:
+        if _default is not None:
+            _default.close()
+        _default = Transformer.from_settings(settings)
+        return _default
+
+
+def shutdown() -> None:
+    global _default
+    with _lock:
+        if _default is not None:
+            _default.close()
+            _default = None
+
+
+def _transformer() -> Transformer:
+    if _default is None:
+        configure()
+    assert _default is not None
+    return _default
+
+
 async def transform(source: bytes, preset: Preset, fmt: Format) -> Rendered:
     """Render ``source`` (verified blob bytes) for ``preset`` in ``fmt``.
 
     Raises MediaError: 415 unsupported type, 422 undecodable / too many pixels,
     413 too large, 503 worker crashed or timed out.
     """
-    from PIL import Image, ImageOps
-
-    try:
-        image = ImageOps.exif_transpose(Image.open(io.BytesIO(source)))
-    except Exception as exc:
-        raise MediaError(422, "UndecodableMedia", str(exc)) from None
-    if preset.fit != "original":
-        image.thumbnail((preset.width, preset.height))
-    if fmt == "jpeg":
-        image = image.convert("RGB")
-    out = io.BytesIO()
-    image.save(out, format=fmt.upper(), quality=preset.quality)
-    return Rendered(out.getvalue(), CONTENT_TYPES[fmt])
+    return await _transformer().transform(source, preset, fmt)

@@ -69,8 +69,7 @@ def did_web_host(did: str) -> str:
 
 @functools.lru_cache(maxsize=1 << 16)
 def parse_cid(text: str) -> str:
-    # Cached: every hit parses its URL, and multiformats' decoding (with its runtime type
-    # checks) cost a third of a worker's CPU on memory hits. Errors are never cached.
+    # Cached: a full CID check costs more than a whole memory hit. Errors are not cached.
     try:
         cids.parse(text)
     except cids.CIDError as exc:
@@ -119,6 +118,7 @@ def parse_purge_path(path: str) -> tuple[str | None, str | None]:
     raise UrlError(f"cannot purge {path!r}: expected /img/..., /blob/... or /watch/...")
 
 
+@functools.lru_cache(maxsize=1024)  # clients send few distinct Accept strings
 def negotiate(accept: str, avif: bool = False) -> Format:
     """The format for an unsuffixed image URL: avif (when enabled), webp, else jpeg.
 

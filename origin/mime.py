@@ -35,7 +35,7 @@ def _sniff_text(head: bytes) -> str:
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if not text:
         return OCTET_STREAM
-    if b"<svg" in text and (text.startswith(b"<") or text.startswith(b"<?xml")):
+    if b"<svg" in text and (text.startswith((b"<", b"<?xml"))):
         return "image/svg+xml"
     if any(text.startswith(marker) for marker in _HTML_MARKERS):
         return "text/html"

@@ -160,7 +160,8 @@ class Upstream:
 def start_upstream(root: Path, env: dict[str, str] | None = None) -> Upstream:
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    proc = Process([sys.executable, "-m", "tests.standins", "--port", str(port), "--dir", str(root)],
+    proc = Process([sys.executable, "-m", "tests.standins", "--port", str(port),
+                    "--dir", str(root)],
                    env=env, log=root.parent / f"{root.name}.log", cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     proc.wait_http(url + "/health")

@@ -90,7 +90,7 @@ def _wait_ready(proc: Process, endpoint: str, timeout: float) -> None:
             client.put_object(Bucket="ready-probe", Key="probe", Body=b"ok")
             if client.get_object(Bucket="ready-probe", Key="probe")["Body"].read() == b"ok":
                 return
-        except Exception as exc:  # not up yet: connection refused, 503, no volumes...
+        except Exception as exc:  # noqa: BLE001 - not up yet: connection refused, 503, no volumes...
             last = exc
         time.sleep(0.5)
     raise TimeoutError(f"SeaweedFS not ready in {timeout}s ({last}): {proc.tail()}")

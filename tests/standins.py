@@ -4,7 +4,9 @@ One small Starlette app plays the origin (``/blob/{cid}``), a PDS (``getBlob``),
 directory (``/{did}``) and a did:web host (``/.well-known/did.json``), all serving from
 a directory of files named by CID or DID. Every request is appended to
 ``requests.log`` there, so tests can count what reached the upstream. With
-``STANDIN_FLIP=1`` it flips one byte of every blob it serves (a corrupting origin).
+``STANDIN_FLIP=1`` it flips one byte of every blob it serves (a corrupting origin);
+``STANDIN_FAIL_FIRST=N`` answers the first N origin GETs of each stored blob with 503;
+``STANDIN_DELAY=S`` waits S seconds before answering an origin GET.
 
     python -m tests.standins --port P --dir D
 """
@@ -12,6 +14,7 @@ a directory of files named by CID or DID. Every request is appended to
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -26,6 +29,9 @@ TOKEN = "test-token"
 
 def build(root: Path) -> Starlette:
     flip = os.environ.get("STANDIN_FLIP") == "1"
+    fail_first = int(os.environ.get("STANDIN_FAIL_FIRST", "0"))
+    delay = float(os.environ.get("STANDIN_DELAY", "0"))
+    failures: dict[str, int] = {}
 
     def log(request: Request) -> None:
         with open(root / "requests.log", "a") as fh:
@@ -49,6 +55,12 @@ def build(root: Path) -> Starlette:
             (root / "blobs").mkdir(exist_ok=True)
             (root / "blobs" / cid).write_bytes(await request.body())
             return JSONResponse({"cid": cid}, 201)
+        known = (root / "blobs" / cid).is_file()
+        if known and failures.setdefault(cid, 0) < fail_first:
+            failures[cid] += 1
+            return JSONResponse({"error": "Unavailable", "message": "try again"}, 503)
+        if delay:
+            await asyncio.sleep(delay)
         if (root / "takedowns" / cid).exists():
             return JSONResponse({"error": "TakenDown", "message": cid}, 451)
         if (root / "origin-empty").exists():

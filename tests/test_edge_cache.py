@@ -42,6 +42,9 @@ def test_herd_costs_one_fetch_and_one_transform(upstream: Upstream, edge_factory
     assert edge.metric("atcdn_edge_origin_fetches_total") == 1
     assert edge.metric("atcdn_edge_transforms_total") == 1
     assert sum(1 for line in upstream.requests() if cid in line) == 1
+    # The DID is not part of the cache key: the same CID under another account is a hit.
+    other = f"{edge.url}/img/feed_thumbnail/plain/did:plc:aaaaaaaaaaaaaaaaaaaaaaaa/{cid}@webp"
+    assert httpx.get(other, timeout=30).content == responses[0].content
     # A second preset of the same CID reuses the cached source: no new fetch.
     r = httpx.get(f"{edge.url}/img/avatar/plain/{DID}/{cid}@jpeg", timeout=30)
     assert r.status_code == 200
@@ -83,7 +86,7 @@ def test_corrupt_origin_is_never_served_or_cached(tmp_path: Path, edge_factory) 
     try:
         cid = up.add_blob(photo(seed=3))
         edge = edge_factory(up.url)
-        for attempt in range(2):
+        for _ in range(2):
             for path in (f"/img/avatar/plain/{DID}/{cid}@jpeg", f"/blob/{DID}/{cid}"):
                 r = httpx.get(edge.url + path, timeout=30)
                 assert r.status_code == 502, r.text
@@ -144,3 +147,40 @@ def test_account_takedown_blocks_every_blob_of_the_did(upstream: Upstream, edge_
     before = edge.metric("atcdn_edge_origin_fetches_total")
     assert httpx.get(f"{edge.url}/blob/{other}/{cid}", timeout=30).status_code == 200
     assert edge.metric("atcdn_edge_origin_fetches_total") == before + 1
+
+
+def test_overloaded_edge_answers_429(upstream: Upstream, edge_factory) -> None:
+    cid = upstream.add_blob(photo(200, 100, seed=6))
+    edge = edge_factory(upstream.url, env={"ATCDN_EDGE_MAX_PENDING_MISSES": "0"})
+    r = httpx.get(f"{edge.url}/blob/{DID}/{cid}", timeout=30)
+    assert r.status_code == 429 and r.json()["error"] == "Overloaded"
+    assert int(r.headers["retry-after"]) > 0
+    assert upstream.requests() == []
+
+
+def test_retries_5xx_but_never_4xx(tmp_path: Path, edge_factory) -> None:
+    up = start_upstream(tmp_path / "upstream", env={"STANDIN_FAIL_FIRST": "2"})
+    try:
+        cid = up.add_blob(photo(200, 100, seed=7))
+        edge = edge_factory(up.url, env={"ATCDN_PDS_FALLBACK": "0"})
+        assert httpx.get(f"{edge.url}/blob/{DID}/{cid}", timeout=30).status_code == 200
+        assert sum(1 for line in up.requests() if f"GET /blob/{cid}" in line) == 3
+        from origin.cid import compute
+
+        missing = compute(b"missing")
+        assert httpx.get(f"{edge.url}/blob/{DID}/{missing}", timeout=30).status_code == 404
+        assert sum(1 for line in up.requests() if f"GET /blob/{missing}" in line) == 1
+    finally:
+        up.proc.stop()
+
+
+def test_slow_origin_times_out_with_504(tmp_path: Path, edge_factory) -> None:
+    up = start_upstream(tmp_path / "upstream", env={"STANDIN_DELAY": "5"})
+    try:
+        cid = up.add_blob(photo(200, 100, seed=8))
+        edge = edge_factory(up.url, env={"ATCDN_EDGE_FETCH_TIMEOUT": "1"})
+        r = httpx.get(f"{edge.url}/img/avatar/plain/{DID}/{cid}@jpeg", timeout=30)
+        assert r.status_code == 504 and r.json()["error"] == "UpstreamTimeout"
+        assert int(r.headers["retry-after"]) > 0
+    finally:
+        up.proc.stop()

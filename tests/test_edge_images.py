@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -104,6 +103,9 @@ def test_etag_304_range_head(edge: Edge, source: str) -> None:
     assert part.content == full.content[10:20]
     assert part.headers["content-range"] == f"bytes 10-19/{len(full.content)}"
     assert part.headers["content-length"] == "10"
+    assert httpx.get(url, headers={"range": "bytes=10-19", "if-range": etag}).status_code == 206
+    other = httpx.get(url, headers={"range": "bytes=10-19", "if-range": '"old"'})
+    assert other.status_code == 200 and other.content == full.content
     tail = httpx.get(url, headers={"range": "bytes=-5"})
     assert tail.status_code == 206 and tail.content == full.content[-5:]
     bad = httpx.get(url, headers={"range": f"bytes={len(full.content)}-"})
@@ -157,6 +159,10 @@ def test_big_entries_go_out_as_files(edge: Edge, up: Upstream) -> None:
         assert r.headers["content-disposition"] == "attachment"
     part = httpx.get(url, headers={"range": "bytes=1000-1999"})
     assert part.status_code == 206 and part.content == data[1000:2000]
+    other = httpx.get(url, headers={"range": "bytes=1000-1999", "if-range": '"old"'})
+    assert other.status_code == 200 and other.content == data
+    several = httpx.get(url, headers={"range": "bytes=0-1,5-6"})
+    assert several.status_code == 200 and several.content == data
     head = httpx.head(url)
     assert head.content == b"" and head.headers["content-length"] == str(len(data))
     assert httpx.get(url, headers={"range": f"bytes={len(data)}-"}).status_code == 416
@@ -242,3 +248,28 @@ def test_through_the_real_origin(origin: str, edge_factory) -> None:
     httpx.post(f"{origin}/admin/takedown", json={"cid": other_cid},
                headers={"authorization": f"Bearer {TOKEN}"}).raise_for_status()
     assert httpx.get(f"{node.url}/blob/{DID}/{other_cid}", timeout=30).status_code == 451
+
+
+def test_atcdn_up_runs_an_edge(tmp_path) -> None:
+    """``atcdn up`` starts origin and edge; a pushed blob comes out of the edge."""
+    from origin.cid import compute
+    from tests.conftest import ROOT
+    from tests.servers import Process, atcdn, free_port
+
+    origin_port, edge_port = free_port(), free_port()
+    proc = Process(atcdn("up", "--data-dir", str(tmp_path / "data"), "--origin-port",
+                         str(origin_port), "--edge-port", str(edge_port)),
+                   log=tmp_path / "up.log", cwd=ROOT)
+    try:
+        proc.wait_http(f"http://127.0.0.1:{edge_port}/health", timeout=60)
+        token = (tmp_path / "data" / "origin-token").read_text().strip()
+        data = photo(640, 480)
+        cid = compute(data)
+        httpx.put(f"http://127.0.0.1:{origin_port}/blob/{cid}", content=data,
+                  headers={"authorization": f"Bearer {token}"}).raise_for_status()
+        r = httpx.get(f"http://127.0.0.1:{edge_port}/img/avatar_thumbnail/plain/{DID}/{cid}@webp",
+                      timeout=30)
+        assert r.status_code == 200
+        assert Image.open(io.BytesIO(r.content)).size == (128, 128)
+    finally:
+        proc.stop()

@@ -16,9 +16,9 @@ from tests.origins import running_origin
 
 @pytest.fixture(scope="module")
 def client(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    with running_origin(tmp_path_factory.mktemp("origin-corpus")) as origin:
-        with httpx.Client(base_url=origin.url, timeout=60.0) as client:
-            yield client
+    with (running_origin(tmp_path_factory.mktemp("origin-corpus")) as origin,
+          httpx.Client(base_url=origin.url, timeout=60.0) as client):
+        yield client
 
 
 FOLDERS = sorted(p.name for p in CORPUS.iterdir() if p.is_dir() and p.name != "LICENSES") \

@@ -46,7 +46,7 @@ def test_bad_dids(bad: str) -> None:
 @pytest.mark.parametrize("path", [
     f"/img/nope/plain/{PLC}/{CID}",                      # unknown preset
     f"/img/avatar/plain/{PLC}/{CID}@gif",                # unknown format
-    f"/img/avatar/plain/{PLC}/bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi",  # dag-pb
+    f"/img/avatar/plain/{PLC}/bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi",
     f"/img/avatar/plain/{PLC}/{CID[:-1]}",               # truncated CID
     f"/img/avatar/xxx/{PLC}/{CID}",
     f"/img/avatar/plain/{PLC}/{CID}/extra",
@@ -129,7 +129,8 @@ def test_blob_type(sniffed: str | None, safe: str) -> None:
     content_type, extra = blob_type(sniffed)
     assert content_type == safe
     assert (b"content-security-policy", b"default-src 'none'; sandbox") in extra
-    assert ((b"content-disposition", b"attachment") in extra) == (safe == "application/octet-stream")
+    attachment = (b"content-disposition", b"attachment") in extra
+    assert attachment == (safe == "application/octet-stream")
 
 
 def test_did_documents() -> None:
@@ -154,3 +155,25 @@ def test_did_documents() -> None:
 ])
 def test_public_addresses(ip: str, public: bool) -> None:
     assert is_public_address(ip) is public
+
+
+def test_memory_tier_is_a_byte_budgeted_lru(tmp_path) -> None:
+    from edge.cache import MemoryTier, make_entry
+
+    touched: list[str] = []
+    memory = MemoryTier(250, touch=touched.append)
+    for key in ("a", "b"):
+        memory.put(key, make_entry('"e"', "image/jpeg", 100, body=b"x" * 100))
+    assert memory.get("a") is not None  # a is now the most recent
+    memory.put("c", make_entry('"e"', "image/jpeg", 100, body=b"x" * 100))
+    assert memory.get("b") is None and memory.get("a") and memory.get("c")
+    assert memory.used == 200
+    memory.put("huge", make_entry('"e"', "image/jpeg", 1000, body=b"x" * 1000))
+    assert memory.get("huge") is None  # over the whole budget: never kept
+    big = tmp_path / "big"
+    big.write_bytes(b"y" * 5000)
+    memory = MemoryTier(10_000, touch=touched.append)  # a file entry is charged 1 KB
+    memory.put("file", make_entry('"e"', "image/jpeg", 5000, path=str(big)))
+    assert memory.get("file") is not None and touched == ["file"]
+    big.unlink()  # evicted by the disk tier
+    assert memory.get("file") is None
