@@ -461,11 +461,12 @@ def bench_herd(args: argparse.Namespace, work: Path, origin: str) -> dict:
     result["metrics"] = {k: v for k, v in delta.items() if k.startswith("atcdn_") and v}
     result["origin_fetches"] = delta.get("atcdn_edge_origin_fetches_total", 0.0)
     result["transforms"] = delta.get("atcdn_edge_transforms_total", 0.0)
-    ok = result["outcomes"].get("200", 0)
-    result["errors"] = args.herd - ok + sum(
+    result["edge_error_metrics"] = sum(
         v for k, v in delta.items() if "error" in k and not k.endswith("_created"))
+    result["errors"] = args.herd - result["outcomes"].get("200", 0)
     result["goal_met"] = (result["origin_fetches"] == 1 and result["transforms"] == 1
-                          and result["errors"] == 0 and result["distinct_bodies"] == 1)
+                          and result["errors"] == 0 and result["edge_error_metrics"] == 0
+                          and result["distinct_bodies"] == 1)
     return result
 
 
@@ -514,7 +515,8 @@ def report(args: argparse.Namespace, targets: list[Target], series: dict, herd_r
         h = herd_result
         print(f"\nherd: {h['requests']} identical cold requests in flight at once -> "
               f"origin fetches {h['origin_fetches']:g}, transforms {h['transforms']:g}, "
-              f"errors {h['errors']:g}, distinct bodies {h['distinct_bodies']}, "
+              f"non-200 {h['errors']:g} {h['outcomes']}, edge error metrics "
+              f"{h['edge_error_metrics']:g}, distinct bodies {h['distinct_bodies']}, "
               f"last answer after {h['last_s']} s; goal met: {'yes' if h['goal_met'] else 'NO'}")
     print(f"\n(wrk -t{args.threads} -c{args.connections}, {args.runs} x {args.duration} s per "
           f"cell; req/s and MB/s are medians, ratios the median of per-round ratios; wrk "
