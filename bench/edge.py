@@ -420,6 +420,10 @@ def check_same_bytes(servers: dict[str, str], bodies: dict[str, bytes]) -> None:
         for path, expected in bodies.items():
             if fetch(base + path) != expected:
                 raise RuntimeError(f"{name} answers other bytes for {path}")
+            if name == "varnish":  # a hit carries two transaction ids in X-Varnish
+                hit = httpx.get(base + path, timeout=60).headers.get("x-varnish", "")
+                if " " not in hit:
+                    raise RuntimeError(f"varnish did not cache {path} (X-Varnish: {hit})")
 
 
 def run_rounds(args: argparse.Namespace, work: Path, servers: dict[str, str],
