@@ -234,8 +234,13 @@ class Edge:
                   extra: list[tuple[bytes, bytes]] = []) -> Entry:  # noqa: B006 (read only)
         if isinstance(value, bytes):
             entry = make_entry(etag, content_type, len(value), body=value, extra=extra)
+        elif (size := os.path.getsize(value)) <= self.settings.memory_file_max:
+            # A body from memory beats pathsend under granian: 5 MB hits 0.79x -> 1.00x
+            # nginx MB/s (bench/edge.py). Read once per worker, then served from memory.
+            with open(value, "rb") as fh:
+                entry = make_entry(etag, content_type, size, body=fh.read(), extra=extra)
         else:
-            entry = make_entry(etag, content_type, os.path.getsize(value), path=value, extra=extra)
+            entry = make_entry(etag, content_type, size, path=value, extra=extra)
         self.memory.put(key, entry)
         return entry
 
