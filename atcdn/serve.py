@@ -15,7 +15,7 @@ def run(target: str, *, host: str, port: int, workers: int, server: Server) -> N
     """
     if server == "granian":
         from granian import Granian
-        from granian.constants import Interfaces
+        from granian.constants import Interfaces, Loops
 
         Granian(
             target,
@@ -26,6 +26,10 @@ def run(target: str, *, host: str, port: int, workers: int, server: Server) -> N
             factory=True,
             backlog=4096,
             log_access=False,
+            # Not "auto", which takes uvloop when installed (uvicorn[standard] brings
+            # it): granian hands requests to the loop from its own threads, and that
+            # measured 0.88-0.90x of asyncio's req/s on 50 KB hits (notes/benchedge.md).
+            loop=Loops.asyncio,
         ).serve()
     else:
         import uvicorn
