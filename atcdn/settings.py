@@ -72,6 +72,10 @@ class EdgeSettings(BaseSettings):
         default=256 * 1024**2, description="in-memory tier budget per worker, bytes")
     memory_max_item: int = Field(
         default=1024**2, description="larger entries live only on disk, served as files")
+    memory_file_max: int = Field(
+        default=8 * 1024**2,
+        description="disk-file entries up to this size are also held whole in each worker's"
+                    " memory tier (granian sends a body faster than a file); 0: send files")
     max_fetch_bytes: int = 300 * 1024**2
     fetch_connect_timeout: float = 3.0
     fetch_timeout: float = 30.0

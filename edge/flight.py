@@ -51,6 +51,10 @@ class SingleFlight:
         finally:
             del self._inflight[key]
 
+    def joins(self, key: str) -> bool:
+        """Whether a call for ``key`` now would only wait on one already running here."""
+        return key in self._inflight
+
     def _lock(self, key: str) -> _NodeLock:
         # One lock file per key: no two keys ever share (and so never deadlock on) a lock.
         name = hashlib.sha256(key.encode()).hexdigest()[:32]

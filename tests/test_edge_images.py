@@ -41,7 +41,8 @@ def edge(up: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edg
     tmp = tmp_path_factory.mktemp("edge")
     # Entries over 64 KB live on disk only and go out as files.
     node = start_edge(up.url, tmp / "cache", tmp / "edge.log",
-                      env={"ATCDN_PLC_URL": up.url, "ATCDN_EDGE_MEMORY_MAX_ITEM": "65536"})
+                      env={"ATCDN_PLC_URL": up.url, "ATCDN_EDGE_MEMORY_MAX_ITEM": "65536",
+                           "ATCDN_EDGE_MEMORY_FILE_MAX": "0"})
     yield node
     node.proc.stop()
 
