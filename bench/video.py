@@ -34,12 +34,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.watch_app import add_blob  # noqa: E402
-
 from edge import hls  # noqa: E402
-from tests.servers import Process, free_port  # noqa: E402
-
-DID = "did:plc:" + "b" * 24
+from tests.video_server import WatchServer  # noqa: E402
 
 
 def make_source(path: Path, seconds: int = 20) -> None:
@@ -102,18 +98,12 @@ def run_ours(source: Path, out: Path) -> float:
 
 
 def first_segment_over_http(source: Path, work: Path) -> float:
-    """A fresh /watch server; time from the first request to the first playable segment."""
-    blobs, cache = work / "blobs", work / "cache"
-    cid = add_blob(blobs, source.read_bytes())
-    port = free_port()
-    server = Process([sys.executable, "-m", "tests.watch_app", str(port)], cwd=ROOT,
-                     env={"ATCDN_TEST_BLOBS": str(blobs), "ATCDN_EDGE_CACHE_DIR": str(cache),
-                          "ATCDN_EDGE_WORKERS": "2", "ATCDN_EDGE_SERVER": "granian"},
-                     log=work / "server.log")
-    base = f"http://127.0.0.1:{port}"
+    """A fresh node (real origin + real edge, granian, 2 workers) holding the source in its
+    origin only; time from the first request to the first playable segment, which
+    includes the edge fetching and verifying the blob."""
+    server = WatchServer(work / "node", workers=2).start()
     try:
-        server.wait_http(base + "/health")
-        url = f"{base}/watch/{DID}/{cid}"
+        url = server.video_url(server.add(source.read_bytes()))
         with httpx.Client(timeout=60) as client:
             start = time.monotonic()
             master = client.get(url + "/playlist.m3u8")
