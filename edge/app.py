@@ -201,7 +201,7 @@ class Edge:
         self.pending += not joining
         try:
             return await work()
-        except (EdgeError, MediaError) as exc:
+        except EdgeError as exc:  # MediaError included
             await self._error(send, route, exc)
         except Exception:
             log.exception("%s request failed", route)
@@ -305,7 +305,7 @@ class Edge:
         self.metrics.bytes_served.labels(route).inc(entry.size)
         self.metrics.request_seconds.labels(route, outcome).observe(time.monotonic() - started)
 
-    async def _error(self, send: Send, route: str, exc: EdgeError | MediaError) -> None:
+    async def _error(self, send: Send, route: str, exc: EdgeError) -> None:
         self.metrics.errors.labels(route, str(exc.status)).inc()
         await send_error(send, exc.status, exc.error, exc.message,
                          retry_after=self.settings.retry_after)

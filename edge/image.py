@@ -23,6 +23,7 @@ from functools import lru_cache
 
 from PIL import Image, ImageCms
 
+from edge.errors import EdgeError
 from edge.presets import Format, Preset
 
 try:  # HEIC/HEIF decoding; AVIF is Pillow's own (Pillow >= 11.3).
@@ -33,14 +34,8 @@ except ImportError:  # pragma: no cover - pillow-heif is a dependency
     pillow_heif = None
 
 
-class MediaError(Exception):
+class MediaError(EdgeError):
     """A transform refused or failed; ``status`` is the honest HTTP code."""
-
-    def __init__(self, status: int, error: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error = error
-        self.message = message
 
     def __reduce__(self):  # crosses the process boundary from the workers
         return (MediaError, (self.status, self.error, self.message))
