@@ -28,7 +28,7 @@ def run(target: str, *, host: str, port: int, workers: int, server: Server) -> N
             log_access=False,
             # Not "auto", which takes uvloop when installed (uvicorn[standard] brings
             # it): granian hands requests to the loop from its own threads, and that
-            # measured 0.88-0.90x of asyncio's req/s on 50 KB hits (notes/benchedge.md).
+            # measured 0.88-0.90x of asyncio's req/s on 50 KB hits (bench/edge.py).
             loop=Loops.asyncio,
         ).serve()
     else:

@@ -197,7 +197,7 @@ def source_from_bytes(get_bytes: Callable[[str, str], Awaitable[bytes]],
 
 
 def watch_routes(get_source: GetSource, settings: EdgeSettings) -> list[Route]:
-    """The /watch routes; mount them into the edge app (see notes/video.md)."""
+    """The /watch routes, mounted by the edge app (edge/app.py)."""
     watch = Watch(get_source, settings)
     base = "/watch/{did}/{cid}"
     return [
