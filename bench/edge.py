@@ -51,8 +51,8 @@ import h11  # httpx's own HTTP/1.1 parser
 import httpx
 from PIL import Image
 
-from origin.cid import compute
-from tests.servers import Process, atcdn, free_port
+from atcdn.core.cid import compute
+from tests.helpers.servers import Process, atcdn, free_port
 
 DID = "did:plc:benchbenchbenchbenchbenc"
 TOKEN = "bench-token"

@@ -29,8 +29,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from origin.cid import compute
-from tests.servers import Process, atcdn, free_port
+from atcdn.core.cid import compute
+from tests.helpers.servers import Process, atcdn, free_port
 
 TOKEN = "bench-token"
 MB = 1024 * 1024
@@ -81,7 +81,7 @@ def curl_put(url: str, size: int, reps: int, tmp: Path) -> float:
 def sink_put(server: str, size: int, reps: int, tmp: Path) -> float:
     """PUT throughput into bench/sink.py (drains the body, stores nothing), same server."""
     port = free_port()
-    code = ("from atcdn.serve import run; "
+    code = ("from atcdn.cli.serve import run; "
             f"run('bench.sink:create_app', host='127.0.0.1', port={port}, workers=1, "
             f"server='{server}')")
     proc = Process([sys.executable, "-c", code], log=tmp / "sink.log", cwd=ROOT)

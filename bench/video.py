@@ -34,8 +34,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge import hls  # noqa: E402
-from tests.video_server import WatchServer  # noqa: E402
+from atcdn.edge import hls  # noqa: E402
+from tests.helpers.watch import WatchServer  # noqa: E402
 
 
 def make_source(path: Path, seconds: int = 20) -> None:
@@ -90,7 +90,7 @@ def run_ffmpeg(source: Path, out: Path, duration: float) -> tuple[float, float]:
 
 def run_ours(source: Path, out: Path) -> float:
     start = time.monotonic()
-    subprocess.run([sys.executable, "-m", "edge.video", str(source), str(out), "{}"],
+    subprocess.run([sys.executable, "-m", "atcdn.edge.video", str(source), str(out), "{}"],
                    cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     wall = time.monotonic() - start
     assert (out / "done").exists()

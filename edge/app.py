@@ -25,23 +25,23 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from atcdn.settings import EdgeSettings
-from atcdn.takedowns import Event as FeedEvent
-from atcdn.takedowns import start_follower
-from edge import urls
-from edge.cache import DiskTier, Entry, MemoryTier, make_entry
-from edge.errors import EdgeError
-from edge.fetch import Fetcher
-from edge.flight import SingleFlight
-from edge.metrics import Metrics, use_dir
-from edge.presets import CONTENT_TYPES, Format, load_presets
-from edge.responses import blob_type, send_entry, send_error
-from edge.takedown import SETTLE, Node, Takedowns, purge_disk, takedown
-from edge.transform import MediaError, transform
-from edge.transform import shutdown as stop_transforms
-from edge.video import write_atomic
-from edge.watch import watch_routes
-from origin.mime import SNIFF_BYTES, sniff
+from atcdn.core.settings import EdgeSettings
+from atcdn.core.feed import Event as FeedEvent
+from atcdn.core.feed import start_follower
+from atcdn.edge import urls
+from atcdn.edge.cache import DiskTier, Entry, MemoryTier, make_entry
+from atcdn.core.errors import EdgeError
+from atcdn.core.files import write_atomic
+from atcdn.edge.fetch import Fetcher
+from atcdn.edge.flight import SingleFlight
+from atcdn.edge.metrics import Metrics, use_dir
+from atcdn.edge.presets import CONTENT_TYPES, Format, load_presets
+from atcdn.edge.responses import blob_type, send_entry, send_error
+from atcdn.edge.takedown import SETTLE, Node, Takedowns, purge_disk, takedown
+from atcdn.edge.transform import MediaError, transform
+from atcdn.edge.transform import shutdown as stop_transforms
+from atcdn.edge.watch import watch_routes
+from atcdn.core.mime import SNIFF_BYTES, sniff
 
 log = logging.getLogger("atcdn.edge")
 Value = bytes | str  # a disk-tier value: small bytes, or the path of a file

@@ -28,11 +28,11 @@ import anyio
 import httpcore
 import httpx
 
-from atcdn.settings import EdgeSettings
-from edge.errors import BlockedAddress, EdgeError
-from edge.metrics import Metrics
-from edge.resolver import Resolver
-from origin.cid import Verifier
+from atcdn.core.settings import EdgeSettings
+from atcdn.core.errors import BlockedAddress, EdgeError
+from atcdn.edge.metrics import Metrics
+from atcdn.edge.resolver import Resolver
+from atcdn.core.cid import Verifier
 
 log = logging.getLogger("atcdn.edge")
 RETRYABLE = (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)

@@ -23,8 +23,8 @@ from functools import lru_cache
 
 from PIL import Image, ImageCms
 
-from edge.errors import EdgeError
-from edge.presets import Format, Preset
+from atcdn.core.errors import EdgeError
+from atcdn.edge.presets import Format, Preset
 
 try:  # HEIC/HEIF decoding; AVIF is Pillow's own (Pillow >= 11.3).
     import pillow_heif

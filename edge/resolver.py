@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 
-from edge.errors import BlockedAddress, EdgeError
-from origin.did import web_host
+from atcdn.core.errors import BlockedAddress, EdgeError
+from atcdn.core.did import web_host
 
 STALE_AFTER = 3600.0
 EXPIRE_AFTER = 24 * 3600.0

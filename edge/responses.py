@@ -14,8 +14,8 @@ import os
 from starlette.responses import FileResponse
 from starlette.types import Receive, Scope, Send
 
-from edge.cache import IMMUTABLE, Entry, Headers
-from origin.ranges import RangeNotSatisfiable, etag_matches, parse_range
+from atcdn.edge.cache import IMMUTABLE, Entry, Headers
+from atcdn.core.ranges import RangeNotSatisfiable, etag_matches, parse_range
 
 JSON = b"application/json"
 VARY_ACCEPT = (b"vary", b"Accept")

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import diskcache
 
-from atcdn.settings import EdgeSettings
-from edge.cache import DiskTier
+from atcdn.core.settings import EdgeSettings
+from atcdn.edge.cache import DiskTier
 
 CHECK_EVERY = 0.1  # seconds between a worker's looks at the stamp file
 SETTLE = 2 * CHECK_EVERY  # after this, every worker has seen a bump

@@ -31,9 +31,10 @@ from typing import Literal
 from filelock import FileLock, Timeout
 from prometheus_client import Counter, Gauge
 
-from atcdn.settings import EdgeSettings
-from edge import video
-from edge.video import DONE_NAME, ERROR_NAME, LOCK_NAME, STATE_NAME, Limits, VideoError
+from atcdn.core.settings import EdgeSettings
+from atcdn.core.files import write_json
+from atcdn.edge import video
+from atcdn.edge.video import DONE_NAME, ERROR_NAME, LOCK_NAME, STATE_NAME, Limits, VideoError
 
 STARTED = Counter("atcdn_video_transcodes_started", "Video transcodes started")
 FINISHED = Counter("atcdn_video_transcodes_finished", "Video transcodes finished")
@@ -154,7 +155,7 @@ class Transcodes:
     def _refuse(self, cid: str, error: VideoError, transient: bool = False) -> None:
         FAILED.inc()
         body = error.to_json() | ({"transient": True, "at": time.time()} if transient else {})
-        video.write_json(self.folder(cid) / ERROR_NAME, body)
+        write_json(self.folder(cid) / ERROR_NAME, body)
 
     async def _run(self, cid: str, source: Path) -> None:
         try:
@@ -187,7 +188,7 @@ class Transcodes:
         log = open(self.root / f"{cid}.log", "ab")
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "edge.video", str(source), str(folder),
+                sys.executable, "-m", "atcdn.edge.video", str(source), str(folder),
                 json.dumps(asdict(self.limits)), env=env, stdout=log, stderr=log,
                 stdin=asyncio.subprocess.DEVNULL)
         finally:

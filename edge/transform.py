@@ -10,7 +10,7 @@ and the rendition cross the process boundary.
 
 Startup (once per server process, e.g. in the app factory or lifespan)::
 
-    from edge import transform
+    from atcdn.edge import transform
     transform.configure(settings)      # an EdgeSettings; optional
     ...
     transform.shutdown()               # on exit; optional
@@ -32,8 +32,8 @@ from typing import Any, TypeVar
 
 from pebble import ProcessExpired, ProcessPool
 
-from edge.image import ImageLimits, MediaError, render
-from edge.presets import CONTENT_TYPES, Format, Preset
+from atcdn.edge.image import ImageLimits, MediaError, render
+from atcdn.edge.presets import CONTENT_TYPES, Format, Preset
 
 __all__ = ["MediaError", "Rendered", "Transformer", "configure", "shutdown", "transform"]
 
@@ -65,7 +65,7 @@ class Transformer:
         context = multiprocessing.get_context("forkserver")
         # Workers fork from a small server that has Pillow loaded, not from the (threaded,
         # async) server process.
-        context.set_forkserver_preload(["edge.image"])
+        context.set_forkserver_preload(["atcdn.edge.image"])
         self._pool = ProcessPool(max_workers=pool.workers, max_tasks=pool.max_tasks,
                                  initializer=_init_worker, initargs=(pool.memory_mb,),
                                  context=context)
@@ -132,7 +132,7 @@ def configure(settings: Any = None) -> Transformer:
     """Start this process's pool from an EdgeSettings (defaults when None)."""
     global _default
     if settings is None:
-        from atcdn.settings import EdgeSettings
+        from atcdn.core.settings import EdgeSettings
 
         settings = EdgeSettings()
     with _lock:

@@ -38,7 +38,8 @@ from av.audio.frame import AudioFrame
 from av.video.frame import PictureType, VideoFrame
 from filelock import FileLock, Timeout
 
-from edge import hls
+from atcdn.core.files import write_atomic, write_json
+from atcdn.edge import hls
 
 VIDEO_TIME_BASE = Fraction(1, 90_000)
 AUDIO_RATE = 48_000
@@ -86,20 +87,6 @@ class Probe:
     duration: float | None
     has_audio: bool
     loop: bool  # animated GIFs: players should loop them
-
-
-# ---------------------------------------------------------------------------- files
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write a file readers only ever see whole: temp file in the same dir, then rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, value: dict) -> None:
-    write_atomic(path, json.dumps(value))
 
 
 # ---------------------------------------------------------------------------- probe

@@ -23,10 +23,11 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from atcdn.settings import EdgeSettings
-from edge import hls, urls
-from edge.transcodes import Busy, Transcodes
-from edge.video import META_NAME, THUMBNAIL_NAME, write_atomic
+from atcdn.core.settings import EdgeSettings
+from atcdn.edge import hls, urls
+from atcdn.edge.transcodes import Busy, Transcodes
+from atcdn.core.files import write_atomic
+from atcdn.edge.video import META_NAME, THUMBNAIL_NAME
 
 GetSource = Callable[[str, str], Awaitable[Path]]
 

@@ -18,15 +18,15 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 from starlette.types import Lifespan
 
-from atcdn.settings import OriginSettings
-from atcdn.takedowns import Event, start_follower
-from origin import cid as cids
-from origin import did as dids
-from origin.index import BlobMeta, Index
-from origin.metrics import Metrics, MetricsMiddleware
-from origin.mime import is_active, sniff
-from origin.ranges import RangeNotSatisfiable, etag_matches, parse_range
-from origin.store import BlobStore, Staging, open_store
+from atcdn.core.settings import OriginSettings
+from atcdn.core.feed import Event, start_follower
+from atcdn.core import cid as cids
+from atcdn.core import did as dids
+from atcdn.origin.index import BlobMeta, Index
+from atcdn.origin.metrics import Metrics, MetricsMiddleware
+from atcdn.core.mime import is_active, sniff
+from atcdn.core.ranges import RangeNotSatisfiable, etag_matches, parse_range
+from atcdn.origin.store import BlobStore, Staging, open_store
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 SANDBOX = "default-src 'none'; sandbox"

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING
 
 import anyio.to_thread
 
-from origin.cid import Verifier
-from origin.mime import SNIFF_BYTES
+from atcdn.core.cid import Verifier
+from atcdn.core.mime import SNIFF_BYTES
 
 if TYPE_CHECKING:
-    from atcdn.settings import OriginSettings
+    from atcdn.core.settings import OriginSettings
 
 CHUNK = 1024 * 1024  # read unit: big enough that thread hops are cheap
 BATCH = 1024 * 1024  # bytes hashed and written per hand-off to the worker threads

@@ -32,9 +32,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from origin import cid as cids
-from tests.conftest import ROOT, need, need_tool
-from tests.servers import free_port
+from atcdn.core import cid as cids
+from tests.helpers.env import ROOT, need, need_tool
+from tests.helpers.servers import free_port
 
 ANSIBLE = ROOT / "ansible"
 DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"

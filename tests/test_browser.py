@@ -17,13 +17,14 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from edge.presets import CONTENT_TYPES, FORMATS
-from origin.cid import compute
-from tests.conftest import TOKEN, need_tool, start_edge
-from tests.npm import npm_package
-from tests.origins import Origin
-from tests.sample_images import PRESETS, SAMPLES
-from tests.servers import static_server
+from atcdn.edge.presets import CONTENT_TYPES, FORMATS
+from atcdn.core.cid import compute
+from tests.helpers.env import TOKEN, need_tool
+from tests.helpers.nodes import start_edge
+from tests.helpers.npm import npm_package
+from tests.helpers.nodes import Origin
+from tests.helpers.sample_images import PRESETS, SAMPLES
+from tests.helpers.servers import static_server
 
 pytestmark = pytest.mark.timeout(600)  # the first run installs tests/browser
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multiformats import CID
 
-from origin import cid
+from atcdn.core import cid
 
 KNOWN = "bafkreiepinbumzepnoln7co5vea4kf3lcctnqolb3u6bvsellgznymt2uq"  # sha256(b"hi")
 

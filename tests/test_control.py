@@ -12,11 +12,11 @@ from typing import Any
 import boto3
 import pytest
 
-from atcdn.settings import ControlSettings
-from atcdn.takedowns import Feed, Follower
-from origin import cid as cids
-from tests.conftest import ROOT
-from tests.servers import atcdn
+from atcdn.core.settings import ControlSettings
+from atcdn.core.feed import Feed, Follower
+from atcdn.core import cid as cids
+from tests.helpers.env import ROOT
+from tests.helpers.servers import atcdn
 
 RECORD = "cdn.test.example"
 

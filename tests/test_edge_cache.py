@@ -11,25 +11,11 @@ import httpx
 import pytest
 from PIL import Image
 
-from atcdn.settings import EdgeSettings
-from edge.takedown import purge
-from tests.conftest import TOKEN, Upstream, start_upstream
-
-DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
-
-
-def photo(width: int = 2000, height: int = 1500, seed: int = 0) -> bytes:
-    image = Image.linear_gradient("L").resize((width, height)).convert("RGB")
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=90, comment=f"seed {seed}".encode())  # distinct blobs
-    return out.getvalue()
-
-
-async def herd(url: str, n: int) -> list[httpx.Response]:
-    limits = httpx.Limits(max_connections=n)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-        return await asyncio.gather(*(client.get(url) for _ in range(n)))
-
+from atcdn.core.settings import EdgeSettings
+from atcdn.edge.takedown import purge
+from tests.helpers.env import TOKEN
+from tests.helpers.nodes import Upstream, start_upstream
+from tests.helpers.pictures import DID, herd, photo
 
 @pytest.mark.parametrize("server", ["granian", "uvicorn"])
 def test_herd_costs_one_fetch_and_one_transform(upstream: Upstream, edge_factory,
@@ -165,7 +151,7 @@ def test_retries_5xx_but_never_4xx(tmp_path: Path, edge_factory) -> None:
         edge = edge_factory(up.url, env={"ATCDN_PDS_FALLBACK": "0"})
         assert httpx.get(f"{edge.url}/blob/{DID}/{cid}", timeout=30).status_code == 200
         assert sum(1 for line in up.requests() if f"GET /blob/{cid}" in line) == 3
-        from origin.cid import compute
+        from atcdn.core.cid import compute
 
         missing = compute(b"missing")
         assert httpx.get(f"{edge.url}/blob/{DID}/{missing}", timeout=30).status_code == 404

@@ -10,12 +10,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from atcdn.settings import EdgeSettings
-from edge.errors import EdgeError
-from edge.fetch import public_client
-from edge.resolver import Resolver
-from origin.cid import compute
-from tests.conftest import start_upstream
+from atcdn.core.settings import EdgeSettings
+from atcdn.core.errors import EdgeError
+from atcdn.edge.fetch import public_client
+from atcdn.edge.resolver import Resolver
+from atcdn.core.cid import compute
+from tests.helpers.nodes import start_upstream
 
 DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
 

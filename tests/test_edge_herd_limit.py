@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.conftest import Upstream
-from tests.test_edge_cache import DID, herd, photo
+from tests.helpers.nodes import Upstream
+from tests.helpers.pictures import DID, herd, photo
 
 
 def test_herd_larger_than_the_miss_bound_is_served(upstream: Upstream, edge_factory) -> None:

@@ -10,8 +10,8 @@ import httpx
 import pytest
 from PIL import Image, features
 
-from edge.presets import DEFAULT_PRESETS
-from tests.conftest import Edge, Upstream, start_edge, start_upstream
+from atcdn.edge.presets import DEFAULT_PRESETS
+from tests.helpers.nodes import Edge, Upstream, start_edge, start_upstream
 
 DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
 WEBP_ACCEPT = "image/avif,image/webp,image/apng,image/*,*/*;q=0.8"
@@ -192,7 +192,7 @@ def test_bad_requests_are_400_json(edge: Edge, source: str, path: str) -> None:
 
 
 def test_unknown_blob_is_404(edge: Edge, up: Upstream) -> None:
-    from origin.cid import compute
+    from atcdn.core.cid import compute
 
     missing = compute(b"nobody has this")
     for path in (f"/img/avatar/plain/{DID}/{missing}@jpeg", f"/blob/{DID}/{missing}"):
@@ -226,8 +226,8 @@ def test_other_methods_and_paths(edge: Edge, source: str) -> None:
 
 def test_through_the_real_origin(origin: str, edge_factory) -> None:
     """The real origin process behind an edge: push, then read through the edge."""
-    from origin.cid import compute
-    from tests.conftest import TOKEN
+    from atcdn.core.cid import compute
+    from tests.helpers.env import TOKEN
 
     data = photo(800, 600)
     cid = compute(data)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge import hls
+from atcdn.edge import hls
 
 
 def names(width: int, height: int, fps: float = 30) -> list[str]:

@@ -14,12 +14,13 @@ from collections.abc import Iterator
 import pytest
 from PIL import Image, ImageChops, ImageCms
 
-from edge.image import ImageLimits, MediaError, plan, render, sniff, strip_jpeg
-from edge.presets import DEFAULT_PRESETS, Preset
-from edge.transform import PoolSettings, Rendered, Transformer
+from atcdn.edge.image import ImageLimits, MediaError, plan, render, sniff, strip_jpeg
+from atcdn.edge.presets import DEFAULT_PRESETS, Preset
+from atcdn.edge.transform import PoolSettings, Rendered, Transformer
+from tests.helpers.pictures import BLUE, RED, assert_no_metadata, decode, encode, marked, worker_memory
 
 P = DEFAULT_PRESETS
-RED, BLUE, GREEN, WHITE = (255, 0, 0), (0, 0, 255), (0, 255, 0), (255, 255, 255)
+GREEN, WHITE = (0, 255, 0), (255, 255, 255)
 # Orientation n: what a viewer does to the stored pixels to show them upright. To make a
 # test file, store the upright picture transformed by the inverse.
 STORE = {
@@ -33,27 +34,8 @@ STORE = {
 }
 
 
-def encode(image: Image.Image, fmt: str = "JPEG", **options) -> bytes:
-    out = io.BytesIO()
-    image.save(out, format=fmt, **options)
-    return out.getvalue()
-
-
-def decode(data: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return image
-
-
 def near(pixel, colour, tolerance: int = 60) -> bool:
     return all(abs(a - b) <= tolerance for a, b in zip(pixel[:3], colour))
-
-
-def marked(width: int, height: int) -> Image.Image:
-    """Blue picture with a red top-left corner: shows where "up" and "left" went."""
-    image = Image.new("RGB", (width, height), BLUE)
-    image.paste(RED, (0, 0, width // 3, height // 3))
-    return image
 
 
 def exif_with_gps(orientation: int | None = None) -> Image.Exif:
@@ -63,16 +45,6 @@ def exif_with_gps(orientation: int | None = None) -> Image.Exif:
         exif[0x0112] = orientation
     exif[0x8825] = {1: "N", 2: (43.0, 28.0, 2.81), 3: "E", 4: (11.0, 53.0, 6.46)}
     return exif
-
-
-def assert_no_metadata(data: bytes) -> None:
-    image = decode(data)
-    assert not image.getexif(), "EXIF survived"
-    for key in ("exif", "xmp", "XML:com.adobe.xmp", "comment", "Raw profile type exif"):
-        assert key not in image.info, f"{key} survived"
-    assert b"Exif\x00\x00" not in data
-    assert b"http://ns.adobe.com/xap" not in data
-    assert b"TestCam" not in data
 
 
 # -- geometry ----------------------------------------------------------------------------
@@ -266,7 +238,7 @@ def test_output_formats(fmt):
 
 
 def test_progressive_jpeg_preset():
-    from edge.presets import load_presets
+    from atcdn.edge.presets import load_presets
 
     preset = load_presets('{"p": {"width": 100, "height": 100, "fit": "inside", '
                           '"quality": 70, "progressive": true}}')["p"]
@@ -441,14 +413,6 @@ def hog() -> int:
     return len(bytearray(2 * 1024**3))
 
 
-def worker_memory() -> tuple[int, int]:
-    import resource
-
-    with open("/proc/self/status") as status:
-        peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
-    return resource.getrlimit(resource.RLIMIT_AS)[0], peak * 1024
-
-
 def test_pool_renders(pool):
     rendered = run(pool.transform(encode(marked(600, 400)), P["avatar_thumbnail"], "webp"))
     assert isinstance(rendered, Rendered) and rendered.content_type == "image/webp"
@@ -478,7 +442,7 @@ def test_pool_memory_is_capped(pool):
 
 
 def test_module_transform_works_unconfigured():
-    from edge import transform as module
+    from atcdn.edge import transform as module
 
     async def both():
         try:
@@ -490,7 +454,7 @@ def test_module_transform_works_unconfigured():
 
 
 def test_settings_feed_the_pool(monkeypatch):
-    from atcdn.settings import EdgeSettings
+    from atcdn.core.settings import EdgeSettings
 
     monkeypatch.setenv("ATCDN_EDGE_IMAGE_MAX_SOURCE_PIXELS", "1234")
     monkeypatch.setenv("ATCDN_EDGE_TRANSFORM_WORKERS", "1")

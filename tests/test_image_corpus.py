@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageChops, ImageOps
 
-from edge.image import ImageLimits, MediaError, render
-from edge.presets import DEFAULT_PRESETS, Preset
-from edge.transform import PoolSettings, Transformer
-from tests.conftest import CORPUS, corpus_files
-from tests.test_image import assert_no_metadata, decode, marked, worker_memory
+from atcdn.edge.image import ImageLimits, MediaError, render
+from atcdn.edge.presets import DEFAULT_PRESETS, Preset
+from atcdn.edge.transform import PoolSettings, Transformer
+from tests.helpers.env import CORPUS, corpus_files
+from tests.helpers.pictures import assert_no_metadata, decode, marked, worker_memory
 
 GOOD = corpus_files("photo", "exif-orientation", "exif-gps", "animated", "format-variant")
 HOSTILE = corpus_files("hostile-bomb", "hostile-corrupt", "hostile-ext-mismatch",

@@ -7,7 +7,7 @@ import io
 import pytest
 from PIL import Image
 
-from origin.mime import OCTET_STREAM, is_active, sniff
+from atcdn.core.mime import OCTET_STREAM, is_active, sniff
 
 
 def image_bytes(fmt: str) -> bytes:

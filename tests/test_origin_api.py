@@ -16,9 +16,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from origin.cid import compute
-from tests.conftest import TOKEN
-from tests.origins import Origin, running_origin
+from atcdn.core.cid import compute
+from tests.helpers.env import TOKEN
+from tests.helpers.nodes import Origin, running_origin
 
 MAX = 4 * 1024 * 1024  # small limit so 413 is cheap to provoke
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

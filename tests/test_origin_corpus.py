@@ -8,10 +8,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from origin.cid import compute
-from origin.mime import sniff
-from tests.conftest import CORPUS, TOKEN, corpus_files
-from tests.origins import running_origin
+from atcdn.core.cid import compute
+from atcdn.core.mime import sniff
+from tests.helpers.env import CORPUS, TOKEN, corpus_files
+from tests.helpers.nodes import running_origin
 
 
 @pytest.fixture(scope="module")

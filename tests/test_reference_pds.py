@@ -17,12 +17,12 @@ import httpx
 import pytest
 from PIL import Image
 
-from origin import cid as cids
-from tests.conftest import start_edge
-from tests.npm import npm_package
-from tests.origins import Origin
-from tests.sample_images import ALPHA, BLUE, PHOTO, PRESETS, RED, SAMPLES, Sample
-from tests.servers import Process
+from atcdn.core import cid as cids
+from tests.helpers.nodes import start_edge
+from tests.helpers.npm import npm_package
+from tests.helpers.nodes import Origin
+from tests.helpers.sample_images import ALPHA, BLUE, PHOTO, PRESETS, RED, SAMPLES, Sample
+from tests.helpers.servers import Process
 
 # The first run installs tests/pds from its lockfile (compiling better-sqlite3): minutes.
 pytestmark = pytest.mark.timeout(900)

@@ -9,9 +9,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from atcdn.settings import OriginSettings
-from origin.cid import compute
-from origin.store import BlobStore, FileStore, open_store, sweep
+from atcdn.core.settings import OriginSettings
+from atcdn.core.cid import compute
+from atcdn.origin.store import BlobStore, FileStore, open_store, sweep
 
 
 @pytest.fixture(params=["fs", "s3"])

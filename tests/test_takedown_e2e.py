@@ -19,10 +19,11 @@ import httpx
 import pytest
 from PIL import Image
 
-from origin import cid as cids
-from tests.conftest import ROOT, TOKEN, Edge, start_edge
-from tests.origins import Origin
-from tests.servers import atcdn
+from atcdn.core import cid as cids
+from tests.helpers.env import ROOT, TOKEN
+from tests.helpers.nodes import Edge, start_edge
+from tests.helpers.nodes import Origin
+from tests.helpers.servers import atcdn
 
 DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
 POLL = "0.5"

@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from origin.cid import compute
-from tests.conftest import ROOT
-from tests.servers import Process, atcdn, free_port
+from atcdn.core.cid import compute
+from tests.helpers.env import ROOT
+from tests.helpers.servers import Process, atcdn, free_port
 
 
 def wait_for_text(proc: Process, text: str, timeout: float = 30.0) -> str:

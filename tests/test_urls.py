@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from edge import urls
-from edge.fetch import is_public_address
-from edge.presets import DEFAULT_PRESETS
-from edge.resolver import document_url, pds_endpoint
-from edge.responses import blob_type
-from origin import did as dids
-from origin.cid import compute
-from origin.ranges import RangeNotSatisfiable, etag_matches, parse_range
+from atcdn.edge import urls
+from atcdn.edge.fetch import is_public_address
+from atcdn.edge.presets import DEFAULT_PRESETS
+from atcdn.edge.resolver import document_url, pds_endpoint
+from atcdn.edge.responses import blob_type
+from atcdn.core import did as dids
+from atcdn.core.cid import compute
+from atcdn.core.ranges import RangeNotSatisfiable, etag_matches, parse_range
 
 CID = compute(b"hello")
 PLC = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
@@ -165,7 +165,7 @@ def test_public_addresses(ip: str, public: bool) -> None:
 
 
 def test_memory_tier_is_a_byte_budgeted_lru(tmp_path) -> None:
-    from edge.cache import MemoryTier, make_entry
+    from atcdn.edge.cache import MemoryTier, make_entry
 
     touched: list[str] = []
     memory = MemoryTier(250, touch=touched.append)

@@ -18,9 +18,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.clips import make_clip, make_gif
-from tests.conftest import corpus_files, need_tool
-from tests.video_server import DID, WatchServer, check_hls, probe_source
+from tests.helpers.clips import make_clip, make_gif
+from tests.helpers.env import corpus_files, need_tool
+from tests.helpers.watch import DID, WatchServer, check_hls, probe_source
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -312,7 +312,7 @@ def test_takedown_reaches_a_finished_transcode(server: WatchServer, client: http
                                                 tmp_path: Path) -> None:
     """A finished video is served from disk; a takedown must still stop it, and a restore
     must not bring back the old transcode (it was purged and is made again)."""
-    from tests.conftest import TOKEN
+    from tests.helpers.env import TOKEN
 
     cid = server.add(make_clip(tmp_path / "clip.mp4", seconds=2, audio=False).read_bytes())
     assert client.get(server.video_url(cid) + "/playlist.m3u8").status_code == 200

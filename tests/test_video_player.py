@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.clips import make_clip, make_gif
-from tests.conftest import CORPUS, corpus_files, need, need_tool
-from tests.npm import npm_package
-from tests.video_server import WatchServer, probe_source
+from tests.helpers.clips import make_clip, make_gif
+from tests.helpers.env import CORPUS, corpus_files, need, need_tool
+from tests.helpers.npm import npm_package
+from tests.helpers.watch import WatchServer, probe_source
 
 PLAYER = Path(__file__).resolve().parent / "player"
 pytestmark = pytest.mark.timeout(900)

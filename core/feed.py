@@ -1,5 +1,7 @@
 """The takedown feed in DynamoDB, and the follower every origin and edge runs.
 
+boto3 is loaded only when a feed is configured (``atcdn.core.aws``).
+
 The feed is one DynamoDB table holding an ordered log: partition key ``feed`` (always
 ``"takedowns"``), sort key ``seq`` (1, 2, 3, ...). Publishing appends the next ``seq`` with
 a conditional put, so concurrent publishers can never share a number and the log has no
@@ -20,13 +22,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from botocore.exceptions import ClientError
 from filelock import FileLock
 
-from atcdn.control import client
-from atcdn.settings import ControlSettings
-from origin import cid as cids
-from origin import did as dids
+from atcdn.core.aws import client
+from atcdn.core.settings import ControlSettings
+from atcdn.core import cid as cids
+from atcdn.core import did as dids
 
 log = logging.getLogger("atcdn.takedowns")
 
@@ -76,9 +77,8 @@ class Feed:
                 AttributeDefinitions=[{"AttributeName": "feed", "AttributeType": "S"},
                                       {"AttributeName": "seq", "AttributeType": "N"}],
                 BillingMode="PAY_PER_REQUEST")
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] != "ResourceInUseException":
-                raise
+        except self.dynamodb.exceptions.ResourceInUseException:
+            pass
         self.dynamodb.get_waiter("table_exists").wait(TableName=self.table)
 
     def last_seq(self) -> int:
@@ -110,9 +110,8 @@ class Feed:
                 self.dynamodb.put_item(TableName=self.table, Item=item,
                                        ConditionExpression="attribute_not_exists(seq)")
                 return event
-            except ClientError as exc:
-                if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                    raise
+            except self.dynamodb.exceptions.ConditionalCheckFailedException:
+                pass  # another publisher took this seq: try the next
 
     def events(self, after: int = 0) -> Iterator[Event]:
         """Every event with ``seq > after``, oldest first."""

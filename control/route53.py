@@ -1,4 +1,4 @@
-"""The AWS control plane: boto3 clients and the Route53 records of the edges.
+"""The AWS control plane: the Route53 records of the edges.
 
 Every edge answers under one DNS name (``ATCDN_EDGE_RECORD_NAME``). Each edge owns one
 A record (and one AAAA record when it has IPv6) in that name, told apart by its set
@@ -13,15 +13,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
-
-from atcdn.settings import ControlSettings
-
-
-def client(service: str, settings: ControlSettings) -> Any:
-    """A boto3 client for ``service`` honouring the endpoint overrides (moto_server)."""
-    endpoint = getattr(settings, f"{service}_endpoint_url", None) or settings.aws_endpoint_url
-    return boto3.client(service, region_name=settings.aws_region, endpoint_url=endpoint)
+from atcdn.core.aws import client
+from atcdn.core.settings import ControlSettings
 
 
 @dataclass(frozen=True)

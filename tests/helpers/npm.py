@@ -9,9 +9,9 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from tests.conftest import need, need_tool
+from tests.helpers.env import need, need_tool
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 # better-sqlite3 (the PDS's database) compiles against these headers when no prebuilt
 # binary can be fetched; pointing node-gyp at them keeps it from downloading its own.
 NODE_HEADERS = Path("/usr/include/node/node.h")

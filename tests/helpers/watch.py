@@ -13,10 +13,11 @@ from pathlib import Path
 
 import httpx
 
-from origin.cid import compute
-from tests.conftest import TOKEN, Edge, start_edge
-from tests.origins import Origin
-from tests.servers import static_server
+from atcdn.core.cid import compute
+from tests.helpers.env import TOKEN
+from tests.helpers.nodes import Edge, start_edge
+from tests.helpers.nodes import Origin
+from tests.helpers.servers import static_server
 
 DID = "did:plc:" + "a" * 24
 

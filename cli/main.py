@@ -21,40 +21,40 @@ def _export(prefix: str, args: argparse.Namespace, names: Sequence[str]) -> None
 
 
 def _origin_serve(args: argparse.Namespace) -> None:
-    from atcdn.serve import run
-    from atcdn.settings import OriginSettings
-    from origin.metrics import prepare_multiprocess_dir
+    from atcdn.cli.serve import run
+    from atcdn.core.settings import OriginSettings
+    from atcdn.origin.metrics import prepare_multiprocess_dir
 
     _export("ATCDN_ORIGIN_", args, ["host", "port", "data_dir", "workers", "server"])
     settings = OriginSettings()
     prepare_multiprocess_dir(settings.data_dir / "metrics")  # before workers import prometheus_client
-    run("origin.app:create_app", host=settings.host, port=settings.port,
+    run("atcdn.origin.app:create_app", host=settings.host, port=settings.port,
         workers=settings.workers, server=settings.server)
 
 
 def _edge_serve(args: argparse.Namespace) -> None:
-    from atcdn.serve import run
-    from atcdn.settings import EdgeSettings
+    from atcdn.cli.serve import run
+    from atcdn.core.settings import EdgeSettings
 
     _export("ATCDN_EDGE_", args,
             ["host", "port", "origin", "cache_dir", "cache_size", "workers", "server"])
     settings = EdgeSettings()
-    from origin.metrics import prepare_multiprocess_dir
-    from edge.takedown import Node
+    from atcdn.origin.metrics import prepare_multiprocess_dir
+    from atcdn.edge.takedown import Node
 
     prepare_multiprocess_dir(Node(settings.cache_dir).metrics_dir)  # before any worker starts
-    run("edge.app:create_app", host=settings.host, port=settings.port,
+    run("atcdn.edge.app:create_app", host=settings.host, port=settings.port,
         workers=settings.workers, server=settings.server)
 
 
 def _up(args: argparse.Namespace) -> None:
-    from atcdn.up import up
+    from atcdn.cli.up import up
 
     up(data_dir=args.data_dir, origin_port=args.origin_port, edge_port=args.edge_port)
 
 
 def _control_settings():
-    from atcdn.settings import ControlSettings
+    from atcdn.core.settings import ControlSettings
 
     return ControlSettings()
 
@@ -66,7 +66,7 @@ def _print_json(value: object) -> None:
 
 
 def _register_edge(args: argparse.Namespace) -> None:
-    from atcdn.control import EdgeRecord, register_edge
+    from atcdn.control.route53 import EdgeRecord, register_edge
 
     edge = EdgeRecord(name=args.name, ipv4=args.ip, ipv6=args.ipv6, weight=args.weight,
                       latency_region=args.latency_region)
@@ -77,7 +77,7 @@ def _register_edge(args: argparse.Namespace) -> None:
 
 
 def _deregister_edge(args: argparse.Namespace) -> None:
-    from atcdn.control import deregister_edge
+    from atcdn.control.route53 import deregister_edge
 
     removed = deregister_edge(args.name, _control_settings())
     _print_json({"edge": args.name, "records_removed": removed})
@@ -86,14 +86,14 @@ def _deregister_edge(args: argparse.Namespace) -> None:
 
 
 def _list_edges(args: argparse.Namespace) -> None:
-    from atcdn.control import edge_records
+    from atcdn.control.route53 import edge_records
 
     for record in edge_records(_control_settings()):
         _print_json(record)
 
 
 def _publish(args: argparse.Namespace) -> None:
-    from atcdn.takedowns import Feed
+    from atcdn.core.feed import Feed
 
     feed = Feed(_control_settings())
     try:
@@ -104,14 +104,14 @@ def _publish(args: argparse.Namespace) -> None:
 
 
 def _feed(args: argparse.Namespace) -> None:
-    from atcdn.takedowns import Feed
+    from atcdn.core.feed import Feed
 
     for event in Feed(_control_settings()).events(after=args.after):
         _print_json(event.as_dict())
 
 
 def _init_feed(args: argparse.Namespace) -> None:
-    from atcdn.takedowns import Feed
+    from atcdn.core.feed import Feed
 
     feed = Feed(_control_settings())
     feed.ensure_table()

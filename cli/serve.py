@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from atcdn.settings import Server
+from atcdn.core.settings import Server
 
 
 def run(target: str, *, host: str, port: int, workers: int, server: Server) -> None:

@@ -110,7 +110,7 @@ atcdn is up.  Origin: {origin_url}   (write token in {token_file})
   curl -s -X POST -H "Authorization: Bearer $TOKEN" --data-binary @photo.jpg {origin_url}/blob
 
   # store a file under the CID you computed, recording the DID that references it:
-  CID=$({sys.executable} -c 'import sys; from origin.cid import compute; print(compute(open(sys.argv[1], "rb").read()))' photo.jpg)
+  CID=$({sys.executable} -c 'import sys; from atcdn.core.cid import compute; print(compute(open(sys.argv[1], "rb").read()))' photo.jpg)
   curl -s -X PUT -H "Authorization: Bearer $TOKEN" --data-binary @photo.jpg "{origin_url}/blob/$CID?did={SAMPLE_DID}"
 
   # fetch it back (whole, a range, or as a PDS would serve it):

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.servers import Process, free_port
+from tests.helpers.servers import Process, free_port
 
 ACCESS_KEY = "atcdn-test"
 SECRET_KEY = "atcdn-test-secret"

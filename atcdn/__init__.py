@@ -1,1 +1,0 @@
-"""atcdn: a media CDN for the AT Protocol."""

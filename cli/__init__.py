@@ -1,0 +1,1 @@
+"""The top layer: the ``atcdn`` command, ``atcdn up`` and the server runner."""

@@ -1,0 +1,1 @@
+"""What the tests share: real processes, stand-ins, generated media."""
