@@ -49,9 +49,9 @@ sys.path.insert(0, str(ROOT))
 
 import h11  # httpx's own HTTP/1.1 parser
 import httpx
+from atcdn.core.cid import compute
 from PIL import Image
 
-from atcdn.core.cid import compute
 from tests.helpers.servers import Process, atcdn, free_port
 
 DID = "did:plc:benchbenchbenchbenchbenc"

@@ -28,10 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
-
 from atcdn.edge.image import PIPELINE, copy_compliant_jpeg, render  # noqa: E402
 from atcdn.edge.presets import DEFAULT_PRESETS  # noqa: E402
+from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
 
 NODE_DIR = ROOT / "bench" / "node"
 WORK = ROOT / "bench" / "results" / "images"

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from atcdn.core.cid import compute
+
 from tests.helpers.servers import Process, atcdn, free_port
 
 TOKEN = "bench-token"

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from atcdn.edge import hls  # noqa: E402
+
 from tests.helpers.watch import WatchServer  # noqa: E402
 
 

@@ -39,8 +39,8 @@ def _edge_serve(args: argparse.Namespace) -> None:
     _export("ATCDN_EDGE_", args,
             ["host", "port", "origin", "cache_dir", "cache_size", "workers", "server"])
     settings = EdgeSettings()
-    from atcdn.origin.metrics import prepare_multiprocess_dir
     from atcdn.edge.takedown import Node
+    from atcdn.origin.metrics import prepare_multiprocess_dir
 
     prepare_multiprocess_dir(Node(settings.cache_dir).metrics_dir)  # before any worker starts
     run("atcdn.edge.app:create_app", host=settings.host, port=settings.port,

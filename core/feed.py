@@ -22,12 +22,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from filelock import FileLock
-
-from atcdn.core.aws import client
-from atcdn.core.settings import ControlSettings
 from atcdn.core import cid as cids
 from atcdn.core import did as dids
+from atcdn.core.aws import client
+from atcdn.core.settings import ControlSettings
+from filelock import FileLock
 
 log = logging.getLogger("atcdn.takedowns")
 

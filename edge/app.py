@@ -19,19 +19,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
-
-from atcdn.core.settings import EdgeSettings
+from atcdn.core.errors import EdgeError
 from atcdn.core.feed import Event as FeedEvent
 from atcdn.core.feed import start_follower
+from atcdn.core.files import write_atomic
+from atcdn.core.mime import SNIFF_BYTES, sniff
+from atcdn.core.settings import EdgeSettings
 from atcdn.edge import urls
 from atcdn.edge.cache import DiskTier, Entry, MemoryTier, make_entry
-from atcdn.core.errors import EdgeError
-from atcdn.core.files import write_atomic
 from atcdn.edge.fetch import Fetcher
 from atcdn.edge.flight import SingleFlight
 from atcdn.edge.metrics import Metrics, use_dir
@@ -41,7 +36,11 @@ from atcdn.edge.takedown import SETTLE, Node, Takedowns, purge_disk, takedown
 from atcdn.edge.transform import MediaError, transform
 from atcdn.edge.transform import shutdown as stop_transforms
 from atcdn.edge.watch import watch_routes
-from atcdn.core.mime import SNIFF_BYTES, sniff
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger("atcdn.edge")
 Value = bytes | str  # a disk-tier value: small bytes, or the path of a file

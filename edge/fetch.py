@@ -4,84 +4,31 @@ Every byte is hashed while it streams to a temporary file; only a file whose sha
 matches the CID is ever returned, so nothing unverified can be transformed, cached or
 served. A mismatch is counted, logged and answered 502.
 
-The origin is the operator's own service. Everything reached through a DID document (the
-PLC directory, did:web hosts, PDSes) is the open internet: unless private networks are
-allowed, those fetches are https only and connect only to public unicast addresses,
-checked on the address actually connected to (after DNS), on every redirect hop.
+The origin is the operator's own service; everything reached through a DID document goes
+through the SSRF guard (``atcdn.core.ssrf``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
-import socket
 import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import anyio
-import httpcore
 import httpx
-
-from atcdn.core.settings import EdgeSettings
-from atcdn.core.errors import BlockedAddress, EdgeError
-from atcdn.edge.metrics import Metrics
-from atcdn.edge.resolver import Resolver
 from atcdn.core.cid import Verifier
+from atcdn.core.errors import BlockedAddress, EdgeError
+from atcdn.core.resolver import Resolver
+from atcdn.core.settings import EdgeSettings
+from atcdn.core.ssrf import public_client
+from atcdn.edge.metrics import Metrics
 
 log = logging.getLogger("atcdn.edge")
 RETRYABLE = (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
-
-
-def is_public_address(ip: str) -> bool:
-    """True for a global unicast address (pure): no loopback, private, link-local,
-    shared (CGNAT), multicast, reserved or unspecified ranges, also inside IPv6."""
-    address = ipaddress.ip_address(ip)
-    if isinstance(address, ipaddress.IPv6Address):
-        embedded = address.ipv4_mapped or address.sixtofour or (
-            address.teredo[1] if address.teredo else None)
-        if embedded is not None and not is_public_address(str(embedded)):
-            return False
-    return address.is_global and not address.is_multicast
-
-
-class PublicOnlyBackend(httpcore.AsyncNetworkBackend):
-    """Resolve the host, refuse unless every address is public, connect by address.
-
-    Connecting to the checked address (TLS still verifies the original name: httpcore
-    passes it as server_hostname) leaves no gap for DNS rebinding.
-    """
-
-    def __init__(self) -> None:
-        self._inner = httpcore.AnyIOBackend()
-
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                          local_address: str | None = None,
-                          socket_options: Any = None) -> httpcore.AsyncNetworkStream:
-        with anyio.fail_after(timeout):
-            infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        addresses = [str(info[4][0]) for info in infos]
-        refused = [a for a in addresses if not is_public_address(a)]
-        if not addresses or refused:
-            raise BlockedAddress(f"{host} resolves to a non-public address {refused}")
-        return await self._inner.connect_tcp(addresses[0], port, timeout, local_address,
-                                             socket_options)
-
-    async def connect_unix_socket(self, *args: Any, **kwargs: Any) -> Any:
-        raise BlockedAddress("unix sockets are not fetched")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
-async def _https_only(request: httpx.Request) -> None:
-    if request.url.scheme != "https":
-        raise BlockedAddress(f"refusing {request.url.scheme} URL {request.url}")
 
 
 def _timeout(settings: EdgeSettings) -> httpx.Timeout:
@@ -91,19 +38,6 @@ def _timeout(settings: EdgeSettings) -> httpx.Timeout:
 def origin_client(settings: EdgeSettings) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=settings.origin.rstrip("/"), timeout=_timeout(settings),
                              trust_env=False, limits=httpx.Limits(max_connections=64))
-
-
-def public_client(settings: EdgeSettings) -> httpx.AsyncClient:
-    """The client for the open internet (DID documents, PDSes), with the SSRF guard."""
-    kwargs: dict[str, Any] = {}
-    if not settings.allow_private_networks:
-        transport = httpx.AsyncHTTPTransport()
-        # httpx exposes no network-backend option; httpcore's pool takes one.
-        transport._pool._network_backend = PublicOnlyBackend()
-        kwargs = {"transport": transport, "event_hooks": {"request": [_https_only]}}
-    return httpx.AsyncClient(timeout=_timeout(settings), trust_env=False,
-                             follow_redirects=True, max_redirects=settings.max_redirects,
-                             headers={"user-agent": "atcdn-edge"}, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -121,7 +55,9 @@ class Fetcher:
         tmp_dir.mkdir(parents=True, exist_ok=True)
         _remove_stale(tmp_dir)
         self.origin = origin_client(settings)
-        self.public = public_client(settings)
+        self.public = public_client(
+            allow_private_networks=settings.allow_private_networks, timeout=_timeout(settings),
+            max_redirects=settings.max_redirects, user_agent="atcdn-edge")
         self.resolver = Resolver(self.public, settings.plc_url)
         self._handoffs: set[asyncio.Task] = set()
 

@@ -21,10 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from PIL import Image, ImageCms
-
 from atcdn.core.errors import EdgeError
 from atcdn.edge.presets import Format, Preset
+from PIL import Image, ImageCms
 
 try:  # HEIC/HEIF decoding; AVIF is Pillow's own (Pillow >= 11.3).
     import pillow_heif

@@ -16,7 +16,6 @@ import functools
 import os
 from pathlib import Path
 
-
 FLUSH_EVERY = 1.0
 
 

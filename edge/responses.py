@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 import os
 
+from atcdn.core.ranges import RangeNotSatisfiable, etag_matches, parse_range
+from atcdn.edge.cache import IMMUTABLE, Entry, Headers
 from starlette.responses import FileResponse
 from starlette.types import Receive, Scope, Send
-
-from atcdn.edge.cache import IMMUTABLE, Entry, Headers
-from atcdn.core.ranges import RangeNotSatisfiable, etag_matches, parse_range
 
 JSON = b"application/json"
 VARY_ACCEPT = (b"vary", b"Accept")

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import diskcache
-
 from atcdn.core.settings import EdgeSettings
 from atcdn.edge.cache import DiskTier
 

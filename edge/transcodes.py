@@ -28,13 +28,19 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
+from atcdn.core.files import write_json
+from atcdn.core.settings import EdgeSettings
+from atcdn.edge import video
+from atcdn.edge.video import (
+    DONE_NAME,
+    ERROR_NAME,
+    LOCK_NAME,
+    STATE_NAME,
+    Limits,
+    VideoError,
+)
 from filelock import FileLock, Timeout
 from prometheus_client import Counter, Gauge
-
-from atcdn.core.settings import EdgeSettings
-from atcdn.core.files import write_json
-from atcdn.edge import video
-from atcdn.edge.video import DONE_NAME, ERROR_NAME, LOCK_NAME, STATE_NAME, Limits, VideoError
 
 STARTED = Counter("atcdn_video_transcodes_started", "Video transcodes started")
 FINISHED = Counter("atcdn_video_transcodes_finished", "Video transcodes finished")

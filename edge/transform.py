@@ -30,10 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pebble import ProcessExpired, ProcessPool
-
 from atcdn.edge.image import ImageLimits, MediaError, render
 from atcdn.edge.presets import CONTENT_TYPES, Format, Preset
+from pebble import ProcessExpired, ProcessPool
 
 __all__ = ["MediaError", "Rendered", "Transformer", "configure", "shutdown", "transform"]
 

@@ -13,9 +13,9 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from atcdn.edge.presets import FORMATS, Format, Preset
 from atcdn.core import cid as cids
 from atcdn.core import did as dids
+from atcdn.edge.presets import FORMATS, Format, Preset
 
 
 class UrlError(ValueError):

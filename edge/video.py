@@ -34,12 +34,11 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+from atcdn.core.files import write_atomic, write_json
+from atcdn.edge import hls
 from av.audio.frame import AudioFrame
 from av.video.frame import PictureType, VideoFrame
 from filelock import FileLock, Timeout
-
-from atcdn.core.files import write_atomic, write_json
-from atcdn.edge import hls
 
 VIDEO_TIME_BASE = Fraction(1, 90_000)
 AUDIO_RATE = 48_000

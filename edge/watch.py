@@ -18,16 +18,15 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from atcdn.core.files import write_atomic
+from atcdn.core.settings import EdgeSettings
+from atcdn.edge import hls, urls
+from atcdn.edge.transcodes import Busy, Transcodes
+from atcdn.edge.video import META_NAME, THUMBNAIL_NAME
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
-
-from atcdn.core.settings import EdgeSettings
-from atcdn.edge import hls, urls
-from atcdn.edge.transcodes import Busy, Transcodes
-from atcdn.core.files import write_atomic
-from atcdn.edge.video import META_NAME, THUMBNAIL_NAME
 
 GetSource = Callable[[str, str], Awaitable[Path]]
 

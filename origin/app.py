@@ -11,22 +11,21 @@ import contextlib
 import hmac
 from collections.abc import AsyncIterator
 
+from atcdn.core import cid as cids
+from atcdn.core import did as dids
+from atcdn.core.feed import Event, start_follower
+from atcdn.core.mime import is_active, sniff
+from atcdn.core.ranges import RangeNotSatisfiable, etag_matches, parse_range
+from atcdn.core.settings import OriginSettings
+from atcdn.origin.index import BlobMeta, Index
+from atcdn.origin.metrics import Metrics, MetricsMiddleware
+from atcdn.origin.store import BlobStore, Staging, open_store
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Lifespan
-
-from atcdn.core.settings import OriginSettings
-from atcdn.core.feed import Event, start_follower
-from atcdn.core import cid as cids
-from atcdn.core import did as dids
-from atcdn.origin.index import BlobMeta, Index
-from atcdn.origin.metrics import Metrics, MetricsMiddleware
-from atcdn.core.mime import is_active, sniff
-from atcdn.core.ranges import RangeNotSatisfiable, etag_matches, parse_range
-from atcdn.origin.store import BlobStore, Staging, open_store
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 SANDBOX = "default-src 'none'; sandbox"

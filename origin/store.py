@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio.to_thread
-
 from atcdn.core.cid import Verifier
 from atcdn.core.mime import SNIFF_BYTES
 

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.env import CORPUS, need, need_tool
-from tests.helpers.nodes import Edge, Upstream, running_origin, start_edge, start_upstream
+from tests.helpers.nodes import (
+    Edge,
+    Upstream,
+    running_origin,
+    start_edge,
+    start_upstream,
+)
 from tests.helpers.servers import Process, free_port
 
 

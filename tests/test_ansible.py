@@ -30,9 +30,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from atcdn.core import cid as cids
 from PIL import Image
 
-from atcdn.core import cid as cids
 from tests.helpers.env import ROOT, need, need_tool
 from tests.helpers.servers import free_port
 

@@ -16,13 +16,12 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-
-from atcdn.edge.presets import CONTENT_TYPES, FORMATS
 from atcdn.core.cid import compute
+from atcdn.edge.presets import CONTENT_TYPES, FORMATS
+
 from tests.helpers.env import TOKEN, need_tool
-from tests.helpers.nodes import start_edge
+from tests.helpers.nodes import Origin, start_edge
 from tests.helpers.npm import npm_package
-from tests.helpers.nodes import Origin
 from tests.helpers.sample_images import PRESETS, SAMPLES
 from tests.helpers.servers import static_server
 

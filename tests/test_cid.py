@@ -5,11 +5,10 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from atcdn.core import cid
 from hypothesis import given
 from hypothesis import strategies as st
 from multiformats import CID
-
-from atcdn.core import cid
 
 KNOWN = "bafkreiepinbumzepnoln7co5vea4kf3lcctnqolb3u6bvsellgznymt2uq"  # sha256(b"hi")
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import boto3
 import pytest
-
-from atcdn.core.settings import ControlSettings
-from atcdn.core.feed import Feed, Follower
 from atcdn.core import cid as cids
+from atcdn.core.feed import Feed, Follower
+from atcdn.core.settings import ControlSettings
+
 from tests.helpers.env import ROOT
 from tests.helpers.servers import atcdn
 

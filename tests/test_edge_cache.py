@@ -4,18 +4,17 @@ origin is down, the disk tier across restarts, corrupt upstreams, takedowns and 
 from __future__ import annotations
 
 import asyncio
-import io
 from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
-
 from atcdn.core.settings import EdgeSettings
 from atcdn.edge.takedown import purge
+
 from tests.helpers.env import TOKEN
 from tests.helpers.nodes import Upstream, start_upstream
 from tests.helpers.pictures import DID, herd, photo
+
 
 @pytest.mark.parametrize("server", ["granian", "uvicorn"])
 def test_herd_costs_one_fetch_and_one_transform(upstream: Upstream, edge_factory,

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from atcdn.core.settings import EdgeSettings
-from atcdn.core.errors import EdgeError
-from atcdn.edge.fetch import public_client
-from atcdn.edge.resolver import Resolver
 from atcdn.core.cid import compute
+from atcdn.core.errors import EdgeError
+from atcdn.core.resolver import Resolver
+from atcdn.core.ssrf import public_client
+
 from tests.helpers.nodes import start_upstream
 
 DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
@@ -112,10 +111,8 @@ def test_ssrf_guard_refuses_loopback_did_web(world, edge_factory) -> None:
 
 def test_guarded_client_checks_the_resolved_address() -> None:
     """https to a name that resolves to loopback is refused at connect time."""
-    settings = EdgeSettings(allow_private_networks=False)
-
     async def resolve() -> None:
-        client = public_client(settings)
+        client = public_client(allow_private_networks=False, timeout=httpx.Timeout(5.0))
         try:
             await Resolver(client, "https://localhost:1").pds(DID)
         finally:

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from atcdn.edge.presets import DEFAULT_PRESETS
 from PIL import Image, features
 
-from atcdn.edge.presets import DEFAULT_PRESETS
 from tests.helpers.nodes import Edge, Upstream, start_edge, start_upstream
 
 DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
@@ -227,6 +227,7 @@ def test_other_methods_and_paths(edge: Edge, source: str) -> None:
 def test_through_the_real_origin(origin: str, edge_factory) -> None:
     """The real origin process behind an edge: push, then read through the edge."""
     from atcdn.core.cid import compute
+
     from tests.helpers.env import TOKEN
 
     data = photo(800, 600)

@@ -12,12 +12,20 @@ import zlib
 from collections.abc import Iterator
 
 import pytest
-from PIL import Image, ImageChops, ImageCms
-
 from atcdn.edge.image import ImageLimits, MediaError, plan, render, sniff, strip_jpeg
 from atcdn.edge.presets import DEFAULT_PRESETS, Preset
 from atcdn.edge.transform import PoolSettings, Rendered, Transformer
-from tests.helpers.pictures import BLUE, RED, assert_no_metadata, decode, encode, marked, worker_memory
+from PIL import Image, ImageChops, ImageCms
+
+from tests.helpers.pictures import (
+    BLUE,
+    RED,
+    assert_no_metadata,
+    decode,
+    encode,
+    marked,
+    worker_memory,
+)
 
 P = DEFAULT_PRESETS
 GREEN, WHITE = (0, 255, 0), (255, 255, 255)

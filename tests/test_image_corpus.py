@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageChops, ImageOps
-
 from atcdn.edge.image import ImageLimits, MediaError, render
 from atcdn.edge.presets import DEFAULT_PRESETS, Preset
 from atcdn.edge.transform import PoolSettings, Transformer
+from PIL import Image, ImageChops, ImageOps
+
 from tests.helpers.env import CORPUS, corpus_files
 from tests.helpers.pictures import assert_no_metadata, decode, marked, worker_memory
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import io
 
 import pytest
-from PIL import Image
-
 from atcdn.core.mime import OCTET_STREAM, is_active, sniff
+from PIL import Image
 
 
 def image_bytes(fmt: str) -> bytes:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import os
 import random
-import string
 import signal
+import string
 import threading
 import time
 from collections.abc import Iterator
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from atcdn.core.cid import compute
 from PIL import Image
 
-from atcdn.core.cid import compute
 from tests.helpers.env import TOKEN
 from tests.helpers.nodes import Origin, running_origin
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from atcdn.core.cid import compute
 from atcdn.core.mime import sniff
+
 from tests.helpers.env import CORPUS, TOKEN, corpus_files
 from tests.helpers.nodes import running_origin
 

@@ -15,13 +15,20 @@ from pathlib import Path
 
 import httpx
 import pytest
+from atcdn.core import cid as cids
 from PIL import Image
 
-from atcdn.core import cid as cids
-from tests.helpers.nodes import start_edge
+from tests.helpers.nodes import Origin, start_edge
 from tests.helpers.npm import npm_package
-from tests.helpers.nodes import Origin
-from tests.helpers.sample_images import ALPHA, BLUE, PHOTO, PRESETS, RED, SAMPLES, Sample
+from tests.helpers.sample_images import (
+    ALPHA,
+    BLUE,
+    PHOTO,
+    PRESETS,
+    RED,
+    SAMPLES,
+    Sample,
+)
 from tests.helpers.servers import Process
 
 # The first run installs tests/pds from its lockfile (compiling better-sqlite3): minutes.

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import anyio
 import pytest
-
-from atcdn.core.settings import OriginSettings
 from atcdn.core.cid import compute
+from atcdn.core.settings import OriginSettings
 from atcdn.origin.store import BlobStore, FileStore, open_store, sweep
 
 

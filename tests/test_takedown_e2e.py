@@ -17,12 +17,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from atcdn.core import cid as cids
 from PIL import Image
 
-from atcdn.core import cid as cids
 from tests.helpers.env import ROOT, TOKEN
-from tests.helpers.nodes import Edge, start_edge
-from tests.helpers.nodes import Origin
+from tests.helpers.nodes import Edge, Origin, start_edge
 from tests.helpers.servers import atcdn
 
 DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import httpx
+from atcdn.core.cid import compute
 from PIL import Image
 
-from atcdn.core.cid import compute
 from tests.helpers.env import ROOT
 from tests.helpers.servers import Process, atcdn, free_port
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import pytest
-
-from atcdn.edge import urls
-from atcdn.edge.fetch import is_public_address
-from atcdn.edge.presets import DEFAULT_PRESETS
-from atcdn.edge.resolver import document_url, pds_endpoint
-from atcdn.edge.responses import blob_type
 from atcdn.core import did as dids
 from atcdn.core.cid import compute
 from atcdn.core.ranges import RangeNotSatisfiable, etag_matches, parse_range
+from atcdn.core.resolver import document_url, pds_endpoint
+from atcdn.core.ssrf import is_public_address
+from atcdn.edge import urls
+from atcdn.edge.presets import DEFAULT_PRESETS
+from atcdn.edge.responses import blob_type
 
 CID = compute(b"hello")
 PLC = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"

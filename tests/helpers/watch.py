@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-
 from atcdn.core.cid import compute
+
 from tests.helpers.env import TOKEN
-from tests.helpers.nodes import Edge, start_edge
-from tests.helpers.nodes import Origin
+from tests.helpers.nodes import Edge, Origin, start_edge
 from tests.helpers.servers import static_server
 
 DID = "did:plc:" + "a" * 24

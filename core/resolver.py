@@ -12,9 +12,8 @@ import time
 from typing import Any
 
 import httpx
-
-from atcdn.core.errors import BlockedAddress, EdgeError
 from atcdn.core.did import web_host
+from atcdn.core.errors import BlockedAddress, EdgeError
 
 STALE_AFTER = 3600.0
 EXPIRE_AFTER = 24 * 3600.0
