@@ -25,7 +25,8 @@ def _origin_serve(args: argparse.Namespace) -> None:
     from atcdn.core.settings import OriginSettings
     from atcdn.origin.metrics import prepare_multiprocess_dir
 
-    _export("ATCDN_ORIGIN_", args, ["host", "port", "data_dir", "workers", "server"])
+    _export("ATCDN_ORIGIN_", args,
+            ["host", "port", "data_dir", "workers", "server", "store", "pds_blobstore"])
     settings = OriginSettings()
     prepare_multiprocess_dir(settings.data_dir / "metrics")  # before workers import prometheus_client
     run("atcdn.origin.app:create_app", host=settings.host, port=settings.port,
@@ -167,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir")
     serve.add_argument("--workers", type=int)
     serve.add_argument("--server", choices=["granian", "uvicorn"])
+    serve.add_argument("--store", choices=["fs", "s3", "pds-disk", "pds-s3"],
+                       help="where blobs live (default fs; ATCDN_ORIGIN_STORE); pds-disk and"
+                            " pds-s3 serve a PDS's own blobstore read-only (docs/adopt.md)")
+    serve.add_argument("--pds-blobstore", metavar="DIR",
+                       help="pds-disk: the PDS's PDS_BLOBSTORE_DISK_LOCATION, e.g. /pds/blocks"
+                            " (ATCDN_ORIGIN_PDS_BLOBSTORE)")
     serve.set_defaults(func=_origin_serve)
 
     edge = roles.add_parser("edge", help="an edge cache node")

@@ -61,6 +61,8 @@ def run_seaweed(weed: str, workdir: Path, timeout: float = 60.0) -> Iterator[Sea
         "-filer", "-filer.port", str(filer), "-filer.port.grpc", str(filer_grpc),
         "-s3", "-s3.port", str(s3), "-s3.port.grpc", str(s3_grpc),
         "-metricsPort", str(metrics), "-iam=false",
+        # No Iceberg/Lance listeners: their fixed default ports clash between test runs.
+        "-s3.port.iceberg", "0", "-s3.port.lance", "0",
     ]
     proc = Process(argv, log=workdir / "weed.log", cwd=workdir)
     endpoint = f"http://127.0.0.1:{s3}"
