@@ -22,7 +22,6 @@ import fcntl
 import hashlib
 import logging
 import os
-import sqlite3
 import stat
 import threading
 import time
@@ -33,6 +32,7 @@ from typing import Any
 import anyio.to_thread
 from atcdn.core import cid as cids
 from atcdn.core import did as dids
+from atcdn.origin.database import Database
 from atcdn.origin.store import CHUNK, BlobStore, FileStore, S3Store, Staging
 
 log = logging.getLogger("atcdn.adopted")
@@ -66,35 +66,11 @@ CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value REAL NOT NULL);
 """
 
 
-class Holdings:
-    """Which accounts hold which blob, and which copies the PDS quarantined (SQLite).
-
-    Point look-ups are indexed (tens of microseconds) and run inline, as in the index.
-    """
+class Holdings(Database):
+    """Which accounts hold which blob, and which copies the PDS quarantined (SQLite)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute("PRAGMA busy_timeout = 30000")
-        for attempt in range(50):  # several workers start at once: WAL switch retries
-            try:
-                self._db.execute("PRAGMA journal_mode = WAL")
-                self._db.executescript(SCHEMA)
-                break
-            except sqlite3.OperationalError:
-                if attempt == 49:
-                    raise
-                time.sleep(0.1)
-        self._db.execute("PRAGMA synchronous = NORMAL")
-
-    def close(self) -> None:
-        self._db.close()
-
-    def _run(self, sql: str, params: tuple = ()) -> list[tuple]:
-        with self._lock:
-            return self._db.execute(sql, params).fetchall()
+        super().__init__(path, SCHEMA)
 
     def _write(self, *steps: tuple[str, list[tuple]]) -> None:
         with self._lock:
@@ -147,10 +123,11 @@ class Holdings:
     def count(self) -> int:
         return self._run("SELECT COUNT(*) FROM held")[0][0]
 
-    def stamp(self, key: str) -> None:
-        self._run("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, time.time()))
+    def note(self, key: str, value: float) -> None:
+        """Keep a fact for /health (a time, a count): cheap to read from any worker."""
+        self._run("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, value))
 
-    def stamped(self, key: str) -> float | None:
+    def noted(self, key: str) -> float | None:
         rows = self._run("SELECT value FROM state WHERE key = ?", (key,))
         return rows[0][0] if rows else None
 
@@ -273,17 +250,17 @@ class Scanner(threading.Thread):
         self.report = report
         self.scan_interval = scan_interval
         self.rescan_interval = rescan_interval
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self._lock_fd: int | None = None
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
     def run(self) -> None:
         holdings = Holdings(self.holdings_path)
         next_rescan = 0.0
         try:
-            while not self._stop.is_set():
+            while not self._stopping.is_set():
                 if self._lead():
                     try:
                         # Quarantine first: a listing never re-adds a quarantined copy.
@@ -293,7 +270,7 @@ class Scanner(threading.Thread):
                             next_rescan = time.monotonic() + self.rescan_interval
                     except Exception:  # noqa: BLE001 - a failing store is retried next round
                         log.exception("scanning the PDS blobstore failed")
-                self._stop.wait(self.scan_interval)
+                self._stopping.wait(self.scan_interval)
         finally:
             holdings.close()
             if self._lock_fd is not None:
@@ -324,7 +301,7 @@ class Scanner(threading.Thread):
             if (did, cid) in back:
                 holdings.add(did, cid)
             self._tell(did, cid, False)
-        holdings.stamp("quarantine_scan")
+        holdings.note("quarantine_looked", time.time())
 
     def rescan(self, holdings: Holdings) -> None:
         started = time.monotonic()
@@ -332,13 +309,15 @@ class Scanner(threading.Thread):
         for did, found in self.layout.accounts():
             seen.add(did)
             holdings.sync_account(did, found)
-            if self._stop.is_set():
+            if self._stopping.is_set():
                 return
         for did in set(holdings.accounts()) - seen:
             holdings.sync_account(did, set())
-        holdings.stamp("full_scan")
+        blobs = holdings.count()
+        holdings.note("listed", time.time())
+        holdings.note("blobs", blobs)
         log.info("PDS blobstore listed: %d blobs of %d accounts in %.1fs",
-                 holdings.count(), len(seen), time.monotonic() - started)
+                 blobs, len(seen), time.monotonic() - started)
 
     def _tell(self, did: str, cid: str, taken_down: bool) -> None:
         try:
@@ -393,9 +372,10 @@ class Adopted:
             self.scanner.join(timeout=5)
 
     def status(self) -> dict:
-        return {"adopted": self.where, "blobs": self.holdings.count(),
-                "listed": self.holdings.stamped("full_scan"),
-                "quarantineLooked": self.holdings.stamped("quarantine_scan")}
+        noted = self.holdings.noted
+        blobs = noted("blobs")
+        return {"adopted": self.where, "blobs": None if blobs is None else int(blobs),
+                "listed": noted("listed"), "quarantineLooked": noted("quarantine_looked")}
 
 
 class PdsDiskStore(Adopted, FileStore):

@@ -221,10 +221,10 @@ class Origin:
         place where that becomes a takedown (or a restore) at this origin.
 
         A PDS takes down one account's copy: the (DID, CID) scope of DESIGN.md section 8,
-        which the index does not have yet. The CID scope stands in: stricter (other
-        accounts' copies stop too), never laxer; a restore waits until no account's copy
-        is quarantined. Edges hear of it only through a takedown feed the origin
-        publishes (not yet: see docs/adopt.md).
+        which this index does not have yet (with it: ``take_down(Target(did, cid))``). The
+        CID scope stands in: stricter (other accounts' copies stop too), never laxer; a
+        restore waits until no account's copy is quarantined. Edges hear of it through
+        the takedown feed the origin serves (not on this branch: see docs/adopt.md).
         """
         if taken_down:
             self.index.take_down(cid)
@@ -286,10 +286,8 @@ async def server_error(request: Request, exc: Exception) -> Response:
     return error_response(500, "InternalServerError", "unexpected error; see the server log")
 
 
-def follow_takedowns(origin: Origin, settings: OriginSettings) -> Lifespan[Starlette]:
-    """Apply the AWS takedown feed to the index while the app runs (if configured), and
-    run the store's background work (an adopted PDS blobstore's scanner)."""
-    index = origin.index
+def follow_takedowns(index: Index, settings: OriginSettings) -> Lifespan[Starlette]:
+    """Apply the AWS takedown feed to the index while the app runs (if configured)."""
 
     def apply(event: Event) -> None:
         subject = event.cid or event.did
@@ -302,11 +300,25 @@ def follow_takedowns(origin: Origin, settings: OriginSettings) -> Lifespan[Starl
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         follower = start_follower(apply, settings.data_dir / "takedown-position")
-        origin.store.start(origin.pds_blob_changed)
         yield
-        origin.store.stop()
         if follower is not None:
             follower.stop()
+
+    return lifespan
+
+
+def run_store(origin: Origin, inner: Lifespan[Starlette]) -> Lifespan[Starlette]:
+    """Run the store's background work (an adopted PDS blobstore's scanner) around
+    ``inner``."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        origin.store.start(origin.pds_blob_changed)
+        try:
+            async with inner(app):
+                yield
+        finally:
+            origin.store.stop()
 
     return lifespan
 
@@ -327,7 +339,8 @@ def create_app(settings: OriginSettings | None = None) -> Starlette:
         Route("/health", origin.health, methods=["GET", "HEAD"]),
         Route("/metrics", origin.metrics_text, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=follow_takedowns(origin, settings),
+    lifespan = run_store(origin, follow_takedowns(origin.index, settings))
+    app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={
                         ApiError: api_error, HTTPException: http_error, Exception: server_error})
     app.add_middleware(MetricsMiddleware, metrics=metrics)

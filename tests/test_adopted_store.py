@@ -5,6 +5,7 @@ here; tests/test_adopt_pds.py runs it against the reference PDS itself."""
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -207,3 +208,24 @@ def test_disk_symlinks_and_half_written_files_are_not_served(tmp_path: Path) -> 
 def test_pds_disk_needs_its_location(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="PDS_BLOBSTORE_DISK_LOCATION"):
         open_store(OriginSettings(data_dir=tmp_path, store="pds-disk"))
+
+
+def test_one_worker_scans_and_another_takes_over(tmp_path: Path) -> None:
+    root = tmp_path / "blocks"
+    (root / ALICE).mkdir(parents=True)
+    (root / ALICE / compute(BOBS)).write_bytes(BOBS)
+    store = open_store(OriginSettings(data_dir=tmp_path / "origin", store="pds-disk",
+                                      pds_blobstore=root))
+    first, second = Planted(store, None, None, None).scanner(), None
+    first.scan_interval = 0.05
+    first.start()
+    deadline = time.monotonic() + 10
+    while store.status()["blobs"] != 1:
+        assert time.monotonic() < deadline, "the scanner never listed the store"
+        time.sleep(0.05)
+    second = Planted(store, None, None, None).scanner()
+    assert not second._lead()  # the first worker holds the lock
+    first.stop()
+    first.join(5)
+    assert not first.is_alive()
+    assert second._lead()  # its lock is free again
