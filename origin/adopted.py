@@ -49,9 +49,18 @@ class ReadOnlyStore(Exception):
 
 def is_blob_path(did: str, cid: str) -> bool:
     """Whether two path parts name an account and a blob (nothing else is ever served)."""
+    if not _is_did(did):
+        return False
     try:
-        return dids.parse(did) == did and bool(cids.parse(cid))
-    except (dids.DIDError, cids.CIDError):
+        return bool(cids.parse(cid))
+    except cids.CIDError:
+        return False
+
+
+def _is_did(text: str) -> bool:
+    try:
+        return dids.parse(text) == text  # the canonical form only, as the PDS writes it
+    except dids.DIDError:
         return False
 
 
@@ -152,17 +161,18 @@ class DiskLayout:
     def exists(self, did: str, cid: str) -> bool:
         return self.find(did, cid) is not None
 
-    def accounts(self) -> Iterator[tuple[str, set[str]]]:
+    def accounts(self) -> Iterator[tuple[str, set[str] | None]]:
         return _tree(self.root)
 
     def quarantined(self) -> Iterator[Pair]:
         for did, found in _tree(self.root / "quarantine"):
-            for cid in found:
+            for cid in found or ():
                 yield did, cid
 
 
-def _tree(base: Path) -> Iterator[tuple[str, set[str]]]:
-    """(did, blob CIDs) for each account folder under ``base``; nothing else."""
+def _tree(base: Path) -> Iterator[tuple[str, set[str] | None]]:
+    """(did, blob CIDs) for each account folder under ``base``; nothing else. None for a
+    folder that could not be read this time (its holdings stay as they were)."""
     try:
         top = os.scandir(base)
     except FileNotFoundError:
@@ -178,16 +188,11 @@ def _tree(base: Path) -> Iterator[tuple[str, set[str]]]:
                         if entry.is_file(follow_symlinks=False) and is_blob_path(folder.name,
                                                                                   entry.name):
                             found.add(entry.name)
-            except OSError:
-                continue  # removed while we looked: the next listing knows
+            except OSError as exc:
+                log.warning("cannot list %s: %s", folder.path, exc)
+                yield folder.name, None
+                continue
             yield folder.name, found
-
-
-def _is_did(text: str) -> bool:
-    try:
-        return dids.parse(text) == text
-    except dids.DIDError:
-        return False
 
 
 class S3Layout:
@@ -212,7 +217,7 @@ class S3Layout:
                 return False
             raise
 
-    def accounts(self) -> Iterator[tuple[str, set[str]]]:
+    def accounts(self) -> Iterator[tuple[str, set[str] | None]]:
         """Listing pages of ``blocks/`` (1,000 keys each), one account at a time: keys are
         listed in order, so each account's keys come together."""
         did, found = None, set()
@@ -252,6 +257,7 @@ class Scanner(threading.Thread):
         self.rescan_interval = rescan_interval
         self._stopping = threading.Event()
         self._lock_fd: int | None = None
+        self._looked = 0.0  # monotonic time of the last look at quarantine/
 
     def stop(self) -> None:
         self._stopping.set()
@@ -302,15 +308,19 @@ class Scanner(threading.Thread):
                 holdings.add(did, cid)
             self._tell(did, cid, False)
         holdings.note("quarantine_looked", time.time())
+        self._looked = time.monotonic()
 
     def rescan(self, holdings: Holdings) -> None:
         started = time.monotonic()
         seen: set[str] = set()
         for did, found in self.layout.accounts():
             seen.add(did)
-            holdings.sync_account(did, found)
+            if found is not None:
+                holdings.sync_account(did, found)
             if self._stopping.is_set():
                 return
+            if time.monotonic() - self._looked >= self.scan_interval:
+                self.look_at_quarantine(holdings)  # a long listing keeps the 30 s bound
         for did in set(holdings.accounts()) - seen:
             holdings.sync_account(did, set())
         blobs = holdings.count()

@@ -229,3 +229,31 @@ def test_one_worker_scans_and_another_takes_over(tmp_path: Path) -> None:
     first.join(5)
     assert not first.is_alive()
     assert second._lead()  # its lock is free again
+
+
+def test_a_long_listing_still_looks_at_quarantine(tmp_path: Path) -> None:
+    """Listing a big PDS takes minutes; takedowns must not wait for it to end."""
+    root = tmp_path / "blocks"
+    cid = compute(BOBS)
+    for did in (ALICE, BOB):
+        (root / did).mkdir(parents=True)
+        (root / did / cid).write_bytes(BOBS)
+    store = open_store(OriginSettings(data_dir=tmp_path / "origin", store="pds-disk",
+                                      pds_blobstore=root))
+    planted = Planted(store, None, None, None)
+    scanner = planted.scanner()
+    scanner.scan_interval = 0.0
+    listing = scanner.layout.accounts
+
+    def slow_listing():
+        for n, account in enumerate(listing()):
+            yield account
+            if n == 0:  # the PDS takes a blob down while the listing goes on
+                (root / "quarantine" / ALICE).mkdir(parents=True)
+                os.rename(root / ALICE / cid, root / "quarantine" / ALICE / cid)
+
+    scanner.layout.accounts = slow_listing  # type: ignore[method-assign]
+    holdings = Holdings(tmp_path / "origin" / "pds-holdings.sqlite")
+    scanner.rescan(holdings)
+    assert planted.reports == [(ALICE, cid, True)]
+    assert store.holders(cid) == [BOB]
