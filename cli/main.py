@@ -162,29 +162,40 @@ def build_parser() -> argparse.ArgumentParser:
     origin = roles.add_parser("origin", help="the content-addressed blob store")
     origin_cmds = origin.add_subparsers(dest="command", required=True)
     serve = origin_cmds.add_parser("serve", help="run the origin HTTP API")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--data-dir")
-    serve.add_argument("--workers", type=int)
-    serve.add_argument("--server", choices=["granian", "uvicorn"])
+    serve.add_argument("--host", help="listen address (ATCDN_ORIGIN_HOST; default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (ATCDN_ORIGIN_PORT; default 8100)")
+    serve.add_argument("--data-dir", help="blobs, index, metrics (ATCDN_ORIGIN_DATA_DIR;"
+                                          " default atcdn-data/origin)")
+    serve.add_argument("--workers", type=int,
+                       help="server processes (ATCDN_ORIGIN_WORKERS; default 1)")
+    serve.add_argument("--server", choices=["uvicorn", "granian"],
+                       help="ASGI server (ATCDN_ORIGIN_SERVER; default uvicorn)")
     serve.set_defaults(func=_origin_serve)
 
     edge = roles.add_parser("edge", help="an edge cache node")
     edge_cmds = edge.add_subparsers(dest="command", required=True)
     serve = edge_cmds.add_parser("serve", help="run the edge HTTP server")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--origin", help="origin base URL")
-    serve.add_argument("--cache-dir")
-    serve.add_argument("--cache-size", type=int, help="disk cache budget in bytes")
-    serve.add_argument("--workers", type=int)
-    serve.add_argument("--server", choices=["granian", "uvicorn"])
+    serve.add_argument("--host", help="listen address (ATCDN_EDGE_HOST; default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (ATCDN_EDGE_PORT; default 8200)")
+    serve.add_argument("--origin", help="origin base URL (ATCDN_EDGE_ORIGIN;"
+                                        " default http://127.0.0.1:8100)")
+    serve.add_argument("--cache-dir", help="disk tier, locks, takedowns, metrics"
+                                           " (ATCDN_EDGE_CACHE_DIR; default atcdn-data/edge)")
+    serve.add_argument("--cache-size", type=int, help="disk cache budget in bytes"
+                                                      " (ATCDN_EDGE_CACHE_SIZE; default 10 GiB)")
+    serve.add_argument("--workers", type=int,
+                       help="server processes (ATCDN_EDGE_WORKERS; default 2)")
+    serve.add_argument("--server", choices=["uvicorn", "granian"],
+                       help="ASGI server (ATCDN_EDGE_SERVER; default uvicorn)")
     serve.set_defaults(func=_edge_serve)
 
     up_cmd = roles.add_parser("up", help="run the whole CDN on localhost with embedded defaults")
-    up_cmd.add_argument("--data-dir", default="atcdn-data")
-    up_cmd.add_argument("--origin-port", type=int, default=8100)
-    up_cmd.add_argument("--edge-port", type=int, default=8200)
+    up_cmd.add_argument("--data-dir", default="atcdn-data",
+                        help="origin data, edge cache, token and logs (default atcdn-data)")
+    up_cmd.add_argument("--origin-port", type=int, default=8100,
+                        help="the origin's port on 127.0.0.1 (default 8100)")
+    up_cmd.add_argument("--edge-port", type=int, default=8200,
+                        help="the edge's port on 127.0.0.1 (default 8200)")
     up_cmd.set_defaults(func=_up)
 
     _add_control(roles)

@@ -1,4 +1,4 @@
-"""Run an ASGI app factory under granian (default) or uvicorn."""
+"""Run an ASGI app factory under uvicorn (the default) or granian."""
 
 from __future__ import annotations
 

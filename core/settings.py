@@ -2,7 +2,7 @@
 
 Every field is read from an ``ATCDN_*`` environment variable; the CLI turns its flags
 into those variables before a server starts, so every worker process of a server sees
-the same configuration. The README lists every variable.
+the same configuration. docs/configuration.md lists every variable.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from atcdn.core.limits import FetchLimits, ImageLimits, VideoLimits, WorkerLimit
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-Server = Literal["granian", "uvicorn"]
+# uvicorn (with uvloop and httptools) is the default: it beat granian on every cache hit
+# in issue 8's side-by-side run (docs/benchmarks.md). granian stays selectable.
+Server = Literal["uvicorn", "granian"]
 
 
 class OriginSettings(BaseSettings):
@@ -25,7 +27,7 @@ class OriginSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8100
     workers: int = 1
-    server: Server = "granian"
+    server: Server = "uvicorn"
     data_dir: Path = Path("atcdn-data/origin")
     token: str | None = Field(default=None, description="bearer token for every write")
     max_blob_bytes: int = 300 * 1024 * 1024
@@ -47,7 +49,7 @@ class EdgeSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8200
     workers: int = 2
-    server: Server = "granian"
+    server: Server = "uvicorn"
     origin: str = "http://127.0.0.1:8100"
     cache_dir: Path = Path("atcdn-data/edge")
     cache_size: int = 10 * 1024**3
