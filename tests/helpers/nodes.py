@@ -73,9 +73,10 @@ class Edge:
 
 
 def start_edge(origin_url: str, cache_dir: Path, log: Path, *, workers: int = 1,
-               server: str = "granian", env: dict[str, str] | None = None) -> Edge:
-    """Start an edge on a free port (private networks allowed, test tokens set)."""
-    port = free_port()
+               server: str = "granian", env: dict[str, str] | None = None,
+               port: int | None = None) -> Edge:
+    """Start an edge on ``port`` or a free one (private networks allowed, test tokens set)."""
+    port = port or free_port()
     proc = Process(
         atcdn("edge", "serve", "--host", "127.0.0.1", "--port", str(port),
               "--origin", origin_url, "--cache-dir", str(cache_dir),
