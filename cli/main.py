@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _export(prefix: str, args: argparse.Namespace, names: Sequence[str]) -> None:
@@ -51,6 +52,26 @@ def _up(args: argparse.Namespace) -> None:
     from atcdn.cli.up import up
 
     up(data_dir=args.data_dir, origin_port=args.origin_port, edge_port=args.edge_port)
+
+
+def _status(args: argparse.Namespace) -> None:
+    from atcdn.cli.status import run
+
+    screen, healthy = run(args.urls)
+    print(screen)
+    if not healthy:
+        sys.exit(1)
+
+
+def _report(args: argparse.Namespace) -> None:
+    from atcdn.cli.report import run
+
+    if not args.node and not args.prometheus:
+        sys.exit("atcdn report: give --node URL (one per node) or --prometheus URL --period")
+    try:
+        print(run(args.node, args.prometheus, args.period, args.prices, args.json))
+    except (RuntimeError, ValueError, OSError) as exc:
+        sys.exit(f"atcdn report: {exc}")
 
 
 def _control_settings():
@@ -197,6 +218,24 @@ def build_parser() -> argparse.ArgumentParser:
     up_cmd.add_argument("--edge-port", type=int, default=8200,
                         help="the edge's port on 127.0.0.1 (default 8200)")
     up_cmd.set_defaults(func=_up)
+
+    status = roles.add_parser("status", help="one screen of every node's numbers and problems"
+                              " (exit status 1 when any node is unhealthy)")
+    status.add_argument("urls", nargs="+", metavar="URL", help="base URL of an origin or edge")
+    status.set_defaults(func=_status)
+
+    report = roles.add_parser("report", help="what the traffic served cost on this deployment"
+                              " and what it would have cost from AWS")
+    report.add_argument("--node", action="append", default=[], metavar="URL",
+                        help="a node to read counters from (repeat; counts since it started)")
+    report.add_argument("--prometheus", metavar="URL",
+                        help="read traffic from this Prometheus instead (needs --period)")
+    report.add_argument("--period", help="e.g. 30d, 12h (default with --node: since the"
+                        " nodes started)")
+    report.add_argument("--prices", type=Path, metavar="FILE",
+                        help="price table (default: the built-in dated table, cli/prices.toml)")
+    report.add_argument("--json", action="store_true", help="print JSON instead of text")
+    report.set_defaults(func=_report)
 
     _add_control(roles)
     return parser

@@ -73,10 +73,11 @@ class Edge:
 
 
 def start_edge(origin_url: str, cache_dir: Path, log: Path, *, workers: int = 1,
-               server: str | None = None, env: dict[str, str] | None = None) -> Edge:
-    """Start an edge on a free port (private networks allowed, test tokens set), under
-    ``server`` or else the default server."""
-    port = free_port()
+               server: str | None = None, env: dict[str, str] | None = None,
+               port: int | None = None) -> Edge:
+    """Start an edge on ``port`` or a free one (private networks allowed, test tokens set),
+    under ``server`` or else the default server."""
+    port = port or free_port()
     proc = Process(
         atcdn("edge", "serve", "--host", "127.0.0.1", "--port", str(port),
               "--origin", origin_url, "--cache-dir", str(cache_dir),
