@@ -14,6 +14,7 @@ import anyio
 import httpcore
 import httpx
 from atcdn.core.errors import BlockedAddress
+from atcdn.core.limits import FetchLimits
 
 
 def is_public_address(ip: str) -> bool:
@@ -63,7 +64,8 @@ async def _https_only(request: httpx.Request) -> None:
 
 
 def public_client(*, allow_private_networks: bool, timeout: httpx.Timeout,
-                  max_redirects: int = 3, user_agent: str = "atcdn") -> httpx.AsyncClient:
+                  max_redirects: int = FetchLimits.max_redirects,
+                  user_agent: str = "atcdn") -> httpx.AsyncClient:
     """The client for the open internet (DID documents, PDSes), with the SSRF guard
     unless ``allow_private_networks`` (local use and tests)."""
     kwargs: dict[str, Any] = {}

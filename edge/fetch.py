@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 from atcdn.core.cid import Verifier
 from atcdn.core.errors import BlockedAddress, EdgeError
+from atcdn.core.limits import FetchLimits
 from atcdn.core.resolver import Resolver
 from atcdn.core.settings import EdgeSettings
 from atcdn.core.ssrf import public_client
@@ -31,12 +32,13 @@ log = logging.getLogger("atcdn.edge")
 RETRYABLE = (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 
 
-def _timeout(settings: EdgeSettings) -> httpx.Timeout:
-    return httpx.Timeout(settings.fetch_timeout, connect=settings.fetch_connect_timeout)
+def _timeout(limits: FetchLimits) -> httpx.Timeout:
+    return httpx.Timeout(limits.timeout, connect=limits.connect_timeout)
 
 
 def origin_client(settings: EdgeSettings) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=settings.origin.rstrip("/"), timeout=_timeout(settings),
+    return httpx.AsyncClient(base_url=settings.origin.rstrip("/"),
+                             timeout=_timeout(FetchLimits.from_settings(settings)),
                              trust_env=False, limits=httpx.Limits(max_connections=64))
 
 
@@ -50,14 +52,16 @@ class Fetched:
 class Fetcher:
     def __init__(self, settings: EdgeSettings, metrics: Metrics, tmp_dir: Path) -> None:
         self.settings = settings
+        self.limits = FetchLimits.from_settings(settings)
         self.metrics = metrics
         self.tmp_dir = tmp_dir
         tmp_dir.mkdir(parents=True, exist_ok=True)
         _remove_stale(tmp_dir)
         self.origin = origin_client(settings)
         self.public = public_client(
-            allow_private_networks=settings.allow_private_networks, timeout=_timeout(settings),
-            max_redirects=settings.max_redirects, user_agent="atcdn-edge")
+            allow_private_networks=settings.allow_private_networks,
+            timeout=_timeout(self.limits), max_redirects=self.limits.max_redirects,
+            user_agent="atcdn-edge")
         self.resolver = Resolver(self.public, settings.plc_url)
         self._handoffs: set[asyncio.Task] = set()
 
@@ -99,7 +103,7 @@ class Fetcher:
             if attempt:
                 await asyncio.sleep(0.1 * 2**attempt)
             try:
-                async with asyncio.timeout(self.settings.fetch_timeout):
+                async with asyncio.timeout(self.limits.timeout):
                     async with client.stream("GET", url, params=params) as response:
                         if response.status_code >= 500 and attempt < self.settings.fetch_retries:
                             continue
@@ -128,7 +132,7 @@ class Fetcher:
 
     async def _save(self, response: httpx.Response, cid: str, source: str) -> Fetched:
         """Stream to a temporary file while hashing; keep it only if it is ``cid``."""
-        limit = self.settings.max_fetch_bytes
+        limit = self.limits.max_bytes
         declared = response.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise EdgeError(413, "BlobTooLarge", f"blob is {declared} bytes, limit {limit}")
