@@ -26,7 +26,8 @@ def _origin_serve(args: argparse.Namespace) -> None:
     from atcdn.core.settings import OriginSettings
     from atcdn.origin.metrics import prepare_multiprocess_dir
 
-    _export("ATCDN_ORIGIN_", args, ["host", "port", "data_dir", "workers", "server"])
+    _export("ATCDN_ORIGIN_", args,
+            ["host", "port", "data_dir", "workers", "server", "store", "pds_blobstore"])
     settings = OriginSettings()
     prepare_multiprocess_dir(settings.data_dir / "metrics")  # before workers import prometheus_client
     run("atcdn.origin.app:create_app", host=settings.host, port=settings.port,
@@ -191,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="server processes (ATCDN_ORIGIN_WORKERS; default 1)")
     serve.add_argument("--server", choices=["uvicorn", "granian"],
                        help="ASGI server (ATCDN_ORIGIN_SERVER; default uvicorn)")
+    serve.add_argument("--store", choices=["fs", "s3", "pds-disk", "pds-s3"],
+                       help="where blobs live; pds-disk and pds-s3 serve a PDS's own blobstore"
+                            " read-only, docs/adopt.md (ATCDN_ORIGIN_STORE; default fs)")
+    serve.add_argument("--pds-blobstore", metavar="DIR",
+                       help="pds-disk: the PDS's PDS_BLOBSTORE_DISK_LOCATION, e.g. /pds/blocks"
+                            " (ATCDN_ORIGIN_PDS_BLOBSTORE; no default)")
     serve.set_defaults(func=_origin_serve)
 
     edge = roles.add_parser("edge", help="an edge cache node")

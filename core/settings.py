@@ -31,7 +31,17 @@ class OriginSettings(BaseSettings):
     data_dir: Path = Path("atcdn-data/origin")
     token: str | None = Field(default=None, description="bearer token for every write")
     max_blob_bytes: int = 300 * 1024 * 1024
-    store: Literal["fs", "s3"] = "fs"
+    store: Literal["fs", "s3", "pds-disk", "pds-s3"] = Field(
+        default="fs",
+        description="fs / s3: the origin's own store; pds-disk / pds-s3: serve a PDS's"
+                    " blobstore read-only (docs/adopt.md)")
+    pds_blobstore: Path | None = Field(
+        default=None, description="pds-disk: the PDS's PDS_BLOBSTORE_DISK_LOCATION (<did>/<cid>)")
+    pds_scan_interval: float = Field(
+        default=10.0, gt=0, le=30.0,
+        description="pds-*: seconds between looks at quarantine/ (bounds takedown delay)")
+    pds_rescan_interval: float = Field(
+        default=300.0, gt=0, description="pds-*: seconds between full listings of the blobs")
     s3_endpoint: str | None = None
     s3_bucket: str = "atcdn"
     s3_region: str = "us-east-1"
