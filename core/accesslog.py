@@ -51,6 +51,12 @@ def note(*, cache: str) -> None:
         info.cache = cache
 
 
+def current_id() -> str | None:
+    """The ID of the request being served, to pass on upstream (None outside one)."""
+    info = _current.get()
+    return info.id if info is not None else None
+
+
 def request_id(headers: list[tuple[bytes, bytes]]) -> str:
     """The client's X-Request-Id if sane, else a new random one."""
     for name, value in headers:

@@ -129,9 +129,12 @@ def test_real_edge_and_origin_log_requests_and_report_health(tmp_path: Path):
             assert missing.status_code == 404
             assert _wait_for(lambda: any(r.get("status") == 404 and r.get("path", "").endswith(
                 compute(b"nothing")) for r in _lines(tmp_path / "edge.log")))
-            # The origin logs too, in the same format.
+            # The origin logs too, in the same format, and the miss under the edge's ID.
+            origin_log = _lines(tmp_path / "origin.log")
             assert any(r.get("path", "").startswith(f"/blob/{cid}") and r["status"] == 201
-                       for r in _lines(tmp_path / "origin.log"))
+                       for r in origin_log)
+            assert any(r.get("id") == "op-first" and r["path"].startswith(f"/blob/{cid}")
+                       and r["status"] == 200 for r in origin_log)
 
             # Health: ready while the origin answers; degraded (503, why) once it is gone,
             # while liveness stays 200; ready again when it is back.

@@ -190,3 +190,44 @@ def test_pds_blob_lands_in_the_real_origin(origin: str, tmp_path: Path, edge_fac
         assert httpx.get(f"{origin}/blob/{cid}").content == data
     finally:
         pds.proc.stop()
+
+
+def test_dns_failure_is_an_upstream_failure_not_a_crash() -> None:
+    """No DNS for the PLC host (a machine without DNS, or a dead name) under the SSRF
+    guard: 502, never a raw socket.gaierror (which the edge answered 500)."""
+    async def resolve() -> None:
+        client = public_client(allow_private_networks=False, timeout=httpx.Timeout(5.0))
+        try:
+            await Resolver(client, "https://plc.invalid").pds(DID)
+        finally:
+            await client.aclose()
+
+    with pytest.raises(EdgeError) as caught:
+        asyncio.run(resolve())
+    assert caught.value.status == 502 and "plc.invalid" in caught.value.message
+
+
+def test_guarded_client_raises_httpx_errors_for_dns_failures() -> None:
+    async def get() -> None:
+        async with public_client(allow_private_networks=False,
+                                 timeout=httpx.Timeout(5.0)) as client:
+            await client.get("https://pds.invalid/xrpc/com.atproto.sync.getBlob")
+
+    with pytest.raises(httpx.ConnectError):
+        asyncio.run(get())
+
+
+def test_tls_failure_is_502(tmp_path: Path) -> None:
+    """https to a server that speaks plain HTTP: a TLS failure, answered 502."""
+    from tests.helpers.servers import static_server
+
+    async def resolve(url: str) -> None:
+        client = public_client(allow_private_networks=True, timeout=httpx.Timeout(5.0))
+        try:
+            await Resolver(client, url.replace("http://", "https://")).pds(DID)
+        finally:
+            await client.aclose()
+
+    with static_server(tmp_path) as url, pytest.raises(EdgeError) as caught:
+        asyncio.run(resolve(url))
+    assert caught.value.status == 502
