@@ -65,6 +65,30 @@ def request_id(headers: list[tuple[bytes, bytes]]) -> str:
     return os.urandom(8).hex()
 
 
+class Tally:
+    """What a response sent, seen message by message: its status and body bytes (a file
+    the server sends itself, ``pathsend``, counts its Content-Length)."""
+
+    __slots__ = ("status", "sent", "declared")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.sent = 0
+        self.declared = 0
+
+    def see(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.status = message["status"]
+            for name, value in message.get("headers") or ():
+                if name.lower() == b"content-length":
+                    self.declared = int(value)
+        elif kind == "http.response.body":
+            self.sent += len(message.get("body", b""))
+        elif kind in ("http.response.pathsend", "http.response.zerocopysend"):
+            self.sent += self.declared
+
+
 class AccessLog:
     """ASGI middleware: request IDs, one access line per request, logged failures."""
 
@@ -83,24 +107,12 @@ class AccessLog:
             path = f"{path}?{scope['query_string'].decode('latin-1')}"
         info = RequestInfo(request_id(scope["headers"]), scope["method"], path)
         echo = (b"x-request-id", info.id.encode())
-        status = 0
-        sent = 0
-        declared = 0
+        tally = Tally()
 
         async def send_logged(message: Message) -> None:
-            nonlocal status, sent, declared
-            kind = message["type"]
-            if kind == "http.response.start":
-                status = message["status"]
-                headers = message.get("headers") or []
-                for name, value in headers:
-                    if name == b"content-length":
-                        declared = int(value)
-                message = {**message, "headers": [*headers, echo]}
-            elif kind == "http.response.body":
-                sent += len(message.get("body", b""))
-            elif kind in ("http.response.pathsend", "http.response.zerocopysend"):
-                sent += declared
+            tally.see(message)
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*(message.get("headers") or ()), echo]}
             await send(message)
 
         token = _current.set(info)
@@ -108,7 +120,7 @@ class AccessLog:
             await self.app(scope, receive, send_logged)
         except Exception:
             log.exception("request failed: answered 500")
-            if not status:
+            if not tally.status:
                 await send_logged({"type": "http.response.start", "status": 500, "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(_FAILED)).encode())]})
@@ -117,7 +129,7 @@ class AccessLog:
             if self.enabled:
                 client = scope.get("client")
                 access_log.info("", extra={"access": {
-                    "status": status, "bytes": sent,
+                    "status": tally.status, "bytes": tally.sent,
                     "ms": round((time.perf_counter() - started) * 1000, 2),
                     "cache": info.cache, "client": client[0] if client else "-"}})
             _current.reset(token)
