@@ -266,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     push_cmd = roles.add_parser(
         "push", help="store files and directories in an origin, with progress",
         description="Store files (directories recursively) in an origin under their CID. "
-                    "Prints 'CID SIZE PATH' per stored file.")
+                    "Prints 'CID SIZE PATH' per stored file. The write token is "
+                    "ATCDN_ORIGIN_TOKEN, or the file named by --token-file.")
     push_cmd.add_argument("paths", nargs="+", metavar="PATH", help="files or directories")
     for name in ("origin", "did", "token_file", "concurrency"):
         add_setting(push_cmd, PushSettings, name)

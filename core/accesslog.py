@@ -23,6 +23,7 @@ import sys
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from atcdn.core.settings import LogSettings
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -102,7 +103,9 @@ class AccessLog:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
-        path = scope["path"]
+        # As sent (still percent-encoded): a %0A in a URL cannot forge a log line.
+        raw = scope.get("raw_path")
+        path = raw.decode("latin-1") if raw else quote(scope["path"])
         if scope.get("query_string"):
             path = f"{path}?{scope['query_string'].decode('latin-1')}"
         info = RequestInfo(request_id(scope["headers"]), scope["method"], path)
@@ -119,8 +122,10 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_logged)
         except Exception:
-            log.exception("request failed: answered 500")
-            if not tally.status:
+            if tally.status:
+                log.exception("request failed after answering %s", tally.status)
+            else:
+                log.exception("request failed: answered 500")
                 await send_logged({"type": "http.response.start", "status": 500, "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(_FAILED)).encode())]})

@@ -66,6 +66,11 @@ def test_text_access_line():
         assert part in line, line
 
 
+def test_a_url_cannot_forge_log_lines():
+    _, text = logged("text", ("/img/a%0Afake%20INFO%20line", {}))
+    assert text.count("\n") == 1 and "path=/img/a%0Afake%20INFO%20line " in text
+
+
 def test_json_access_line():
     _, text = logged("json", ("/a", {"x-request-id": "r2"}))
     record = json.loads(text.strip())
@@ -133,8 +138,9 @@ def test_real_edge_and_origin_log_requests_and_report_health(tmp_path: Path):
             origin_log = _lines(tmp_path / "origin.log")
             assert any(r.get("path", "").startswith(f"/blob/{cid}") and r["status"] == 201
                        for r in origin_log)
-            assert any(r.get("id") == "op-first" and r["path"].startswith(f"/blob/{cid}")
-                       and r["status"] == 200 for r in origin_log)
+            fetch = next(r for r in origin_log if r.get("id") == "op-first")
+            assert fetch["path"].startswith(f"/blob/{cid}?did=") and fetch["status"] == 200
+            assert fetch["path"].count("?") == 1  # the query once, raw path or not
 
             # Health: ready while the origin answers; degraded (503, why) once it is gone,
             # while liveness stays 200; ready again when it is back.
