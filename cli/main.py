@@ -173,7 +173,7 @@ def _add_control(roles: argparse._SubParsersAction) -> None:
         "control", help="the AWS control plane: edge DNS records and the takedown feed",
         description="The AWS control plane. Its settings are ATCDN_* variables only "
                     "(ATCDN_AWS_REGION, ATCDN_HOSTED_ZONE_ID, ATCDN_TAKEDOWN_TABLE...: "
-                    "docs/operations.md); AWS credentials come from boto3's usual places.")
+                    "docs/configuration.md); AWS credentials come from boto3's usual places.")
     cmds = control.add_subparsers(dest="command", required=True)
 
     register = cmds.add_parser("register-edge", help="add an edge's Route53 records and health check")
@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="atcdn", description="atcdn: a media CDN for the AT Protocol (origin, edge "
         "caches, control plane).",
         epilog="Every flag of a server is also an ATCDN_* environment variable, named in "
-               "its help; docs/operations.md lists them all.")
+               "its help; docs/configuration.md lists them all.")
     roles = parser.add_subparsers(dest="role", required=True, metavar="COMMAND")
 
     origin = roles.add_parser("origin", help="the content-addressed blob store")
