@@ -194,13 +194,3 @@ def test_push_progress_bar_on_a_terminal(origin: str, tmp_path: Path, capsys):
     captured = capsys.readouterr()
     assert "1/1 files" in captured.err and compute(b"x" * 2_000_000) in captured.out
 
-
-def test_configuration_doc_lists_every_variable():
-    from atcdn.cli.flags import env_name
-    from atcdn.core.settings import ControlSettings, PushSettings, UpSettings
-
-    doc = (ROOT / "docs" / "configuration.md").read_text()
-    for model in (OriginSettings, EdgeSettings, LogSettings, UpSettings, PushSettings,
-                  ControlSettings):
-        for name in model.model_fields:
-            assert f"`{env_name(model, name)}`" in doc, env_name(model, name)
