@@ -11,7 +11,6 @@ import argparse
 import os
 import sys
 import typing
-from pathlib import Path
 
 from atcdn.core.sizes import format_size, parse_size
 from pydantic import AliasChoices, ValidationError
@@ -45,8 +44,6 @@ def show_default(field: FieldInfo) -> str:
         return "on" if value else "off"
     if is_size(field):
         return format_size(value)
-    if isinstance(value, Path):
-        return str(value)
     return str(value)
 
 
