@@ -79,7 +79,7 @@ class Resolver:
             raise EdgeError(502, "ForbiddenAddress", str(exc)) from None
         except httpx.TimeoutException:
             raise EdgeError(504, "UpstreamTimeout", f"resolving {did} timed out") from None
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, OSError) as exc:  # OSError: DNS, TLS, sockets
             raise EdgeError(502, "UpstreamFailed", f"resolving {did}: {exc}") from None
         if response.status_code in (404, 410):
             return None

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 from atcdn.core import cid as cids
 from atcdn.core import did as dids
+from atcdn.core.accesslog import AccessLog
 from atcdn.core.feed import Event, start_follower
 from atcdn.core.mime import is_active, sniff
 from atcdn.core.ranges import RangeNotSatisfiable, etag_matches, parse_range
@@ -25,7 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import Lifespan
+from starlette.types import ASGIApp, Lifespan
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 SANDBOX = "default-src 'none'; sandbox"
@@ -323,7 +324,7 @@ def run_store(origin: Origin, inner: Lifespan[Starlette]) -> Lifespan[Starlette]
     return lifespan
 
 
-def create_app(settings: OriginSettings | None = None) -> Starlette:
+def create_app(settings: OriginSettings | None = None) -> ASGIApp:
     settings = settings or OriginSettings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     metrics = Metrics()
@@ -344,4 +345,4 @@ def create_app(settings: OriginSettings | None = None) -> Starlette:
                     exception_handlers={
                         ApiError: api_error, HTTPException: http_error, Exception: server_error})
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    return app
+    return AccessLog(app)  # outermost: it also logs what Starlette's 500 handler answered
