@@ -22,10 +22,11 @@ from typing import Any
 from atcdn.core.accesslog import AccessLog, note
 from atcdn.core.errors import EdgeError
 from atcdn.core.feed import Event as FeedEvent
-from atcdn.core.feed import start_follower
+from atcdn.core.feed import start_follower, start_origin_follower
 from atcdn.core.files import write_atomic
 from atcdn.core.mime import SNIFF_BYTES, sniff
-from atcdn.core.settings import EdgeSettings
+from atcdn.core.settings import ControlSettings, EdgeSettings
+from atcdn.core.takedowns import Target
 from atcdn.edge import urls
 from atcdn.edge.cache import DiskTier, Entry, MemoryTier, make_entry
 from atcdn.edge.fetch import Fetcher
@@ -34,7 +35,7 @@ from atcdn.edge.health import OriginProbe, health_routes
 from atcdn.edge.metrics import Metrics, use_dir
 from atcdn.edge.presets import CONTENT_TYPES, Format, load_presets
 from atcdn.edge.responses import blob_type, send_entry, send_error
-from atcdn.edge.takedown import SETTLE, Node, Takedowns, purge_disk, takedown
+from atcdn.edge.takedown import SETTLE, Node, Takedowns, admit, purge_disk, takedown
 from atcdn.edge.transform import MediaError, transform
 from atcdn.edge.transform import shutdown as stop_transforms
 from atcdn.edge.watch import watch_routes
@@ -72,6 +73,7 @@ class Edge:
                 Route("/metrics", self.metrics_page, methods=["GET"]),
                 Route("/admin/purge", self.admin_purge, methods=["POST"]),
                 Route("/admin/takedown", self.admin_takedown, methods=["POST"]),
+                Route("/admin/restore", self.admin_restore, methods=["POST"]),
                 *watch_routes(self._video_source, settings),
             ],
             exception_handlers={404: _json_http_error, 405: _json_http_error},
@@ -80,8 +82,16 @@ class Edge:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        follower = start_follower(self._apply_takedown,
-                                  self.settings.cache_dir / "takedown-position")
+        source = self.settings.takedown_source or (
+            "aws" if ControlSettings().takedown_follow else "origin")
+        follower = None
+        if source == "aws":
+            follower = start_follower(self._apply_takedown,
+                                      self.settings.cache_dir / "takedown-position")
+        elif source == "origin":
+            follower = start_origin_follower(
+                self._apply_takedown, self.settings.cache_dir / "takedown-position-origin",
+                self.settings.origin, self.settings.origin_token)
         yield
         if follower is not None:
             follower.stop()
@@ -92,7 +102,7 @@ class Edge:
     def _apply_takedown(self, event: FeedEvent) -> None:
         """A takedown-feed event: block (451) and purge every tier, or restore."""
         takedown(cid=event.cid, did=event.did, restore=event.action == "restore",
-                 settings=self.settings)
+                 reason=event.reason, settings=self.settings)
 
     def mount(self, path: str, app: ASGIApp) -> None:
         """Add another route table (e.g. video's ``/watch``) behind the content routes."""
@@ -229,6 +239,7 @@ class Edge:
     async def _render(self, req: urls.ImageRequest, fmt: Format, key: str) -> Entry:
         value = self.disk.get(key)  # rendered by another process while we waited
         if value is None:
+            epoch = self.node.purge_log.epoch()
             source, _ = await self._source(req.did, req.cid)
             started = time.monotonic()
             try:
@@ -239,6 +250,7 @@ class Edge:
             self.metrics.transforms.labels("200").inc()
             self.metrics.transform_seconds.observe(time.monotonic() - started)
             self.disk.put_bytes(key, rendered.body, req.cid)
+            self._admit(epoch, req.did, req.cid)
             value = self.disk.get(key) or rendered.body
         return self._image_remember(req, fmt, key, value)
 
@@ -254,18 +266,26 @@ class Edge:
         value = self.disk.get(key)
         if value is not None:
             return value
+        epoch = self.node.purge_log.epoch()
         fetched = await self.fetcher.fetch(did, cid)
         try:
-            if self.takedowns.blocked(did, cid):  # taken down while we fetched
-                raise _taken_down(cid)
             self.disk.put_file(key, fetched.path, cid)
             self.disk.remember_owner(did, cid)
         finally:
             fetched.path.unlink(missing_ok=True)
+        self._admit(epoch, did, cid)
         value = self.disk.get(key)
         if value is None:
             raise EdgeError(507, "CacheFull", "the blob does not fit this edge's cache")
         return value
+
+    def _admit(self, epoch: int, did: str, cid: str) -> None:
+        """Refuse what a takedown or purge overtook while it was being fetched or made."""
+        if self.takedowns.blocked_now(did, cid):  # even if this worker has not loaded it
+            self.disk.evict_cid(cid)
+            raise _taken_down(cid)
+        if not admit(self.node.purge_log, epoch, self.disk, did, cid):
+            raise EdgeError(503, "Purged", f"{cid} was purged while it was fetched; retry")
 
     def _source_bytes(self, value: Value) -> bytes:
         size = len(value) if isinstance(value, bytes) else os.path.getsize(value)
@@ -335,30 +355,32 @@ class Edge:
                 targets.append(_did_cid(body))
         except urls.UrlError as exc:
             return _json_error(400, "InvalidRequest", str(exc))
-        removed = sum(purge_disk(self.disk, self.node.video_dir, did=did, cid=cid)
+        removed = sum(purge_disk(self.disk, self.node.video_dir, did=did, cid=cid,
+                                 log=self.node.purge_log)
                       for did, cid in targets)
         await self._settle()
         return JSONResponse({"purged": removed, "targets": len(targets)})
 
     async def admin_takedown(self, request: Request) -> Response:
-        """Body: ``{"did": ..., "cid": ..., "restore": false}``; 451 from now on."""
+        """Body: ``{"did"?, "cid"?, "reason"?}`` (core.takedowns); 451 from now on."""
+        return await self._takedown(request, restore=False)
+
+    async def admin_restore(self, request: Request) -> Response:
+        """Body: ``{"did"?, "cid"?, "reason"?}``: lifts a takedown of exactly that scope."""
+        return await self._takedown(request, restore=True)
+
+    async def _takedown(self, request: Request, *, restore: bool) -> Response:
         body = await self._admin_body(request)
         if isinstance(body, Response):
             return body
         try:
-            did, cid = _did_cid(body)
-        except urls.UrlError as exc:
-            return _json_error(400, "InvalidRequest", str(exc))
-        if not did and not cid:
-            return _json_error(400, "InvalidRequest", "give a did, a cid or both")
-        if body.get("restore"):
-            self.takedowns.remove(did=did, cid=cid)
-            removed = 0
-        else:
-            self.takedowns.add(did=did, cid=cid)
-            removed = purge_disk(self.disk, self.node.video_dir, did=did, cid=cid)
-        await self._settle()
-        return JSONResponse({"purged": removed})
+            target = Target.from_json(body)
+        except ValueError as exc:
+            return _json_error(400, "InvalidRequest", str(exc)[:300])
+        answer = await asyncio.to_thread(takedown, cid=target.cid, did=target.did,
+                                         restore=restore, reason=target.reason,
+                                         settings=self.settings)
+        return JSONResponse(answer)
 
     async def _settle(self) -> None:
         """Tell every worker, and answer only once they all will have looked."""

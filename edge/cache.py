@@ -9,12 +9,16 @@
   that is later served.
 
 Every entry is tagged with its CID, so a purge by CID drops the source blob and all its
-renderings at once.
+renderings at once. Which DIDs a cached CID was fetched for (its *holders* on this node)
+lives in ``Holders``, a table beside the cache that eviction never touches, so a purge by
+DID finds every rendition whose source that DID holds.
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -101,6 +105,60 @@ class MemoryTier:
         self.used = 0
 
 
+class Holders:
+    """(DID, CID) pairs: a CID cached on this node was fetched for that DID.
+
+    Its own SQLite file, never evicted with cache entries. It is pruned instead: every
+    ``PRUNE_EVERY`` new pairs, pairs whose CID has no cache entry left are dropped (a
+    purge needs them only while something of the CID is cached).
+    """
+
+    PRUNE_EVERY = 10_000
+
+    def __init__(self, path: Path, cached: Callable[[str], bool]) -> None:
+        self.cached = cached
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None,
+                                   check_same_thread=False)
+        self._db.execute("PRAGMA busy_timeout = 30000")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS holders (did TEXT NOT NULL, "
+                         "cid TEXT NOT NULL, PRIMARY KEY (did, cid)) WITHOUT ROWID")
+        self._added = 0
+
+    def add(self, did: str, cid: str) -> None:
+        with self._lock:
+            new = self._db.execute("INSERT OR IGNORE INTO holders VALUES (?, ?)",
+                                   (did, cid)).rowcount
+            self._added += new
+            prune = self._added >= self.PRUNE_EVERY
+            if prune:
+                self._added = 0
+        if prune:
+            self.prune()
+
+    def cids_of(self, did: str) -> tuple[str, ...]:
+        with self._lock:
+            rows = self._db.execute("SELECT cid FROM holders WHERE did = ?", (did,)).fetchall()
+        return tuple(row[0] for row in rows)
+
+    def holds(self, did: str, cid: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM holders WHERE did = ? AND cid = ?",
+                                    (did, cid)).fetchone() is not None
+
+    def prune(self) -> int:
+        with self._lock:
+            cids = [row[0] for row in self._db.execute("SELECT DISTINCT cid FROM holders")]
+        gone = [(cid,) for cid in cids if not self.cached(cid)]
+        with self._lock:
+            self._db.executemany("DELETE FROM holders WHERE cid = ?", gone)
+        return len(gone)
+
+    def close(self) -> None:
+        self._db.close()
+
+
 class DiskTier:
     """Shared by all workers of a node (SQLite index + value files)."""
 
@@ -114,6 +172,7 @@ class DiskTier:
             tag_index=True,
             statistics=False,
         )
+        self.holders = Holders(directory / "holders.sqlite", self.has_cid)
 
     def get(self, key: str) -> bytes | str | None:
         """The value's bytes when small, else the path of its file; None on a miss."""
@@ -149,17 +208,20 @@ class DiskTier:
 
     def remember_owner(self, did: str, cid: str) -> None:
         """Note which account a source came from, so a purge by DID finds its blobs."""
-        key = f"owner/{did}"
-        with self.cache.transact():
-            cids = self.cache.get(key, default=())
-            if cid not in cids:
-                self.cache.set(key, (*cids, cid)[-10000:])
+        self.holders.add(did, cid)
 
     def cids_of(self, did: str) -> tuple[str, ...]:
-        return self.cache.get(f"owner/{did}", default=())
+        return self.holders.cids_of(did)
+
+    def has_cid(self, cid: str) -> bool:
+        """Whether any entry (source or rendition) of ``cid`` is cached."""
+        # diskcache has no public "any entry with this tag"; its tag index answers it.
+        return self.cache._sql("SELECT 1 FROM Cache WHERE tag = ? LIMIT 1",
+                               (cid,)).fetchone() is not None
 
     def evict_cid(self, cid: str) -> int:
         return self.cache.evict(cid)
 
     def close(self) -> None:
+        self.holders.close()
         self.cache.close()

@@ -1,15 +1,23 @@
 """The origin HTTP API: a content-addressed blob store over HTTP.
 
-Reads are public and immutable (the URL names the bytes); writes need the bearer token
-and are verified against the CID before anything is stored. ``create_app`` is the factory
-the servers run (``atcdn origin serve``); it reads ``OriginSettings`` from the environment.
+Reads are public and immutable (the URL names the bytes) but authorized per (DID, CID):
+a blob is served under a DID only when that DID holds it and no takedown applies
+(``Index.authorize``, docs/authorization.md). Writes need the bearer token and are
+verified against the CID before anything is stored: operators' pushes are *pinned*
+(kept), edges' hand-offs of blobs pulled from a PDS for a stranger go to the bounded,
+evictable *pulled* tier, under per-account and per-PDS quotas. The origin serves its own
+takedown feed (``/admin/feed``) for edges deployed without AWS. ``create_app`` is the
+factory the servers run (``atcdn origin serve``); it reads ``OriginSettings`` from the
+environment.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hmac
+import time
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 from atcdn.core import cid as cids
 from atcdn.core import did as dids
@@ -18,9 +26,10 @@ from atcdn.core.feed import Event, start_follower
 from atcdn.core.mime import is_active, sniff
 from atcdn.core.ranges import RangeNotSatisfiable, etag_matches, parse_range
 from atcdn.core.settings import OriginSettings
-from atcdn.origin.index import BlobMeta, Index
+from atcdn.core.takedowns import Target
+from atcdn.origin.index import BlobMeta, Index, Via
 from atcdn.origin.metrics import Metrics, MetricsMiddleware
-from atcdn.origin.store import BlobStore, Staging, open_store
+from atcdn.origin.store import BlobStore, FileStore, Staging, open_store
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -32,8 +41,9 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 SANDBOX = "default-src 'none'; sandbox"
 ERROR_NAMES = {400: "BadRequest", 401: "AuthRequired", 404: "NotFound",
                405: "MethodNotAllowed", 413: "PayloadTooLarge", 416: "RangeNotSatisfiable",
-               422: "CidMismatch", 451: "TakenDown", 500: "InternalServerError",
-               503: "Unavailable"}
+               422: "CidMismatch", 429: "QuotaExceeded", 451: "TakenDown",
+               500: "InternalServerError", 503: "Unavailable"}
+VIA: tuple[Via, ...] = ("push", "ingest")  # what ?via= may say on a PUT (hand-offs: "pds")
 
 
 class ApiError(Exception):
@@ -59,7 +69,8 @@ class Origin:
     def __init__(self, settings: OriginSettings, store: BlobStore, index: Index,
                  metrics: Metrics) -> None:
         self.settings = settings
-        self.store = store
+        self.store = store  # pinned: what operators pushed and ingest found
+        self.pulled = FileStore(settings.data_dir / "pulled")  # evictable, bounded
         self.index = index
         self.metrics = metrics
 
@@ -99,8 +110,12 @@ class Origin:
             raise ApiError(405, self.store.read_only, "ReadOnlyStore",
                            headers={"Allow": "GET, HEAD"})
 
-    async def receive(self, request: Request) -> Staging:
-        """Stream the body into a staging file, refusing oversized bodies early."""
+    async def receive(self, request: Request, store: BlobStore | None = None,
+                      quota: tuple[int, str] | None = None) -> Staging:
+        """Stream the body into a staging file, refusing oversized bodies early.
+
+        ``quota``: (bytes left, whose quota) — a body beyond it is refused with 429
+        before or while it arrives."""
         limit = self.settings.max_blob_bytes
         declared = request.headers.get("content-length")
         if declared is not None:
@@ -109,24 +124,36 @@ class Origin:
             if int(declared) > limit:
                 raise ApiError(413, f"blob is {declared} bytes; the limit is {limit}",
                                "BlobTooLarge")
-        staging = self.store.stage()
+        left = quota[0] if quota else limit
+        if declared is not None and quota is not None and int(declared) > left:
+            raise self.over_quota(quota[1])
+        staging = (store or self.store).stage()
         try:
             async for chunk in request.stream():
                 if staging.size + len(chunk) > limit:
                     raise ApiError(413, f"blob exceeds the limit of {limit} bytes",
                                    "BlobTooLarge")
+                if quota is not None and staging.size + len(chunk) > left:
+                    raise self.over_quota(quota[1])
                 await staging.write(chunk)
             await staging.finish()
         except BaseException:
             self.metrics.bytes_in.inc(staging.size)
+            request.state.received = staging.size
             staging.discard()
             raise
         self.metrics.bytes_in.inc(staging.size)
+        request.state.received = staging.size
         return staging
 
-    async def store_staged(self, staging: Staging, cid: str, did: str | None) -> tuple[BlobMeta, bool]:
+    async def store_staged(self, staging: Staging, cid: str, did: str | None,
+                           via: Via = "push") -> tuple[BlobMeta, bool]:
+        """Pin a verified blob (promoting it out of the pulled tier if it was there)."""
+        before = self.index.get(cid)
         created = await self.store.commit(staging, cid)
-        meta = self.index.record(cid, staging.size, sniff(staging.head), did)
+        meta = self.index.record(cid, staging.size, sniff(staging.head), did, via=via)
+        if before is not None and not before.pinned:
+            self.pulled.path(cid).unlink(missing_ok=True)
         return meta, created
 
     async def lookup(self, cid: str) -> BlobMeta:
@@ -154,12 +181,17 @@ class Origin:
         return await self.serve(request, self.parse_cid(cid), did)
 
     async def serve(self, request: Request, cid: str, did: str | None) -> Response:
-        if self.index.blocked(cid, did):
+        decision = self.index.authorize(cid, did)
+        if decision == "taken-down":
             raise ApiError(451, f"blob {cid} is taken down", "TakenDown")
-        if not await self.store.holds(cid, did):
+        if decision == "not-held":
+            raise ApiError(404, f"{did} is not known to hold blob {cid}", "BlobNotFound")
+        if not await self.store.holds(cid, did):  # an adopted PDS store: per account
             raise ApiError(404, f"blob {cid} is not held for {did or 'any account'}",
                            "BlobNotFound")
         meta = await self.lookup(cid)
+        store = self.store if meta.pinned else self.pulled
+        self.index.touch(meta)
         etag = f'"{cid}"'
         headers = {"ETag": etag, "Cache-Control": IMMUTABLE, "Accept-Ranges": "bytes",
                    "X-Content-Type-Options": "nosniff", "Content-Security-Policy": SANDBOX}
@@ -182,33 +214,97 @@ class Origin:
         headers["Content-Length"] = str(end - start)
         if request.method == "HEAD" or end == start:
             return Response(status_code=status, headers=headers)
-        path = self.store.local_path(cid)
+        path = store.local_path(cid)
         if path is not None and status == 200 and "range" not in request.headers:
             return FileResponse(path, headers=headers, media_type=meta.mime)
-        return StreamingResponse(self.store.read(cid, start, end), status, headers=headers)
+        return StreamingResponse(store.read(cid, start, end), status, headers=headers)
 
-    async def put_blob(self, request: Request) -> Response:
-        self.require_writable()
-        self.require_token(request)
-        cid = self.parse_cid(request.path_params["cid"])
-        did = self.parse_did(request.query_params.get("did"))
-        staging = await self.receive(request)
+    def parse_via(self, request: Request) -> Via:
+        via = request.query_params.get("via", "push")
+        if via not in VIA:
+            raise ApiError(400, f"via must be one of {', '.join(VIA)}", "InvalidRequest")
+        return via  # type: ignore[return-value]
+
+    def check_cid(self, staging: Staging, cid: str) -> None:
         if not staging.verifier.matches(cid):
             actual = staging.verifier.cid
             staging.discard()
             self.metrics.verification_failures.inc()
             raise ApiError(422, f"body hashes to {actual}, not {cid}; nothing stored",
                            "CidMismatch")
-        meta, created = await self.store_staged(staging, cid, did)
+
+    async def put_blob(self, request: Request) -> Response:
+        """An operator's push (or ingest's, ``?via=ingest``): pinned."""
+        self.require_writable()
+        self.require_token(request)
+        cid = self.parse_cid(request.path_params["cid"])
+        did = self.parse_did(request.query_params.get("did"))
+        via = self.parse_via(request)
+        staging = await self.receive(request)
+        self.check_cid(staging, cid)
+        meta, created = await self.store_staged(staging, cid, did, via)
         return JSONResponse(self.describe(meta), 201 if created else 200)
 
     async def post_blob(self, request: Request) -> Response:
         self.require_writable()
         self.require_token(request)
         did = self.parse_did(request.query_params.get("did"))
+        via = self.parse_via(request)
         staging = await self.receive(request)
-        meta, created = await self.store_staged(staging, staging.verifier.cid, did)
+        meta, created = await self.store_staged(staging, staging.verifier.cid, did, via)
         return JSONResponse(self.describe(meta), 201 if created else 200)
+
+    # -- the pulled tier -------------------------------------------------------------
+
+    def over_quota(self, whose: str) -> ApiError:
+        window = self.settings.pulled_quota_window
+        retry = window - int(time.time()) % window
+        return ApiError(429, f"the pulled-blob quota of {whose} is used up for this window; "
+                             f"nothing stored", "QuotaExceeded",
+                        headers={"Retry-After": str(retry)})
+
+    def quota_left(self, did: str, pds: str) -> tuple[int, str, int]:
+        """(bytes left, whose quota binds, window) for a hand-off by ``did`` from ``pds``."""
+        window = int(time.time()) // self.settings.pulled_quota_window
+        left = [(self.settings.pulled_quota_did - self.index.usage(did, window), did),
+                (self.settings.pulled_quota_pds - self.index.usage(pds, window), pds)]
+        bytes_left, whose = min(left)
+        return max(0, bytes_left), whose, window
+
+    async def handoff(self, request: Request) -> Response:
+        """``PUT /handoff/{cid}?did=D&pds=URL``: an edge hands over a blob it pulled from
+        D's PDS (``pds``) for a stranger's request and verified. Proves that D holds it;
+        the bytes go to the pulled tier (bounded, evictable), charged to D and the PDS."""
+        self.require_token(request)
+        cid = self.parse_cid(request.path_params["cid"])
+        did = self.parse_did(request.query_params.get("did"))
+        if did is None:
+            raise ApiError(400, "a hand-off names the DID whose PDS served it (?did=)",
+                           "InvalidRequest")
+        pds = "pds:" + _site(request.query_params.get("pds", ""))
+        meta = self.index.get(cid)
+        if meta is not None:  # bytes already here: only the holder is news
+            async for _ in request.stream():
+                pass
+            self.index.add_holder(cid, did, "pds")
+            return JSONResponse({**self.describe(meta), "tier": _tier(meta)}, 200)
+        left, whose, window = self.quota_left(did, pds)
+        try:
+            staging = await self.receive(request, self.pulled, (left, whose))
+            self.check_cid(staging, cid)
+            created = await self.pulled.commit(staging, cid)
+        except ApiError as exc:
+            if exc.status == 429:
+                self.metrics.quota_refusals.inc()
+            raise
+        finally:  # bytes received count, stored or not
+            self.index.charge([did, pds], window, getattr(request.state, "received", 0))
+        meta = self.index.record(cid, staging.size, sniff(staging.head), did, via="pds",
+                                 pinned=False)
+        for victim in self.index.evict_pulled(self.settings.pulled_max_bytes):
+            self.pulled.path(victim).unlink(missing_ok=True)
+        return JSONResponse({**self.describe(meta), "tier": _tier(meta)},
+                            201 if created else 200)
 
     @staticmethod
     def describe(meta: BlobMeta) -> dict:
@@ -218,45 +314,47 @@ class Origin:
                          "mimeType": meta.mime, "size": meta.size}}
 
     def pds_blob_changed(self, did: str, cid: str, taken_down: bool) -> None:
-        """An adopted PDS moved ``did``'s copy of ``cid`` to quarantine (or back): the one
-        place where that becomes a takedown (or a restore) at this origin.
-
-        A PDS takes down one account's copy: the (DID, CID) scope of DESIGN.md section 8,
-        which this index does not have yet (with it: ``take_down(Target(did, cid))``). The
-        CID scope stands in: stricter (other accounts' copies stop too), never laxer; a
-        restore waits until no account's copy is quarantined. Edges hear of it through
-        the takedown feed the origin serves (not on this branch: see docs/adopt.md).
-        """
+        """An adopted PDS moved ``did``'s copy of ``cid`` to quarantine (or back): a
+        takedown (or restore) of that repo's blob, the (DID, CID) scope, at this origin;
+        edges hear of it through the origin's takedown feed (docs/authorization.md)."""
+        target = Target(did=did, cid=cid, reason="quarantined by the PDS")
         if taken_down:
-            self.index.take_down(cid)
-        elif not self.store.quarantined(cid):
-            self.index.restore(cid)
+            self.index.take_down(target)
+        else:
+            self.index.restore(target)
 
-    async def subject(self, request: Request) -> str:
+    # -- takedowns ------------------------------------------------------------------
+
+    async def target(self, request: Request) -> Target:
+        """The body of /admin/takedown and /admin/restore: ``{"did"?, "cid"?, "reason"?}``."""
         self.require_token(request)
         try:
-            body = await request.json()
-        except ValueError:
-            raise ApiError(400, "body must be JSON: {\"cid\": ...} or {\"did\": ...}",
-                           "InvalidRequest") from None
-        if not isinstance(body, dict) or len({"cid", "did"} & body.keys()) != 1:
-            raise ApiError(400, "give exactly one of \"cid\" or \"did\"", "InvalidRequest")
-        if "cid" in body:
-            return self.parse_cid(body["cid"])
-        did = body["did"]
-        if not isinstance(did, str):
-            raise ApiError(400, "\"did\" must be a string", "InvalidDid")
-        return self.parse_did(did)  # type: ignore[return-value]
+            return Target.from_json(await request.json())
+        except ValueError as exc:  # bad JSON, or a bad target
+            raise ApiError(400, str(exc)[:300] or "body must be JSON", "InvalidRequest") from None
 
     async def takedown(self, request: Request) -> Response:
-        subject = await self.subject(request)
-        self.index.take_down(subject)
-        return JSONResponse({"subject": subject, "takenDown": True})
+        target = await self.target(request)
+        changed, seq = self.index.take_down(target)
+        return JSONResponse(target.answer("takedown", changed=changed, seq=seq))
 
     async def restore(self, request: Request) -> Response:
-        subject = await self.subject(request)
-        was = self.index.restore(subject)
-        return JSONResponse({"subject": subject, "takenDown": False, "wasTakenDown": was})
+        target = await self.target(request)
+        changed, seq = self.index.restore(target)
+        return JSONResponse(target.answer("restore", changed=changed, seq=seq))
+
+    async def feed(self, request: Request) -> Response:
+        """``GET /admin/feed?after=<seq>&limit=<n>``: the takedown feed, oldest first
+        (the shape of ``core.feed.Event``); ``last`` is the newest seq there is."""
+        self.require_token(request)
+        try:
+            after = int(request.query_params.get("after", "0"))
+            limit = min(1000, max(1, int(request.query_params.get("limit", "1000"))))
+        except ValueError:
+            raise ApiError(400, "after and limit are integers", "InvalidRequest") from None
+        events = self.index.events(after, limit)
+        return JSONResponse({"events": [event.as_dict() for event in events],
+                             "last": self.index.last_seq()})
 
     async def health(self, request: Request) -> Response:
         try:
@@ -287,16 +385,26 @@ async def server_error(request: Request, exc: Exception) -> Response:
     return error_response(500, "InternalServerError", "unexpected error; see the server log")
 
 
+def _site(url: str) -> str:
+    """A PDS URL reduced to what a quota is kept for: scheme://host[:port]."""
+    parts = urlsplit(url.strip().lower())
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else "unknown"
+
+
+def _tier(meta: BlobMeta) -> str:
+    return "pinned" if meta.pinned else "pulled"
+
+
 def follow_takedowns(index: Index, settings: OriginSettings) -> Lifespan[Starlette]:
-    """Apply the AWS takedown feed to the index while the app runs (if configured)."""
+    """Apply the AWS takedown feed to the index while the app runs (if configured); the
+    events land in the origin's own feed too, so edges following the origin see them."""
 
     def apply(event: Event) -> None:
-        subject = event.cid or event.did
-        assert subject is not None
+        target = Target(did=event.did, cid=event.cid, reason=event.reason)
         if event.action == "restore":
-            index.restore(subject)
+            index.restore(target)
         else:
-            index.take_down(subject)
+            index.take_down(target)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -333,10 +441,12 @@ def create_app(settings: OriginSettings | None = None) -> ASGIApp:
     routes = [
         Route("/blob/{cid}", origin.get_blob, methods=["GET", "HEAD"]),
         Route("/blob/{cid}", origin.put_blob, methods=["PUT"]),
+        Route("/handoff/{cid}", origin.handoff, methods=["PUT"]),
         Route("/blob", origin.post_blob, methods=["POST"]),
         Route("/xrpc/com.atproto.sync.getBlob", origin.get_blob_xrpc, methods=["GET", "HEAD"]),
         Route("/admin/takedown", origin.takedown, methods=["POST"]),
         Route("/admin/restore", origin.restore, methods=["POST"]),
+        Route("/admin/feed", origin.feed, methods=["GET"]),
         Route("/health", origin.health, methods=["GET", "HEAD"]),
         Route("/metrics", origin.metrics_text, methods=["GET"]),
     ]

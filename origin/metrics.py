@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 KNOWN_ROUTES = frozenset({"/health", "/metrics", "/blob", "/admin/takedown", "/admin/restore",
+                          "/admin/feed",
                           "/xrpc/com.atproto.sync.getBlob"})
 
 
@@ -35,6 +36,8 @@ def route_of(path: str) -> str:
     """A bounded label for a request path."""
     if path.startswith("/blob/"):
         return "/blob/{cid}"
+    if path.startswith("/handoff/"):
+        return "/handoff/{cid}"
     return path if path in KNOWN_ROUTES else "unmatched"
 
 
@@ -52,6 +55,9 @@ class Metrics:
         self.bytes_out = Counter("atcdn_origin_bytes_out", "body bytes sent", registry=own)
         self.verification_failures = Counter(
             "atcdn_origin_verification_failures", "bodies that did not match their CID",
+            registry=own)
+        self.quota_refusals = Counter(
+            "atcdn_origin_quota_refusals", "hand-offs refused: a pulled-tier quota was used up",
             registry=own)
 
     def render(self) -> tuple[bytes, str]:
