@@ -17,7 +17,6 @@ DID finds every rendition whose source that DID holds.
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 import time
 from collections import OrderedDict
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import diskcache
+from atcdn.core.database import Database
 
 IMMUTABLE = b"public, max-age=31536000, immutable"
 PATH_ENTRY_COST = 1024  # what a path-only memory entry is charged against the budget
@@ -117,19 +117,14 @@ class Holders:
 
     def __init__(self, path: Path, cached: Callable[[str], bool]) -> None:
         self.cached = cached
+        self._db = Database(path, "CREATE TABLE IF NOT EXISTS holders (did TEXT NOT NULL, "
+                                  "cid TEXT NOT NULL, PRIMARY KEY (did, cid)) WITHOUT ROWID;")
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute("PRAGMA busy_timeout = 30000")
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS holders (did TEXT NOT NULL, "
-                         "cid TEXT NOT NULL, PRIMARY KEY (did, cid)) WITHOUT ROWID")
         self._added = 0
 
     def add(self, did: str, cid: str) -> None:
+        new = self._db.change("INSERT OR IGNORE INTO holders VALUES (?, ?)", (did, cid))
         with self._lock:
-            new = self._db.execute("INSERT OR IGNORE INTO holders VALUES (?, ?)",
-                                   (did, cid)).rowcount
             self._added += new
             prune = self._added >= self.PRUNE_EVERY
             if prune:
@@ -138,21 +133,16 @@ class Holders:
             self.prune()
 
     def cids_of(self, did: str) -> tuple[str, ...]:
-        with self._lock:
-            rows = self._db.execute("SELECT cid FROM holders WHERE did = ?", (did,)).fetchall()
-        return tuple(row[0] for row in rows)
+        return tuple(row[0] for row in self._db.run("SELECT cid FROM holders WHERE did = ?",
+                                                    (did,)))
 
     def holds(self, did: str, cid: str) -> bool:
-        with self._lock:
-            return self._db.execute("SELECT 1 FROM holders WHERE did = ? AND cid = ?",
-                                    (did, cid)).fetchone() is not None
+        return bool(self._db.run("SELECT 1 FROM holders WHERE did = ? AND cid = ?", (did, cid)))
 
     def prune(self) -> int:
-        with self._lock:
-            cids = [row[0] for row in self._db.execute("SELECT DISTINCT cid FROM holders")]
+        cids = [row[0] for row in self._db.run("SELECT DISTINCT cid FROM holders")]
         gone = [(cid,) for cid in cids if not self.cached(cid)]
-        with self._lock:
-            self._db.executemany("DELETE FROM holders WHERE cid = ?", gone)
+        self._db.many("DELETE FROM holders WHERE cid = ?", gone)
         return len(gone)
 
     def close(self) -> None:

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
-import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import diskcache
+from atcdn.core.database import Database
 from atcdn.core.settings import EdgeSettings
 from atcdn.core.takedowns import Target
 from atcdn.edge.cache import DiskTier
@@ -132,34 +131,26 @@ class PurgeLog:
     KEEP = 10_000
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute("PRAGMA busy_timeout = 30000")
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS log (seq INTEGER PRIMARY KEY "
-                         "AUTOINCREMENT, did TEXT, cid TEXT)")
+        self._db = Database(path, "CREATE TABLE IF NOT EXISTS log (seq INTEGER PRIMARY KEY "
+                                  "AUTOINCREMENT, did TEXT, cid TEXT);")
 
     def epoch(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM log").fetchone()[0]
+        return self._db.run("SELECT COALESCE(MAX(seq), 0) FROM log")[0][0]
 
     def note(self, did: str | None, cids: Iterable[str | None]) -> None:
         rows = [(did, cid) for cid in cids] or [(did, None)]
-        with self._lock:
-            self._db.executemany("INSERT INTO log (did, cid) VALUES (?, ?)", rows)
-            self._db.execute("DELETE FROM log WHERE seq <= (SELECT MAX(seq) FROM log) - ?",
-                             (self.KEEP,))
+        with self._db.write() as db:
+            db.executemany("INSERT INTO log (did, cid) VALUES (?, ?)", rows)
+            db.execute("DELETE FROM log WHERE seq <= (SELECT MAX(seq) FROM log) - ?",
+                       (self.KEEP,))
 
     def touched_since(self, epoch: int, did: str, cid: str) -> bool:
-        with self._lock:
-            oldest = self._db.execute("SELECT MIN(seq) FROM log").fetchone()[0]
-            if oldest is not None and oldest > epoch + 1:
-                return True  # rows since ``epoch`` were trimmed: assume the worst
-            return self._db.execute(
-                "SELECT 1 FROM log WHERE seq > ? AND (cid = ? OR (did = ? AND cid IS NULL)) "
-                "LIMIT 1", (epoch, cid, did)).fetchone() is not None
+        oldest = self._db.run("SELECT MIN(seq) FROM log")[0][0]
+        if oldest is not None and oldest > epoch + 1:
+            return True  # rows since ``epoch`` were trimmed: assume the worst
+        return bool(self._db.run(
+            "SELECT 1 FROM log WHERE seq > ? AND (cid = ? OR (did = ? AND cid IS NULL)) "
+            "LIMIT 1", (epoch, cid, did)))
 
     def close(self) -> None:
         self._db.close()

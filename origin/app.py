@@ -43,6 +43,7 @@ ERROR_NAMES = {400: "BadRequest", 401: "AuthRequired", 404: "NotFound",
                405: "MethodNotAllowed", 413: "PayloadTooLarge", 416: "RangeNotSatisfiable",
                422: "CidMismatch", 429: "QuotaExceeded", 451: "TakenDown",
                500: "InternalServerError", 503: "Unavailable"}
+DRAIN_MAX = 1024 * 1024  # a refused body up to this size is read before the answer
 VIA: tuple[Via, ...] = ("push", "ingest")  # what ?via= may say on a PUT (hand-offs: "pds")
 
 
@@ -126,6 +127,8 @@ class Origin:
                                "BlobTooLarge")
         left = quota[0] if quota else limit
         if declared is not None and quota is not None and int(declared) > left:
+            if int(declared) <= DRAIN_MAX:  # read a small body, so the client hears why
+                request.state.received = sum([len(chunk) async for chunk in request.stream()])
             raise self.over_quota(quota[1])
         staging = (store or self.store).stage()
         try:

@@ -15,15 +15,13 @@ and the byte counts behind the pulled tier's quotas. ``authorize`` is the servin
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+from atcdn.core.database import Database
 from atcdn.core.feed import Event
 from atcdn.core.takedowns import Target
 
@@ -84,60 +82,14 @@ class BlobMeta:
 
 class Index:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute("PRAGMA busy_timeout = 30000")
-        # Switching to WAL takes a lock; several workers start at once, so retry.
-        for attempt in range(50):
-            try:
-                self._db.execute("PRAGMA journal_mode = WAL")
-                self._db.executescript(SCHEMA)
-                with self._write():
-                    self._migrate()
-                break
-            except sqlite3.OperationalError:
-                if attempt == 49:
-                    raise
-                time.sleep(0.1)
-        self._db.execute("PRAGMA synchronous = NORMAL")
-
-    def _migrate(self) -> None:
-        have = {row[1] for row in self._db.execute("PRAGMA table_info(blobs)")}
-        for name, kind in COLUMNS.items():
-            if name not in have:
-                self._db.execute(f"ALTER TABLE blobs ADD COLUMN {name} {kind}")
-        tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master")}
-        if "refs" in tables:  # the first release's holders: all pushed with ?did=
-            self._db.execute("INSERT OR IGNORE INTO holders "
-                             "SELECT cid, did, 'push', first_seen FROM refs")
-            self._db.execute("DROP TABLE refs")
-        if "takedowns" in tables:  # the first release's CID or DID takedowns
-            self._db.execute(
-                "INSERT OR IGNORE INTO blocks SELECT "
-                "CASE WHEN subject LIKE 'did:%' THEN subject ELSE '' END, "
-                "CASE WHEN subject LIKE 'did:%' THEN '' ELSE subject END, '', at FROM takedowns")
-            self._db.execute("DROP TABLE takedowns")
+        self._database = Database(path, SCHEMA)
+        self._run = self._database.run
+        self._write = self._database.write
+        with self._write() as db:
+            _migrate(db)
 
     def close(self) -> None:
-        self._db.close()
-
-    def _run(self, sql: str, params: tuple = ()) -> list[tuple]:
-        with self._lock:
-            return self._db.execute(sql, params).fetchall()
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (taken at once, so two workers never deadlock)."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        self._database.close()
 
     # -- blobs and holders --------------------------------------------------------------
 
@@ -165,9 +117,8 @@ class Index:
 
     def add_holder(self, cid: str, did: str, via: Via) -> bool:
         """Record that ``did`` holds ``cid`` (bytes or not); True if it was new."""
-        with self._lock:
-            return self._db.execute("INSERT OR IGNORE INTO holders VALUES (?, ?, ?, ?)",
-                                    (cid, did, via, time.time())).rowcount > 0
+        return self._database.change("INSERT OR IGNORE INTO holders VALUES (?, ?, ?, ?)",
+                                     (cid, did, via, time.time())) > 0
 
     def holders(self, cid: str) -> dict[str, str]:
         """DID -> how it was learned (``via``), for every known holder of ``cid``."""
@@ -288,6 +239,24 @@ class Index:
             db.executemany("DELETE FROM blobs WHERE cid = ? AND pinned = 0",
                            [(cid,) for cid in victims])
         return victims
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a database of an earlier release up to this schema (once)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(blobs)")}
+    for name, kind in COLUMNS.items():
+        if name not in have:
+            db.execute(f"ALTER TABLE blobs ADD COLUMN {name} {kind}")
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    if "refs" in tables:  # the first release's holders: all pushed with ?did=
+        db.execute("INSERT OR IGNORE INTO holders SELECT cid, did, 'push', first_seen FROM refs")
+        db.execute("DROP TABLE refs")
+    if "takedowns" in tables:  # the first release's CID or DID takedowns
+        db.execute("INSERT OR IGNORE INTO blocks SELECT "
+                   "CASE WHEN subject LIKE 'did:%' THEN subject ELSE '' END, "
+                   "CASE WHEN subject LIKE 'did:%' THEN '' ELSE subject END, '', at "
+                   "FROM takedowns")
+        db.execute("DROP TABLE takedowns")
 
 
 def _meta(row: tuple) -> BlobMeta:

@@ -7,7 +7,9 @@ hole 1 at the origin (a stranger's pulls grew the permanent store without bound)
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,8 +17,9 @@ import httpx
 import pytest
 from atcdn.core.cid import compute
 
-from tests.helpers.env import TOKEN
+from tests.helpers.env import ROOT, TOKEN
 from tests.helpers.nodes import Origin, running_origin
+from tests.helpers.servers import atcdn
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 A = "did:plc:" + "a" * 24
@@ -194,3 +197,50 @@ def test_a_push_pins_a_pulled_blob_and_handoffs_record_holders(client: httpx.Cli
     again = handoff(client, data, B, "https://p.example")
     assert again.status_code == 200 and again.json()["tier"] == "pinned"
     assert status(client, cid, B) == 200 and status(client, cid, puller) == 200
+
+
+def test_control_cli_takes_down_at_an_origin_without_aws(client: httpx.Client,
+                                                         origin: Origin) -> None:
+    cid = push(client, os.urandom(64), C)
+    env = {**os.environ, "ATCDN_ORIGIN_TOKEN": TOKEN}
+    for action, expected in (("takedown", 451), ("restore", 200)):
+        done = subprocess.run(atcdn("control", action, "--origin", origin.url, "--did", C,
+                                    "--cid", cid), env=env, cwd=ROOT, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        answer = json.loads(done.stdout)
+        assert (answer["action"], answer["scope"], answer["changed"]) == (action, "did+cid", True)
+        assert status(client, cid, C) == expected
+
+
+def test_an_index_of_the_first_release_is_migrated(tmp_path: Path) -> None:
+    import sqlite3
+
+    from atcdn.core.takedowns import Target
+    from atcdn.origin.index import Index
+
+    path = tmp_path / "index.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE blobs (cid TEXT PRIMARY KEY, size INTEGER NOT NULL, mime TEXT NOT NULL,
+                            first_seen REAL NOT NULL);
+        CREATE TABLE refs (cid TEXT NOT NULL, did TEXT NOT NULL, first_seen REAL NOT NULL,
+                           PRIMARY KEY (cid, did));
+        CREATE TABLE takedowns (subject TEXT PRIMARY KEY, at REAL NOT NULL);
+        INSERT INTO blobs VALUES ('bafkone', 3, 'text/plain', 1.0);
+        INSERT INTO refs VALUES ('bafkone', 'did:plc:aaaaaaaaaaaaaaaaaaaaaaaa', 1.0);
+        INSERT INTO takedowns VALUES ('did:plc:aaaaaaaaaaaaaaaaaaaaaaaa', 2.0);
+        INSERT INTO takedowns VALUES ('bafktwo', 2.0);
+    """)
+    old.commit()
+    old.close()
+    index = Index(path)
+    try:
+        assert index.get("bafkone").pinned  # type: ignore[union-attr]
+        assert index.holders("bafkone") == {A: "push"}
+        assert index.authorize("bafkone", A) == "taken-down"
+        assert index.authorize("bafktwo", None) == "taken-down"
+        assert index.restore(Target(did=A)) == (True, 1)
+        assert index.authorize("bafkone", A) == "serve"
+    finally:
+        index.close()
