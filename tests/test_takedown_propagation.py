@@ -9,6 +9,7 @@ import io
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -19,7 +20,7 @@ from atcdn.edge.takedown import PurgeLog, admit, purge_disk
 from PIL import Image
 
 from tests.helpers.env import TOKEN
-from tests.helpers.nodes import Edge, Origin, running_origin, start_edge
+from tests.helpers.nodes import Edge, Origin, running_origin, start_edge, start_upstream
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 A = "did:plc:" + "a" * 24
@@ -153,3 +154,35 @@ def test_work_in_flight_does_not_outlive_a_purge(tmp_path: Path) -> None:
     finally:
         disk.close()
         log.close()
+
+
+def test_a_fetch_in_flight_does_not_land_after_a_takedown(tmp_path: Path, edge_factory) -> None:
+    """A takedown (or purge) that arrives while the edge is fetching: the fetched bytes are
+    neither served nor cached; after a restore they are fetched again."""
+    up = start_upstream(tmp_path / "upstream", env={"STANDIN_DELAY": "2"})
+    try:
+        cid = up.add_blob(jpeg(3))
+        edge = edge_factory(up.url, workers=2, env={"ATCDN_EDGE_TAKEDOWN_SOURCE": "none"})
+        url = f"{edge.url}/blob/{A}/{cid}"
+        with ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(httpx.get, url, timeout=30)
+            time.sleep(1.0)  # the fetch is waiting on the slow origin
+            httpx.post(f"{edge.url}/admin/takedown", json={"did": A},
+                       headers=AUTH).raise_for_status()
+            assert slow.result().status_code == 451
+        httpx.post(f"{edge.url}/admin/restore", json={"did": A}, headers=AUTH).raise_for_status()
+        assert httpx.get(url, timeout=30).status_code == 200
+        assert sum(1 for line in up.requests() if f"GET /blob/{cid}" in line) == 2
+        # A plain purge in flight: the client is told to retry, and nothing stale stays.
+        with ThreadPoolExecutor(1) as pool:
+            other = up.add_blob(jpeg(4))
+            slow = pool.submit(httpx.get, f"{edge.url}/blob/{A}/{other}", timeout=30)
+            time.sleep(1.0)
+            httpx.post(f"{edge.url}/admin/purge", json={"cid": other},
+                       headers=AUTH).raise_for_status()
+            late = slow.result()
+            assert late.status_code == 503 and late.json()["error"] == "Purged"
+        assert httpx.get(f"{edge.url}/blob/{A}/{other}", timeout=30).status_code == 200
+        assert sum(1 for line in up.requests() if f"GET /blob/{other}" in line) == 2
+    finally:
+        up.proc.stop()
