@@ -88,6 +88,9 @@ class Edge:
         if source == "aws":
             follower = start_follower(self._apply_takedown,
                                       self.settings.cache_dir / "takedown-position")
+        elif source == "origin" and not self.settings.origin_token:
+            log.warning("not following the origin's takedown feed: ATCDN_EDGE_ORIGIN_TOKEN "
+                        "is unset (set it, or ATCDN_EDGE_TAKEDOWN_SOURCE=aws|none)")
         elif source == "origin":
             follower = start_origin_follower(
                 self._apply_takedown, self.settings.cache_dir / "takedown-position-origin",
