@@ -22,10 +22,9 @@ from typing import Any
 from atcdn.core.accesslog import AccessLog, note
 from atcdn.core.errors import EdgeError
 from atcdn.core.feed import Event as FeedEvent
-from atcdn.core.feed import start_follower, start_origin_follower
 from atcdn.core.files import write_atomic
 from atcdn.core.mime import SNIFF_BYTES, sniff
-from atcdn.core.settings import ControlSettings, EdgeSettings
+from atcdn.core.settings import EdgeSettings
 from atcdn.core.takedowns import Target
 from atcdn.edge import urls
 from atcdn.edge.cache import DiskTier, Entry, MemoryTier, make_entry
@@ -35,7 +34,15 @@ from atcdn.edge.health import OriginProbe, health_routes
 from atcdn.edge.metrics import Metrics, use_dir
 from atcdn.edge.presets import CONTENT_TYPES, Format, load_presets
 from atcdn.edge.responses import blob_type, send_entry, send_error
-from atcdn.edge.takedown import SETTLE, Node, Takedowns, admit, purge_disk, takedown
+from atcdn.edge.takedown import (
+    SETTLE,
+    Node,
+    Takedowns,
+    follow_feed,
+    purge_disk,
+    refuse_if_overtaken,
+    takedown,
+)
 from atcdn.edge.transform import MediaError, transform
 from atcdn.edge.transform import shutdown as stop_transforms
 from atcdn.edge.watch import watch_routes
@@ -82,19 +89,7 @@ class Edge:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        source = self.settings.takedown_source or (
-            "aws" if ControlSettings().takedown_follow else "origin")
-        follower = None
-        if source == "aws":
-            follower = start_follower(self._apply_takedown,
-                                      self.settings.cache_dir / "takedown-position")
-        elif source == "origin" and not self.settings.origin_token:
-            log.warning("not following the origin's takedown feed: ATCDN_EDGE_ORIGIN_TOKEN "
-                        "is unset (set it, or ATCDN_EDGE_TAKEDOWN_SOURCE=aws|none)")
-        elif source == "origin":
-            follower = start_origin_follower(
-                self._apply_takedown, self.settings.cache_dir / "takedown-position-origin",
-                self.settings.origin, self.settings.origin_token)
+        follower = follow_feed(self._apply_takedown, self.settings)
         yield
         if follower is not None:
             follower.stop()
@@ -253,7 +248,7 @@ class Edge:
             self.metrics.transforms.labels("200").inc()
             self.metrics.transform_seconds.observe(time.monotonic() - started)
             self.disk.put_bytes(key, rendered.body, req.cid)
-            self._admit(epoch, req.did, req.cid)
+            refuse_if_overtaken(self.node, self.takedowns, self.disk, epoch, req.did, req.cid)
             value = self.disk.get(key) or rendered.body
         return self._image_remember(req, fmt, key, value)
 
@@ -276,19 +271,11 @@ class Edge:
             self.disk.remember_owner(did, cid)
         finally:
             fetched.path.unlink(missing_ok=True)
-        self._admit(epoch, did, cid)
+        refuse_if_overtaken(self.node, self.takedowns, self.disk, epoch, did, cid)
         value = self.disk.get(key)
         if value is None:
             raise EdgeError(507, "CacheFull", "the blob does not fit this edge's cache")
         return value
-
-    def _admit(self, epoch: int, did: str, cid: str) -> None:
-        """Refuse what a takedown or purge overtook while it was being fetched or made."""
-        if self.takedowns.blocked_now(did, cid):  # even if this worker has not loaded it
-            self.disk.evict_cid(cid)
-            raise _taken_down(cid)
-        if not admit(self.node.purge_log, epoch, self.disk, did, cid):
-            raise EdgeError(503, "Purged", f"{cid} was purged while it was fetched; retry")
 
     def _source_bytes(self, value: Value) -> bytes:
         size = len(value) if isinstance(value, bytes) else os.path.getsize(value)

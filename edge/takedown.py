@@ -19,19 +19,23 @@ admin routes; they only need the node's cache directory.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import diskcache
 from atcdn.core.database import Database
-from atcdn.core.settings import EdgeSettings
+from atcdn.core.errors import EdgeError
+from atcdn.core.feed import Event, Follower, start_follower, start_origin_follower
+from atcdn.core.settings import ControlSettings, EdgeSettings
 from atcdn.core.takedowns import Target
 from atcdn.edge.cache import DiskTier
 
+log = logging.getLogger("atcdn.takedowns")
 CHECK_EVERY = 0.1  # seconds between a worker's looks at the stamp file
 SETTLE = 2 * CHECK_EVERY  # after this, every worker has seen a bump
 
@@ -165,6 +169,35 @@ def admit(log: PurgeLog, epoch: int, disk: DiskTier, did: str, cid: str) -> bool
         return True
     disk.evict_cid(cid)
     return False
+
+
+def refuse_if_overtaken(node: Node, takedowns: Takedowns, disk: DiskTier, epoch: int,
+                        did: str, cid: str) -> None:
+    """After storing an entry of ``cid`` for ``did`` (work started at ``node.purge_log``'s
+    ``epoch``): raise 451 if it is taken down now (even if this worker's ``takedowns``
+    were not reloaded yet), 503 ``Purged`` if a purge overtook it; either way the CID's
+    entries are evicted again and the caller must not keep or serve it."""
+    if takedowns.blocked_now(did, cid):
+        disk.evict_cid(cid)
+        raise EdgeError(451, "TakenDown", f"{cid} is unavailable for legal reasons")
+    if not admit(node.purge_log, epoch, disk, did, cid):
+        raise EdgeError(503, "Purged", f"{cid} was purged while it was fetched; retry")
+
+
+def follow_feed(apply: Callable[[Event], None], settings: EdgeSettings) -> Follower | None:
+    """Start following the configured takedown feed (``ATCDN_EDGE_TAKEDOWN_SOURCE``: the
+    origin's, by default; AWS when ``ATCDN_TAKEDOWN_FOLLOW`` is on; or none)."""
+    source = settings.takedown_source or (
+        "aws" if ControlSettings().takedown_follow else "origin")
+    if source == "aws":
+        return start_follower(apply, settings.cache_dir / "takedown-position")
+    if source == "origin" and not settings.origin_token:
+        log.warning("not following the origin's takedown feed: ATCDN_EDGE_ORIGIN_TOKEN is "
+                    "unset (set it, or ATCDN_EDGE_TAKEDOWN_SOURCE=aws|none)")
+    elif source == "origin":
+        return start_origin_follower(apply, settings.cache_dir / "takedown-position-origin",
+                                     settings.origin, settings.origin_token)
+    return None
 
 
 class Node:
