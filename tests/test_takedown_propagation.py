@@ -186,3 +186,21 @@ def test_a_fetch_in_flight_does_not_land_after_a_takedown(tmp_path: Path, edge_f
         assert sum(1 for line in up.requests() if f"GET /blob/{other}" in line) == 2
     finally:
         up.proc.stop()
+
+
+def test_holders_are_pruned_of_cids_no_longer_cached(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from atcdn.edge.cache import Holders
+
+    monkeypatch.setattr(Holders, "PRUNE_EVERY", 11)  # the last add prunes
+    disk = DiskTier(tmp_path / "disk", 10_000_000, 1 << 20)
+    try:
+        kept = compute(b"kept")
+        disk.put_bytes(f"src/{kept}", b"kept", kept)
+        disk.remember_owner(A, kept)
+        for n in range(10):  # ten pairs whose CIDs were never (or no longer) cached
+            disk.remember_owner(B, compute(str(n).encode()))
+        assert disk.cids_of(B) == ()
+        assert disk.cids_of(A) == (kept,)
+    finally:
+        disk.close()
