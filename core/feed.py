@@ -200,6 +200,7 @@ class Follower:
         self.state_file = state_file
         self.interval = interval
         self.position = self._load()
+        self.synced = time.time()  # when a poll last reached the end of the feed
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -241,13 +242,18 @@ class Follower:
         return applied
 
     def run(self) -> None:
-        """Poll until ``stop()``; errors are logged and retried at the next tick."""
+        """Poll until ``stop()``; errors are logged and retried at the next tick. After
+        each tick, ``atcdn_takedown_feed_lag_seconds`` says how long ago a poll last
+        reached the end of the feed (about one interval when all is well)."""
+        lag = _lag_gauge()
         while not self._stop.is_set():
             started = time.monotonic()
             try:
                 self.poll()
+                self.synced = time.time()
             except Exception:
                 log.exception("takedown feed poll failed; retrying in %ss", self.interval)
+            lag.set(time.time() - self.synced)
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
     def start(self) -> None:
@@ -259,6 +265,22 @@ class Follower:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.interval + 5)
+
+
+_LAG = None
+
+
+def _lag_gauge():
+    """The feed-lag gauge, made once per process (in the multiprocess files when the
+    server keeps metrics there; the worst worker of a node is what counts)."""
+    global _LAG
+    if _LAG is None:
+        from prometheus_client import Gauge
+
+        _LAG = Gauge("atcdn_takedown_feed_lag_seconds",
+                     "seconds since this node's takedown follower last reached the feed's end",
+                     registry=None, multiprocess_mode="livemax")
+    return _LAG
 
 
 def start_follower(apply: Callable[[Event], None], default_state_file: Path) -> Follower | None:

@@ -86,6 +86,9 @@ def test_origin_takedown_reaches_every_edge_and_restore_brings_it_back(fleet) ->
     httpx.post(f"{origin.url}/admin/restore", json={"did": A}, headers=AUTH).raise_for_status()
     for edge in edges:
         until(200, edge.url + image.format(did=A))
+        # Operators see how far behind the feed each edge is (a poll interval, here).
+        assert "atcdn_takedown_feed_lag_seconds" in httpx.get(edge.url + "/metrics").text
+        assert 0 <= edge.metric("atcdn_takedown_feed_lag_seconds") < BOUND
 
 
 def test_edge_account_takedown_is_per_repo(fleet) -> None:
