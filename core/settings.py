@@ -77,8 +77,16 @@ class EdgeSettings(BaseSettings):
         description="disk-file entries up to this size are also held whole in each worker's"
                     " memory tier (granian sends a body faster than a file); 0: send files")
     max_fetch_bytes: int = 300 * 1024**2
+    fetch_temp_size: int = Field(
+        default=2 * 1024**3,
+        description="bytes all fetches in progress on this node may hold in {cache_dir}/tmp;"
+                    " a fetch that would pass it is refused with 503 (counted on top of"
+                    " cache_size)")
     fetch_connect_timeout: float = 3.0
     fetch_timeout: float = 30.0
+    resolve_timeout: float = Field(
+        default=10.0, description="one deadline for a whole DID resolution (redirects and"
+                                  " a slow body included)")
     fetch_retries: int = 2
     max_redirects: int = 3
     retry_after: int = Field(default=5, description="Retry-After seconds on 502/503/504")

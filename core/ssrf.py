@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import httpcore
 import httpx
+from atcdn.core.bodies import IDENTITY
 from atcdn.core.errors import BlockedAddress
 
 
@@ -65,7 +66,9 @@ async def _https_only(request: httpx.Request) -> None:
 def public_client(*, allow_private_networks: bool, timeout: httpx.Timeout,
                   max_redirects: int = 3, user_agent: str = "atcdn") -> httpx.AsyncClient:
     """The client for the open internet (DID documents, PDSes), with the SSRF guard
-    unless ``allow_private_networks`` (local use and tests)."""
+    unless ``allow_private_networks`` (local use and tests). It asks for identity
+    encoding; read bodies with ``atcdn.core.bodies`` (``client.stream``), which bounds
+    what a host that compresses anyway can inflate to."""
     kwargs: dict[str, Any] = {}
     if not allow_private_networks:
         transport = httpx.AsyncHTTPTransport()
@@ -74,4 +77,4 @@ def public_client(*, allow_private_networks: bool, timeout: httpx.Timeout,
         kwargs = {"transport": transport, "event_hooks": {"request": [_https_only]}}
     return httpx.AsyncClient(timeout=timeout, trust_env=False,
                              follow_redirects=True, max_redirects=max_redirects,
-                             headers={"user-agent": user_agent}, **kwargs)
+                             headers={"user-agent": user_agent, **IDENTITY}, **kwargs)
