@@ -8,6 +8,10 @@ replaces; a MemoryError is the source's fault (422). Workers are long-lived and 
 from a clean fork server, so a request costs no process start, and only the source bytes
 and the rendition cross the process boundary.
 
+A failed transform (refused, undecodable, crashed, timed out) is remembered per rendition
+key for ``FAILURE_MEMORY`` seconds (bounded, per server process), so a source that takes
+the whole timeout cannot be asked for again and again.
+
 Startup (once per server process, e.g. in the app factory or lifespan)::
 
     from atcdn.edge import transform
@@ -32,11 +36,19 @@ from typing import Any, TypeVar
 
 from atcdn.edge.image import ImageLimits, MediaError, render
 from atcdn.edge.presets import CONTENT_TYPES, Format, Preset
+from cachetools import TTLCache
 from pebble import ProcessExpired, ProcessPool
+from prometheus_client import Counter
 
 __all__ = ["MediaError", "Rendered", "Transformer", "configure", "shutdown", "transform"]
 
 T = TypeVar("T")
+FAILURE_MEMORY = 60.0  # seconds a failed rendition is answered from memory
+MAX_FAILURES = 10_000  # remembered failures per server process
+# Failures of the pool itself (e.g. closing) say nothing about the source.
+NOT_REMEMBERED = frozenset({"TransformFailed"})
+REMEMBERED = Counter("atcdn_edge_transforms_remembered",
+                     "Transforms answered with a remembered failure, no worker asked")
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,7 @@ class Transformer:
         self._pool = ProcessPool(max_workers=pool.workers, max_tasks=pool.max_tasks,
                                  initializer=_init_worker, initargs=(pool.memory_mb,),
                                  context=context)
+        self._failed: TTLCache[str, MediaError] = TTLCache(MAX_FAILURES, FAILURE_MEMORY)
 
     @classmethod
     def from_settings(cls, settings: Any) -> Transformer:
@@ -83,8 +96,19 @@ class Transformer:
                             memory_mb=settings.transform_memory_mb)
         return cls(limits, pool)
 
-    async def transform(self, source: bytes, preset: Preset, fmt: Format) -> Rendered:
-        body = await self.run(render, source, preset, fmt, self.limits)
+    async def transform(self, source: bytes, preset: Preset, fmt: Format,
+                        key: str | None = None) -> Rendered:
+        """Render; with a ``key`` (the rendition's cache key) a failure is remembered."""
+        failed = self._failed.get(key) if key else None
+        if failed is not None:
+            REMEMBERED.inc()
+            raise MediaError(failed.status, failed.error, f"{failed.message} (remembered)")
+        try:
+            body = await self.run(render, source, preset, fmt, self.limits)
+        except MediaError as exc:
+            if key and exc.error not in NOT_REMEMBERED:
+                self._failed[key] = exc
+            raise
         return Rendered(body, CONTENT_TYPES[fmt])
 
     async def run(self, function: Callable[..., T], *args: Any) -> T:
@@ -156,10 +180,12 @@ def _transformer() -> Transformer:
     return _default
 
 
-async def transform(source: bytes, preset: Preset, fmt: Format) -> Rendered:
+async def transform(source: bytes, preset: Preset, fmt: Format,
+                    key: str | None = None) -> Rendered:
     """Render ``source`` (verified blob bytes) for ``preset`` in ``fmt``.
 
     Raises MediaError: 415 unsupported type, 422 undecodable / too many pixels,
-    413 too large, 503 worker crashed or timed out.
+    413 too large, 503 worker crashed or timed out. With ``key`` a failure is remembered
+    for FAILURE_MEMORY seconds and answered again without a worker.
     """
-    return await _transformer().transform(source, preset, fmt)
+    return await _transformer().transform(source, preset, fmt, key)
