@@ -26,7 +26,12 @@ class OriginSettings(BaseSettings):
     workers: int = 1
     server: Server = "granian"
     data_dir: Path = Path("atcdn-data/origin")
-    token: str | None = Field(default=None, description="bearer token for every write")
+    token: str | None = Field(
+        default=None, description="write token: bearer for PUT/POST /blob (edge hand-offs,"
+                                  " operator pushes, ingest); cannot take down or restore")
+    admin_token: str | None = Field(
+        default=None, description="admin token: bearer for POST /admin/takedown and"
+                                  " /admin/restore; unset: those routes refuse (403)")
     max_blob_bytes: int = 300 * 1024 * 1024
     store: Literal["fs", "s3"] = "fs"
     s3_endpoint: str | None = None

@@ -6,7 +6,8 @@ Decoders are the riskiest code an edge runs on untrusted bytes, so the pipeline
 decoder that segfaults or runs away costs one request (503) and one worker, which the pool
 replaces; a MemoryError is the source's fault (422). Workers are long-lived and forked
 from a clean fork server, so a request costs no process start, and only the source bytes
-and the rendition cross the process boundary.
+and the rendition cross the process boundary. The fork server is started with no secrets
+in its environment (``core/environment.py``), so no worker holds a token either.
 
 A failed transform (refused, undecodable, crashed, timed out) is remembered per rendition
 key for ``FAILURE_MEMORY`` seconds (bounded, per server process), so a source that takes
@@ -30,10 +31,12 @@ import multiprocessing
 import os
 import resource
 import threading
+from multiprocessing import forkserver
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from atcdn.core.environment import without_secrets
 from atcdn.edge.image import ImageLimits, MediaError, render
 from atcdn.edge.presets import CONTENT_TYPES, Format, Preset
 from cachetools import TTLCache
@@ -77,6 +80,7 @@ class Transformer:
         # Workers fork from a small server that has Pillow loaded, not from the (threaded,
         # async) server process.
         context.set_forkserver_preload(["atcdn.edge.image"])
+        _start_forkserver()
         self._pool = ProcessPool(max_workers=pool.workers, max_tasks=pool.max_tasks,
                                  initializer=_init_worker, initargs=(pool.memory_mb,),
                                  context=context)
@@ -135,6 +139,29 @@ class Transformer:
     def close(self) -> None:
         self._pool.stop()
         self._pool.join(timeout=5)
+
+
+def _start_forkserver() -> None:
+    """Start this process's fork server (and multiprocessing's resource tracker) with the
+    secrets taken out of the environment they are exec'd with.
+
+    multiprocessing passes its children the process environment and offers no way to
+    pass another, so the secrets leave ``os.environ`` for the moment of the spawn (a
+    few milliseconds, under a lock) and come back at once. A fork server that is already
+    running is left as it is.
+    """
+    with _environ_lock:
+        saved = dict(os.environ)
+        secret = set(saved) - set(without_secrets(saved))
+        for name in secret:
+            del os.environ[name]
+        try:
+            forkserver.ensure_running()
+        finally:
+            os.environ.update({name: saved[name] for name in secret})
+
+
+_environ_lock = threading.Lock()
 
 
 def _init_worker(memory_mb: int) -> None:

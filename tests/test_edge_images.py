@@ -229,7 +229,7 @@ def test_through_the_real_origin(origin: str, edge_factory) -> None:
     """The real origin process behind an edge: push, then read through the edge."""
     from atcdn.core.cid import compute
 
-    from tests.helpers.env import TOKEN
+    from tests.helpers.env import ADMIN_TOKEN, TOKEN
 
     data = photo(800, 600)
     cid = compute(data)
@@ -249,5 +249,5 @@ def test_through_the_real_origin(origin: str, edge_factory) -> None:
     httpx.put(f"{origin}/blob/{other_cid}", params={"did": DID}, content=other,
               headers={"authorization": f"Bearer {TOKEN}"}).raise_for_status()
     httpx.post(f"{origin}/admin/takedown", json={"cid": other_cid},
-               headers={"authorization": f"Bearer {TOKEN}"}).raise_for_status()
+               headers={"authorization": f"Bearer {ADMIN_TOKEN}"}).raise_for_status()
     assert httpx.get(f"{node.url}/blob/{DID}/{other_cid}", timeout=30).status_code == 451
