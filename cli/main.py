@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _export(prefix: str, args: argparse.Namespace, names: Sequence[str]) -> None:
@@ -51,6 +52,26 @@ def _up(args: argparse.Namespace) -> None:
     from atcdn.cli.up import up
 
     up(data_dir=args.data_dir, origin_port=args.origin_port, edge_port=args.edge_port)
+
+
+def _status(args: argparse.Namespace) -> None:
+    from atcdn.cli.status import run
+
+    screen, healthy = run(args.urls)
+    print(screen)
+    if not healthy:
+        sys.exit(1)
+
+
+def _report(args: argparse.Namespace) -> None:
+    from atcdn.cli.report import run
+
+    if not args.node and not args.prometheus:
+        sys.exit("atcdn report: give --node URL (one per node) or --prometheus URL --period")
+    try:
+        print(run(args.node, args.prometheus, args.period, args.prices, args.json))
+    except (RuntimeError, ValueError, OSError) as exc:
+        sys.exit(f"atcdn report: {exc}")
 
 
 def _control_settings():
@@ -162,30 +183,59 @@ def build_parser() -> argparse.ArgumentParser:
     origin = roles.add_parser("origin", help="the content-addressed blob store")
     origin_cmds = origin.add_subparsers(dest="command", required=True)
     serve = origin_cmds.add_parser("serve", help="run the origin HTTP API")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--data-dir")
-    serve.add_argument("--workers", type=int)
-    serve.add_argument("--server", choices=["granian", "uvicorn"])
+    serve.add_argument("--host", help="listen address (ATCDN_ORIGIN_HOST; default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (ATCDN_ORIGIN_PORT; default 8100)")
+    serve.add_argument("--data-dir", help="blobs, index, metrics (ATCDN_ORIGIN_DATA_DIR;"
+                                          " default atcdn-data/origin)")
+    serve.add_argument("--workers", type=int,
+                       help="server processes (ATCDN_ORIGIN_WORKERS; default 1)")
+    serve.add_argument("--server", choices=["uvicorn", "granian"],
+                       help="ASGI server (ATCDN_ORIGIN_SERVER; default uvicorn)")
     serve.set_defaults(func=_origin_serve)
 
     edge = roles.add_parser("edge", help="an edge cache node")
     edge_cmds = edge.add_subparsers(dest="command", required=True)
     serve = edge_cmds.add_parser("serve", help="run the edge HTTP server")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--origin", help="origin base URL")
-    serve.add_argument("--cache-dir")
-    serve.add_argument("--cache-size", type=int, help="disk cache budget in bytes")
-    serve.add_argument("--workers", type=int)
-    serve.add_argument("--server", choices=["granian", "uvicorn"])
+    serve.add_argument("--host", help="listen address (ATCDN_EDGE_HOST; default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (ATCDN_EDGE_PORT; default 8200)")
+    serve.add_argument("--origin", help="origin base URL (ATCDN_EDGE_ORIGIN;"
+                                        " default http://127.0.0.1:8100)")
+    serve.add_argument("--cache-dir", help="disk tier, locks, takedowns, metrics"
+                                           " (ATCDN_EDGE_CACHE_DIR; default atcdn-data/edge)")
+    serve.add_argument("--cache-size", type=int, help="disk cache budget in bytes"
+                                                      " (ATCDN_EDGE_CACHE_SIZE; default 10 GiB)")
+    serve.add_argument("--workers", type=int,
+                       help="server processes (ATCDN_EDGE_WORKERS; default 2)")
+    serve.add_argument("--server", choices=["uvicorn", "granian"],
+                       help="ASGI server (ATCDN_EDGE_SERVER; default uvicorn)")
     serve.set_defaults(func=_edge_serve)
 
     up_cmd = roles.add_parser("up", help="run the whole CDN on localhost with embedded defaults")
-    up_cmd.add_argument("--data-dir", default="atcdn-data")
-    up_cmd.add_argument("--origin-port", type=int, default=8100)
-    up_cmd.add_argument("--edge-port", type=int, default=8200)
+    up_cmd.add_argument("--data-dir", default="atcdn-data",
+                        help="origin data, edge cache, token and logs (default atcdn-data)")
+    up_cmd.add_argument("--origin-port", type=int, default=8100,
+                        help="the origin's port on 127.0.0.1 (default 8100)")
+    up_cmd.add_argument("--edge-port", type=int, default=8200,
+                        help="the edge's port on 127.0.0.1 (default 8200)")
     up_cmd.set_defaults(func=_up)
+
+    status = roles.add_parser("status", help="one screen of every node's numbers and problems"
+                              " (exit status 1 when any node is unhealthy)")
+    status.add_argument("urls", nargs="+", metavar="URL", help="base URL of an origin or edge")
+    status.set_defaults(func=_status)
+
+    report = roles.add_parser("report", help="what the traffic served cost on this deployment"
+                              " and what it would have cost from AWS")
+    report.add_argument("--node", action="append", default=[], metavar="URL",
+                        help="a node to read counters from (repeat; counts since it started)")
+    report.add_argument("--prometheus", metavar="URL",
+                        help="read traffic from this Prometheus instead (needs --period)")
+    report.add_argument("--period", help="e.g. 30d, 12h (default with --node: since the"
+                        " nodes started)")
+    report.add_argument("--prices", type=Path, metavar="FILE",
+                        help="price table (default: the built-in dated table, cli/prices.toml)")
+    report.add_argument("--json", action="store_true", help="print JSON instead of text")
+    report.set_defaults(func=_report)
 
     _add_control(roles)
     return parser

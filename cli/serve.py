@@ -1,4 +1,4 @@
-"""Run an ASGI app factory under granian (default) or uvicorn."""
+"""Run an ASGI app factory under uvicorn (the default) or granian."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ def run(target: str, *, host: str, port: int, workers: int, server: Server) -> N
             factory=True,
             backlog=4096,
             log_access=False,
+            # A worker that dies (OOM kill, kill -9) is replaced; without this granian
+            # stops accepting on every worker (tests/test_faults.py).
+            respawn_failed_workers=True,
             # Not "auto", which takes uvloop when installed (uvicorn[standard] brings
             # it): granian hands requests to the loop from its own threads, and that
             # measured 0.88-0.90x of asyncio's req/s on 50 KB hits (bench/edge.py).

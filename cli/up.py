@@ -106,7 +106,9 @@ atcdn is up.  Origin: {origin_url}   (write token in {token_file})
 
   TOKEN=$(cat {token_file})
 
-  # store a file, letting the origin compute its CID (answers {{"cid", "size", "mimeType"}}):
+  # store a file, letting the origin compute its CID. It answers 201 (200 if it was already
+  # stored) with {{"cid", "size", "mimeType", "blob"}}, "blob" being the ref uploadBlob gives:
+  # {{"$type": "blob", "ref": {{"$link": cid}}, "mimeType", "size"}}
   curl -s -X POST -H "Authorization: Bearer $TOKEN" --data-binary @photo.jpg {origin_url}/blob
 
   # store a file under the CID you computed, recording the DID that references it:

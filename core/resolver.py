@@ -6,8 +6,8 @@ cached like the reference resolver does: fresh for 1 h, then refreshed, and a st
 still used (up to 24 h) when a refresh fails.
 
 The hosts are strangers, so everything is bounded: a document is at most
-``MAX_DOCUMENT`` bytes on the wire and decoded, one deadline covers a whole resolution
-(connect, redirects, a dripping body), and the cache holds at most ``max_entries`` DIDs
+``max_document`` bytes on the wire and decoded (real ones are under 2 KB), one deadline
+covers a whole resolution (connect, redirects, a dripping body), and the cache holds at most ``max_entries`` DIDs
 (least recently used out first).
 """
 
@@ -22,12 +22,11 @@ import httpx
 from atcdn.core.bodies import BodyError, BodyTooLarge, read_body
 from atcdn.core.did import web_host
 from atcdn.core.errors import BlockedAddress, EdgeError
+from atcdn.core.limits import FetchLimits
 from cachetools import LRUCache
 
 STALE_AFTER = 3600.0
 EXPIRE_AFTER = 24 * 3600.0
-MAX_DOCUMENT = 64 * 1024  # real documents are under 2 KB
-DEADLINE = 10.0  # seconds for one whole resolution
 MAX_ENTRIES = 100_000  # cached DIDs per process: ~20 MB at most
 
 
@@ -59,10 +58,13 @@ class Resolver:
     """Resolves DIDs to PDS URLs through ``client`` (which carries the SSRF guard)."""
 
     def __init__(self, client: httpx.AsyncClient, plc_url: str, *,
-                 deadline: float = DEADLINE, max_entries: int = MAX_ENTRIES) -> None:
+                 deadline: float = FetchLimits.resolve_timeout,
+                 max_document: int = FetchLimits.did_document_bytes,
+                 max_entries: int = MAX_ENTRIES) -> None:
         self.client = client
         self.plc_url = plc_url
         self.deadline = deadline
+        self.max_document = max_document
         self._cache: LRUCache[str, tuple[float, str | None]] = LRUCache(max_entries)
 
     async def pds(self, did: str) -> str:
@@ -95,7 +97,7 @@ class Resolver:
                     if response.status_code != 200:
                         raise EdgeError(502, "UpstreamFailed",
                                         f"resolving {did}: HTTP {response.status_code}")
-                    body = await read_body(response, MAX_DOCUMENT)
+                    body = await read_body(response, self.max_document)
         except BlockedAddress as exc:
             raise EdgeError(502, "ForbiddenAddress", str(exc)) from None
         except (httpx.TimeoutException, TimeoutError):
@@ -104,7 +106,7 @@ class Resolver:
             raise EdgeError(502, "UpstreamFailed", f"resolving {did}: {exc}") from None
         except BodyTooLarge:
             raise EdgeError(502, "DidDocumentTooLarge",
-                            f"{did}: DID document over {MAX_DOCUMENT} bytes") from None
+                            f"{did}: DID document over {self.max_document} bytes") from None
         except BodyError as exc:
             raise EdgeError(502, "UpstreamFailed", f"{did}: DID document: {exc}") from None
         try:

@@ -2,7 +2,7 @@
 
 Every field is read from an ``ATCDN_*`` environment variable; the CLI turns its flags
 into those variables before a server starts, so every worker process of a server sees
-the same configuration. The README lists every variable.
+the same configuration. docs/configuration.md lists every variable.
 """
 
 from __future__ import annotations
@@ -10,10 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from atcdn.core.limits import FetchLimits, ImageLimits, VideoLimits, WorkerLimits
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-Server = Literal["granian", "uvicorn"]
+# uvicorn (with uvloop and httptools) is the default: it beat granian on every cache hit
+# in issue 8's side-by-side run (docs/benchmarks.md). granian stays selectable.
+Server = Literal["uvicorn", "granian"]
 
 
 class OriginSettings(BaseSettings):
@@ -24,7 +27,7 @@ class OriginSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8100
     workers: int = 1
-    server: Server = "granian"
+    server: Server = "uvicorn"
     data_dir: Path = Path("atcdn-data/origin")
     token: str | None = Field(
         default=None, description="write token: bearer for PUT/POST /blob (edge hand-offs,"
@@ -51,7 +54,7 @@ class EdgeSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8200
     workers: int = 2
-    server: Server = "granian"
+    server: Server = "uvicorn"
     origin: str = "http://127.0.0.1:8100"
     cache_dir: Path = Path("atcdn-data/edge")
     cache_size: int = 10 * 1024**3
@@ -81,43 +84,43 @@ class EdgeSettings(BaseSettings):
         default=8 * 1024**2,
         description="disk-file entries up to this size are also held whole in each worker's"
                     " memory tier (granian sends a body faster than a file); 0: send files")
-    max_fetch_bytes: int = 300 * 1024**2
+    # Fetches (edge/fetch.py, the SSRF guard). Every limit's default is in core/limits.py.
+    max_fetch_bytes: int = FetchLimits.max_bytes
+    fetch_connect_timeout: float = FetchLimits.connect_timeout
+    fetch_timeout: float = FetchLimits.timeout
     fetch_temp_size: int = Field(
-        default=2 * 1024**3,
+        default=FetchLimits.temp_bytes,
         description="bytes all fetches in progress on this node may hold in {cache_dir}/tmp;"
-                    " a fetch that would pass it is refused with 503 (counted on top of"
-                    " cache_size)")
-    fetch_connect_timeout: float = 3.0
-    fetch_timeout: float = 30.0
+                    " a fetch that would pass it is refused with 503 (on top of cache_size)")
     resolve_timeout: float = Field(
-        default=10.0, description="one deadline for a whole DID resolution (redirects and"
-                                  " a slow body included)")
+        default=FetchLimits.resolve_timeout,
+        description="one deadline for a whole DID resolution (redirects, a slow body)")
     fetch_retries: int = 2
-    max_redirects: int = 3
+    max_redirects: int = FetchLimits.max_redirects
     retry_after: int = Field(default=5, description="Retry-After seconds on 502/503/504")
     presets: str | None = Field(
         default=None, description="JSON object of extra/overriding image presets")
     max_pending_misses: int = Field(
         default=512, description="cache misses in progress per worker before answering 429")
     # Image transforms (edge/image.py, edge/transform.py): source limits and worker pool.
-    image_max_source_bytes: int = 50 * 1024 * 1024
-    image_max_source_pixels: int = 50_000_000
-    image_max_frames: int = 300
-    image_max_animation_pixels: int = 100_000_000
-    transform_workers: int = 2
-    transform_timeout: float = 20.0
-    transform_memory_mb: int = 1024
+    image_max_source_bytes: int = ImageLimits.max_source_bytes
+    image_max_source_pixels: int = ImageLimits.max_source_pixels
+    image_max_frames: int = ImageLimits.max_frames
+    image_max_animation_pixels: int = ImageLimits.max_animation_pixels
+    transform_workers: int = WorkerLimits.workers
+    transform_timeout: float = WorkerLimits.timeout
+    transform_memory_mb: int = WorkerLimits.memory_mb
 
     # Video (/watch): transcodes to HLS run in child processes, at most
     # video_max_concurrent per node, video_queue_length more waiting per worker.
-    video_max_bytes: int = 300 * 1024 * 1024
-    video_max_seconds: float = 600.0
-    video_max_pixels: int = 4096 * 2304
-    video_timeout: float = 900.0
-    video_memory_bytes: int = 3 * 1024**3
+    video_max_bytes: int = VideoLimits.max_bytes
+    video_max_seconds: float = VideoLimits.max_seconds
+    video_max_pixels: int = VideoLimits.max_pixels
+    video_timeout: float = VideoLimits.timeout
+    video_memory_bytes: int = VideoLimits.memory_bytes
     video_max_concurrent: int = 1
     video_queue_length: int = 8
-    video_threads: int = 0
+    video_threads: int = VideoLimits.threads
 
 
 class ControlSettings(BaseSettings):

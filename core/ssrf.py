@@ -15,6 +15,7 @@ import httpcore
 import httpx
 from atcdn.core.bodies import IDENTITY
 from atcdn.core.errors import BlockedAddress
+from atcdn.core.limits import FetchLimits
 
 
 # Ranges refused whole although Python's ``is_global`` may call them global: deprecated
@@ -86,7 +87,8 @@ async def _https_only(request: httpx.Request) -> None:
 
 
 def public_client(*, allow_private_networks: bool, timeout: httpx.Timeout,
-                  max_redirects: int = 3, user_agent: str = "atcdn") -> httpx.AsyncClient:
+                  max_redirects: int = FetchLimits.max_redirects,
+                  user_agent: str = "atcdn") -> httpx.AsyncClient:
     """The client for the open internet (DID documents, PDSes), with the SSRF guard
     unless ``allow_private_networks`` (local use and tests). It asks for identity
     encoding; read bodies with ``atcdn.core.bodies`` (``client.stream``), which bounds

@@ -27,6 +27,7 @@ import httpx
 from atcdn.core.bodies import BodyError, BodyTooLarge, Inflater, InflatedTooFar, iter_body
 from atcdn.core.cid import Verifier
 from atcdn.core.errors import BlockedAddress, EdgeError
+from atcdn.core.limits import FetchLimits
 from atcdn.core.resolver import Resolver
 from atcdn.core.settings import EdgeSettings
 from atcdn.core.ssrf import public_client
@@ -38,12 +39,13 @@ RETRYABLE = (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.Remote
 TEMP_CHECK_EVERY = 256 * 1024  # bytes written between looks at the node's temp usage
 
 
-def _timeout(settings: EdgeSettings) -> httpx.Timeout:
-    return httpx.Timeout(settings.fetch_timeout, connect=settings.fetch_connect_timeout)
+def _timeout(limits: FetchLimits) -> httpx.Timeout:
+    return httpx.Timeout(limits.timeout, connect=limits.connect_timeout)
 
 
 def origin_client(settings: EdgeSettings) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=settings.origin.rstrip("/"), timeout=_timeout(settings),
+    return httpx.AsyncClient(base_url=settings.origin.rstrip("/"),
+                             timeout=_timeout(FetchLimits.from_settings(settings)),
                              trust_env=False, limits=httpx.Limits(max_connections=64))
 
 
@@ -58,16 +60,19 @@ class Fetched:
 class Fetcher:
     def __init__(self, settings: EdgeSettings, metrics: Metrics, tmp_dir: Path) -> None:
         self.settings = settings
+        self.limits = FetchLimits.from_settings(settings)
         self.metrics = metrics
         self.tmp_dir = tmp_dir
         tmp_dir.mkdir(parents=True, exist_ok=True)
         _remove_stale(tmp_dir)
         self.origin = origin_client(settings)
         self.public = public_client(
-            allow_private_networks=settings.allow_private_networks, timeout=_timeout(settings),
-            max_redirects=settings.max_redirects, user_agent="atcdn-edge")
+            allow_private_networks=settings.allow_private_networks,
+            timeout=_timeout(self.limits), max_redirects=self.limits.max_redirects,
+            user_agent="atcdn-edge")
         self.resolver = Resolver(self.public, settings.plc_url,
-                                 deadline=settings.resolve_timeout)
+                                 deadline=self.limits.resolve_timeout,
+                                 max_document=self.limits.did_document_bytes)
         self.refusals = Refusals()
         self._handoffs: set[asyncio.Task] = set()
 
@@ -114,7 +119,7 @@ class Fetcher:
             if attempt:
                 await asyncio.sleep(0.1 * 2**attempt)
             try:
-                async with asyncio.timeout(self.settings.fetch_timeout):
+                async with asyncio.timeout(self.limits.timeout):
                     async with client.stream("GET", url, params=params) as response:
                         if response.status_code >= 500 and attempt < self.settings.fetch_retries:
                             continue
@@ -143,7 +148,7 @@ class Fetcher:
 
     async def _save(self, response: httpx.Response, cid: str, source: str) -> Fetched:
         """Stream to a temporary file while hashing; keep it only if it is ``cid``."""
-        limit = self.settings.max_fetch_bytes
+        limit = self.limits.max_bytes
         declared = response.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise EdgeError(413, "BlobTooLarge", f"blob is {declared} bytes, limit {limit}")
@@ -189,7 +194,7 @@ class Fetcher:
         """503 when the node's fetch temp space (all workers' files) plus ``more`` would
         pass ``fetch_temp_size``."""
         used = temp_usage(self.tmp_dir)
-        cap = self.settings.fetch_temp_size
+        cap = self.limits.temp_bytes
         if used + more > cap:
             raise EdgeError(503, "TempSpaceFull",
                             f"fetches in progress hold {used} bytes, the cap is {cap}")

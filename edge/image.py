@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from atcdn.core.errors import EdgeError
+from atcdn.core.limits import ImageLimits
 from atcdn.edge.presets import Format, Preset
 from PIL import Image, ImageCms
 
@@ -38,18 +39,6 @@ class MediaError(EdgeError):
 
     def __reduce__(self):  # crosses the process boundary from the workers
         return (MediaError, (self.status, self.error, self.message))
-
-
-@dataclass(frozen=True)
-class ImageLimits:
-    """What a source may cost before we refuse it (imgproxy's limits)."""
-
-    max_source_bytes: int = 50 * 1024 * 1024
-    max_source_pixels: int = 50_000_000
-    max_frames: int = 300
-    # Sum of the pixels of every frame of an animation kept animated; beyond it (or
-    # beyond max_frames) an animation is rendered as its first frame.
-    max_animation_pixels: int = 100_000_000
 
 
 # Speed/quality of the resize (see bench/images.py). Like libvips (sharp): JPEG

@@ -1,8 +1,9 @@
 """Running transcodes: one child process per video, bounded, queued, single-flight per node.
 
-Each transcode is ``python -m edge.video`` in a child process (RLIMIT_AS inside, a wall
-timeout outside), so hostile media can crash or exhaust only that child. Coordination
-between the edge's worker processes goes through files under ``{cache_dir}/video/``:
+Each transcode is ``python -m atcdn.edge.video`` in a child process (RLIMIT_AS inside, a
+wall timeout outside; both in core/limits.py), so hostile media can crash or exhaust only
+that child. Coordination between the edge's worker processes goes through files under
+``{cache_dir}/video/`` (edge/transcode_files.py names those of one video):
 
 - ``{cid}/.lock`` is held by the child for the whole transcode: whoever finds it held
   knows the video is being transcoded and just serves the files as they appear;
@@ -30,15 +31,18 @@ from typing import Literal
 
 from atcdn.core.environment import without_secrets
 from atcdn.core.files import write_json
+from atcdn.core.limits import VideoLimits
 from atcdn.core.settings import EdgeSettings
-from atcdn.edge import video
-from atcdn.edge.video import (
+from atcdn.edge.transcode_files import (
     DONE_NAME,
     ERROR_NAME,
+    EXIT_BUSY,
+    EXIT_DONE,
+    EXIT_REFUSED,
     LOCK_NAME,
     STATE_NAME,
-    Limits,
     VideoError,
+    clear,
 )
 from filelock import FileLock, Timeout
 from prometheus_client import Counter, Gauge
@@ -64,19 +68,12 @@ class Busy(Exception):
         self.retry_after = retry_after
 
 
-def limits_of(settings: EdgeSettings) -> Limits:
-    return Limits(max_bytes=settings.video_max_bytes, max_seconds=settings.video_max_seconds,
-                  max_pixels=settings.video_max_pixels, memory_bytes=settings.video_memory_bytes,
-                  threads=settings.video_threads)
-
-
 class Transcodes:
     """The transcodes of one edge worker process (and what it can see of the others')."""
 
     def __init__(self, settings: EdgeSettings) -> None:
         self.root = Path(settings.cache_dir) / "video"
-        self.limits = limits_of(settings)
-        self.timeout = settings.video_timeout
+        self.limits = VideoLimits.from_settings(settings)
         self.slots = max(1, settings.video_max_concurrent)
         self.queue_length = settings.video_queue_length
         self.jobs: dict[str, asyncio.Task[None]] = {}
@@ -202,26 +199,27 @@ class Transcodes:
         finally:
             log.close()
         try:
-            code = await asyncio.wait_for(proc.wait(), self.timeout)
+            code = await asyncio.wait_for(proc.wait(), self.limits.timeout)
         except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
             proc.kill()
             await proc.wait()
             self._discard(folder)
             if isinstance(exc, asyncio.CancelledError):
                 raise
+            limit = self.limits.timeout
             self._refuse(cid, VideoError(503, "TranscodeTimeout",
-                                         f"transcode took longer than {self.timeout:.0f} s"),
+                                         f"transcode took longer than {limit:.0f} s"),
                          transient=True)
             return
-        if code == video.EXIT_DONE and (folder / DONE_NAME).exists():
+        if code == EXIT_DONE and (folder / DONE_NAME).exists():
             FINISHED.inc()
             try:
                 ENCODED.inc(json.loads((folder / DONE_NAME).read_text())["encoded_seconds"])
             except (OSError, ValueError, KeyError):
                 pass
-        elif code == video.EXIT_REFUSED:
+        elif code == EXIT_REFUSED:
             FAILED.inc()
-        elif code != video.EXIT_BUSY:  # killed by a signal, out of memory, a bug...
+        elif code != EXIT_BUSY:  # killed by a signal, out of memory, a bug...
             self._discard(folder)
             self._refuse(cid, VideoError(422, "UndecodableMedia",
                                          f"the transcoder died on this video (exit {code})"))
@@ -235,7 +233,7 @@ class Transcodes:
         except Timeout:
             return
         try:
-            video.clear(folder)
+            clear(folder)
         finally:
             lock.release()
 

@@ -29,15 +29,15 @@ import asyncio
 import concurrent.futures
 import multiprocessing
 import os
-import resource
 import threading
-from multiprocessing import forkserver
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing import forkserver
 from typing import Any, TypeVar
 
 from atcdn.core.environment import without_secrets
-from atcdn.edge.image import ImageLimits, MediaError, render
+from atcdn.core.limits import ImageLimits, MiB, WorkerLimits, confine
+from atcdn.edge.image import MediaError, render
 from atcdn.edge.presets import CONTENT_TYPES, Format, Preset
 from cachetools import TTLCache
 from pebble import ProcessExpired, ProcessPool
@@ -60,22 +60,13 @@ class Rendered:
     content_type: str
 
 
-@dataclass(frozen=True)
-class PoolSettings:
-    workers: int = 2
-    timeout: float = 20.0
-    memory_mb: int = 1024
-    # A worker is replaced after this many tasks, bounding slow leaks/fragmentation.
-    max_tasks: int = 500
-
-
 class Transformer:
     """A pool of isolated image workers; one per server process."""
 
     def __init__(self, limits: ImageLimits = ImageLimits(),
-                 pool: PoolSettings = PoolSettings()) -> None:
+                 pool: WorkerLimits = WorkerLimits()) -> None:
         self.limits = limits
-        self.settings = pool
+        self.pool_limits = pool
         context = multiprocessing.get_context("forkserver")
         # Workers fork from a small server that has Pillow loaded, not from the (threaded,
         # async) server process.
@@ -88,17 +79,8 @@ class Transformer:
 
     @classmethod
     def from_settings(cls, settings: Any) -> Transformer:
-        """From an ``atcdn.settings.EdgeSettings``."""
-        limits = ImageLimits(
-            max_source_bytes=settings.image_max_source_bytes,
-            max_source_pixels=settings.image_max_source_pixels,
-            max_frames=settings.image_max_frames,
-            max_animation_pixels=settings.image_max_animation_pixels,
-        )
-        pool = PoolSettings(workers=settings.transform_workers,
-                            timeout=settings.transform_timeout,
-                            memory_mb=settings.transform_memory_mb)
-        return cls(limits, pool)
+        """From an ``atcdn.core.settings.EdgeSettings``."""
+        return cls(ImageLimits.from_settings(settings), WorkerLimits.from_settings(settings))
 
     async def transform(self, source: bytes, preset: Preset, fmt: Format,
                         key: str | None = None) -> Rendered:
@@ -117,14 +99,14 @@ class Transformer:
 
     async def run(self, function: Callable[..., T], *args: Any) -> T:
         """Run ``function(*args)`` in a worker; crashes and timeouts become a 503."""
-        future = self._pool.schedule(function, args, timeout=self.settings.timeout)
+        future = self._pool.schedule(function, args, timeout=self.pool_limits.timeout)
         try:
             return await asyncio.wrap_future(future)
         except MediaError:
             raise
         except concurrent.futures.TimeoutError:
             raise MediaError(503, "TransformTimeout",
-                             f"transform took over {self.settings.timeout:g} s") from None
+                             f"transform took over {self.pool_limits.timeout:g} s") from None
         except ProcessExpired as exc:
             raise MediaError(503, "TransformCrashed",
                              f"image worker died (exit code {exc.exitcode})") from None
@@ -165,12 +147,8 @@ _environ_lock = threading.Lock()
 
 
 def _init_worker(memory_mb: int) -> None:
-    """Runs in each worker before any task: cap its address space."""
-    if memory_mb > 0:
-        limit = memory_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    # No core dumps from crashing decoders.
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    """Runs in each worker before any task: cap its address space, no core dumps."""
+    confine(memory_mb * MiB)
     os.environ["OMP_NUM_THREADS"] = "1"
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 from atcdn.core.files import write_atomic
 from atcdn.core.settings import EdgeSettings
 from atcdn.edge import hls, urls
+from atcdn.edge.transcode_files import META_NAME, THUMBNAIL_NAME
 from atcdn.edge.transcodes import Busy, Transcodes
-from atcdn.edge.video import META_NAME, THUMBNAIL_NAME
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response

@@ -121,8 +121,8 @@ def changed_tasks(output: str) -> list[str]:
 
 
 def stop_pid_file(path: Path) -> None:
-    """SIGTERM the PID in ``path`` (granian and nginx masters stop their workers), wait,
-    then SIGKILL whatever is left of its process group."""
+    """SIGTERM the PID in ``path`` (uvicorn, granian and nginx masters stop their
+    workers), wait, then SIGKILL whatever is left of its process group."""
     if not path.exists():
         return
     pid = int(path.read_text().strip())

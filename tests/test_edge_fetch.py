@@ -4,13 +4,17 @@ handing blobs on to the origin, and the SSRF guard."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 from atcdn.core.cid import compute
-from atcdn.core.errors import EdgeError
+from atcdn.core.errors import BlockedAddress, EdgeError
 from atcdn.core.resolver import Resolver
 from atcdn.core.ssrf import public_client
 
@@ -109,18 +113,69 @@ def test_ssrf_guard_refuses_loopback_did_web(world, edge_factory) -> None:
     assert len(pds.requests()) == seen
 
 
-def test_guarded_client_checks_the_resolved_address() -> None:
-    """https to a name that resolves to loopback is refused at connect time."""
-    async def resolve() -> None:
-        client = public_client(allow_private_networks=False, timeout=httpx.Timeout(5.0))
+@contextmanager
+def connection_counter() -> Iterator[tuple[int, list[str]]]:
+    """A bare TCP port on 127.0.0.1 that accepts, records and closes every connection:
+    the stand-in for a host behind a private address."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, peer = listener.accept()
+            except TimeoutError:
+                continue
+            seen.append(peer[0])
+            conn.close()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1], seen
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+
+
+def guarded_get(url: str) -> None:
+    async def get() -> None:
+        client = public_client(allow_private_networks=False, timeout=httpx.Timeout(3.0))
         try:
-            await Resolver(client, "https://localhost:1").pds(DID)
+            await client.get(url)
         finally:
             await client.aclose()
 
-    with pytest.raises(EdgeError) as caught:
-        asyncio.run(resolve())
-    assert caught.value.status == 502
+    asyncio.run(get())
+
+
+def test_guarded_client_checks_the_resolved_address() -> None:
+    """https to a name that resolves to loopback is refused before connecting."""
+    async def resolve(port: int) -> None:
+        client = public_client(allow_private_networks=False, timeout=httpx.Timeout(5.0))
+        try:
+            await Resolver(client, f"https://localhost:{port}").pds(DID)
+        finally:
+            await client.aclose()
+
+    with connection_counter() as (port, seen):
+        with pytest.raises(EdgeError) as caught:
+            asyncio.run(resolve(port))
+        assert (caught.value.status, caught.value.error) == (502, "ForbiddenAddress")
+        assert "non-public address" in caught.value.message
+        # An unguarded client would have connected (and failed the TLS handshake).
+        with pytest.raises(BlockedAddress):
+            guarded_get(f"https://127.0.0.1:{port}/")
+        assert seen == []
+
+
+def test_guarded_client_refuses_plain_http() -> None:
+    """http is refused before any connection, even to a public address."""
+    with pytest.raises(BlockedAddress, match="refusing http URL"):
+        guarded_get("http://1.1.1.1/xrpc/com.atproto.sync.getBlob")
 
 
 def test_pds_blob_lands_in_the_real_origin(origin: str, tmp_path: Path, edge_factory) -> None:

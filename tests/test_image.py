@@ -12,9 +12,10 @@ import zlib
 from collections.abc import Iterator
 
 import pytest
-from atcdn.edge.image import ImageLimits, MediaError, plan, render, sniff, strip_jpeg
+from atcdn.core.limits import ImageLimits, WorkerLimits
+from atcdn.edge.image import MediaError, plan, render, sniff, strip_jpeg
 from atcdn.edge.presets import DEFAULT_PRESETS, Preset
-from atcdn.edge.transform import PoolSettings, Rendered, Transformer
+from atcdn.edge.transform import Rendered, Transformer
 from PIL import Image, ImageChops, ImageCms
 
 from tests.helpers.pictures import (
@@ -399,7 +400,7 @@ def test_media_error_pickles():
 
 @pytest.fixture(scope="module")
 def pool() -> Iterator[Transformer]:
-    transformer = Transformer(ImageLimits(), PoolSettings(workers=1, timeout=5, memory_mb=768))
+    transformer = Transformer(ImageLimits(), WorkerLimits(workers=1, timeout=5, memory_mb=768))
     yield transformer
     transformer.close()
 
@@ -470,7 +471,7 @@ def test_settings_feed_the_pool(monkeypatch):
     transformer = Transformer.from_settings(settings)
     try:
         assert transformer.limits.max_source_pixels == 1234
-        assert transformer.settings.workers == 1
+        assert transformer.pool_limits.workers == 1
         with pytest.raises(MediaError) as caught:
             run(transformer.transform(encode(marked(64, 64)), P["avatar"], "png"))
         assert caught.value.error == "TooManyPixels"

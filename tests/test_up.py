@@ -60,6 +60,20 @@ def test_up_serves_and_stops(tmp_path: Path) -> None:
         assert thumb.status_code == 200
         assert Image.open(io.BytesIO(thumb.content)).size == (128, 128)
 
+        # The POST the banner shows answers what the banner says: 201, then 200, with
+        # the flat fields and an uploadBlob-style ref.
+        assert '{"cid", "size", "mimeType", "blob"}' in printed
+        assert '{"$type": "blob", "ref": {"$link": cid}, "mimeType", "size"}' in printed
+        png = io.BytesIO()
+        Image.new("RGB", (32, 32), (0, 90, 200)).save(png, "PNG")
+        cid, size = compute(png.getvalue()), len(png.getvalue())
+        expected = {"cid": cid, "size": size, "mimeType": "image/png",
+                    "blob": {"$type": "blob", "ref": {"$link": cid},
+                             "mimeType": "image/png", "size": size}}
+        for status in (201, 200):
+            posted = httpx.post(f"{origin}/blob", content=png.getvalue(), headers=auth)
+            assert (posted.status_code, posted.json()) == (status, expected)
+
         os.kill(proc.pid, signal.SIGTERM)  # the up process alone, not its group
         proc.popen.wait(20)
         for url in (origin, edge):
@@ -70,3 +84,17 @@ def test_up_serves_and_stops(tmp_path: Path) -> None:
                 pass
     finally:
         proc.stop()
+
+
+def test_readme_quick_start_is_what_ci_runs() -> None:
+    """README's two commands: install and run the CDN; install and run the tests,
+    exactly as .ci/run does."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Quick start", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = [line for line in block.splitlines() if line and not line.startswith("#")]
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
+          if line and not line.startswith("#")]
+    assert commands == [
+        "python3 -m venv .venv && .venv/bin/pip install . && .venv/bin/atcdn up",
+        ci[-1],
+    ]

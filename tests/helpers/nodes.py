@@ -73,13 +73,15 @@ class Edge:
 
 
 def start_edge(origin_url: str, cache_dir: Path, log: Path, *, workers: int = 1,
-               server: str = "granian", env: dict[str, str] | None = None) -> Edge:
-    """Start an edge on a free port (private networks allowed, test tokens set)."""
-    port = free_port()
+               server: str | None = None, env: dict[str, str] | None = None,
+               port: int | None = None) -> Edge:
+    """Start an edge on ``port`` or a free one (private networks allowed, test tokens set),
+    under ``server`` or else the default server."""
+    port = port or free_port()
     proc = Process(
         atcdn("edge", "serve", "--host", "127.0.0.1", "--port", str(port),
               "--origin", origin_url, "--cache-dir", str(cache_dir),
-              "--workers", str(workers), "--server", server),
+              "--workers", str(workers), *(["--server", server] if server else [])),
         env={"ATCDN_ALLOW_PRIVATE_NETWORKS": "1", "ATCDN_EDGE_ORIGIN_TOKEN": TOKEN,
              "ATCDN_EDGE_PURGE_TOKEN": TOKEN, **(env or {})},
         log=log, cwd=ROOT,
