@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 
 from atcdn.core.settings import Server
@@ -13,6 +14,7 @@ def run(target: str, *, host: str, port: int, workers: int, server: Server) -> N
     Settings travel to the worker processes through ``ATCDN_*`` environment variables,
     so the factory builds its app from the environment in every worker.
     """
+    check_port(host, port)
     if server == "granian":
         from granian import Granian
         from granian.constants import Interfaces, Loops
@@ -57,3 +59,27 @@ def _tcp_listener(host: str, port: int) -> socket.socket:
     sock.bind((host, port))
     sock.set_inheritable(True)
     return sock
+
+
+class PortInUse(SystemExit):
+    """The port is held by another process: one line for the operator, no traceback."""
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse to start when something already listens on ``host:port``.
+
+    A test bind with SO_REUSEADDR only, as our own listener does: it succeeds over
+    TIME_WAIT leftovers of a stopped server, and fails while any socket listens there,
+    including one opened with SO_REUSEPORT (granian's), which a second server that also
+    set SO_REUSEPORT would silently share: requests then alternate between the two.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(f"atcdn: port {port} on {host} is already in use by another "
+                                f"process; stop it or choose another port") from None
+            raise PortInUse(f"atcdn: cannot listen on {host}:{port}: {exc.strerror}") from None

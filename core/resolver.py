@@ -102,7 +102,7 @@ class Resolver:
             raise EdgeError(502, "ForbiddenAddress", str(exc)) from None
         except (httpx.TimeoutException, TimeoutError):
             raise EdgeError(504, "UpstreamTimeout", f"resolving {did} timed out") from None
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, OSError) as exc:  # OSError: DNS, TLS, sockets
             raise EdgeError(502, "UpstreamFailed", f"resolving {did}: {exc}") from None
         except BodyTooLarge:
             raise EdgeError(502, "DidDocumentTooLarge",

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from atcdn.core.accesslog import AccessLog, note
 from atcdn.core.errors import EdgeError
 from atcdn.core.feed import Event as FeedEvent
 from atcdn.core.feed import start_follower
@@ -29,6 +30,7 @@ from atcdn.edge import urls
 from atcdn.edge.cache import DiskTier, Entry, MemoryTier, make_entry
 from atcdn.edge.fetch import Fetcher
 from atcdn.edge.flight import SingleFlight
+from atcdn.edge.health import OriginProbe, health_routes
 from atcdn.edge.metrics import Metrics, use_dir
 from atcdn.edge.presets import CONTENT_TYPES, Format, load_presets
 from atcdn.edge.responses import blob_type, send_entry, send_error
@@ -65,7 +67,8 @@ class Edge:
         self.pending = 0  # memory misses in progress in this worker
         self.router = Starlette(
             routes=[
-                Route("/health", self.health, methods=["GET", "HEAD"]),
+                *health_routes(OriginProbe(self.fetcher.origin, settings.health_probe_interval),
+                               settings.retry_after),
                 Route("/metrics", self.metrics_page, methods=["GET"]),
                 Route("/admin/purge", self.admin_purge, methods=["POST"]),
                 Route("/admin/takedown", self.admin_takedown, methods=["POST"]),
@@ -125,6 +128,7 @@ class Edge:
         entry = self.memory.get(key)
         if entry is not None:
             self.metrics.memory_hit("img", entry.size)
+            note(cache="memory")
             return await send_entry(scope, receive, send, entry, request, vary=req.fmt is None)
         started = time.monotonic()
         found = await self._miss(send, "img", key, lambda: self._image_entry(req, fmt, key))
@@ -147,6 +151,7 @@ class Edge:
         entry = self.memory.get(key)
         if entry is not None:
             self.metrics.memory_hit("blob", entry.size)
+            note(cache="memory")
             return await send_entry(scope, receive, send, entry, request)
         started = time.monotonic()
         found = await self._miss(send, "blob", key, lambda: self._blob_entry(req, key))
@@ -203,7 +208,7 @@ class Edge:
         except EdgeError as exc:  # MediaError included
             await self._error(send, route, exc)
         except Exception:
-            log.exception("%s request failed", route)
+            log.exception("%s request failed: answered 500", route)  # + method, path, id
             await self._error(send, route, EdgeError(500, "InternalError", "unexpected; logged"))
         finally:
             self.pending -= not joining
@@ -297,6 +302,7 @@ class Edge:
             self.takedowns.load()
 
     def _served(self, route: str, outcome: str, entry: Entry, started: float) -> None:
+        note(cache=outcome)
         if outcome == "disk":
             self.metrics.cache_hits.labels(route, "disk").inc()
         else:
@@ -310,9 +316,6 @@ class Edge:
                          retry_after=self.settings.retry_after)
 
     # -- Starlette routes -----------------------------------------------------------------
-
-    async def health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
 
     async def metrics_page(self, request: Request) -> Response:
         return Response(self.metrics.render(),
@@ -398,6 +401,6 @@ async def _json_http_error(request: Request, exc: Exception) -> Response:
     return _json_error(status, names.get(status, "Error"), str(getattr(exc, "detail", exc)))
 
 
-def create_app() -> Edge:
+def create_app() -> ASGIApp:
     """The app factory servers call in every worker; settings come from ``ATCDN_*``."""
-    return Edge(EdgeSettings())
+    return AccessLog(Edge(EdgeSettings()))

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from atcdn.core.accesslog import current_id
 from atcdn.core.bodies import BodyError, BodyTooLarge, Inflater, InflatedTooFar, iter_body
 from atcdn.core.cid import Verifier
 from atcdn.core.errors import BlockedAddress, EdgeError
@@ -46,7 +47,15 @@ def _timeout(limits: FetchLimits) -> httpx.Timeout:
 def origin_client(settings: EdgeSettings) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=settings.origin.rstrip("/"),
                              timeout=_timeout(FetchLimits.from_settings(settings)),
-                             trust_env=False, limits=httpx.Limits(max_connections=64))
+                             trust_env=False, limits=httpx.Limits(max_connections=64),
+                             event_hooks={"request": [_pass_request_id]})
+
+
+async def _pass_request_id(request: httpx.Request) -> None:
+    """The origin logs our request's ID, so one ID follows a miss through both logs."""
+    rid = current_id()
+    if rid is not None:
+        request.headers["x-request-id"] = rid
 
 
 @dataclass(frozen=True)

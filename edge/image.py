@@ -114,7 +114,10 @@ def sniff_type(job: Job) -> None:
 
 def read_header(job: Job) -> None:
     """Parse the header only, with the one plugin the signature named."""
-    job.image = Image.open(io.BytesIO(job.source), formats=[PILLOW_FORMATS[job.kind]])
+    try:
+        job.image = Image.open(io.BytesIO(job.source), formats=[PILLOW_FORMATS[job.kind]])
+    except Image.DecompressionBombError:  # Pillow's own limit, twice its default: cite ours
+        raise _too_many_pixels("the image", job.limits) from None
     width, height = job.image.size
     if width < 1 or height < 1:
         raise MediaError(422, "UndecodableMedia", f"image declares {width}x{height}")
@@ -124,8 +127,13 @@ def check_pixels(job: Job) -> None:
     """Refuse decompression bombs from the declared size, before any pixel is decoded."""
     width, height = job.image.size
     if width * height > job.limits.max_source_pixels:
-        raise MediaError(422, "TooManyPixels",
-                         f"{width}x{height} exceeds {job.limits.max_source_pixels} pixels")
+        raise _too_many_pixels(f"{width}x{height}", job.limits)
+
+
+def _too_many_pixels(what: str, limits: ImageLimits) -> MediaError:
+    return MediaError(422, "TooManyPixels",
+                      f"{what} exceeds this edge's limit of {limits.max_source_pixels} pixels"
+                      " (ATCDN_EDGE_IMAGE_MAX_SOURCE_PIXELS)")
 
 
 def read_orientation(job: Job) -> None:
@@ -501,6 +509,6 @@ def undecodable(exc: BaseException) -> MediaError:
         return exc
     if isinstance(exc, MemoryError):
         return MediaError(422, "UndecodableMedia", "image needs more memory than allowed")
-    if isinstance(exc, Image.DecompressionBombError):
-        return MediaError(422, "TooManyPixels", str(exc))
+    if isinstance(exc, Image.DecompressionBombError):  # a later frame: not Pillow's number
+        return MediaError(422, "TooManyPixels", "a frame has more pixels than allowed")
     return MediaError(422, "UndecodableMedia", f"cannot decode image: {exc}".strip())

@@ -35,6 +35,7 @@ from pathlib import Path
 import av
 from atcdn.core.files import write_atomic, write_json
 from atcdn.core.limits import VideoLimits, confine
+from atcdn.core.mime import SNIFF_BYTES, sniff
 from atcdn.edge import hls
 from atcdn.edge.transcode_files import (
     DONE_NAME,
@@ -356,10 +357,17 @@ def save_thumbnail(out: Path, frame: VideoFrame, top: hls.Rendition) -> None:
 
 
 def open_source(path: Path) -> av.container.InputContainer:
+    """Open a container; 415 when FFmpeg cannot and the bytes are no known media type at
+    all (text, HTML, an archive: as /img answers), 422 for broken media."""
     try:
         return av.open(str(path), metadata_errors="ignore")
     except av.FFmpegError as exc:
         reason = getattr(exc, "strerror", None) or type(exc).__name__  # no server paths
+        with open(path, "rb") as fh:
+            kind = sniff(fh.read(SNIFF_BYTES))
+        if not kind.startswith(("video/", "audio/", "image/")):
+            raise VideoError(415, "UnsupportedMedia",
+                             f"not a video: the bytes look like {kind}") from None
         raise VideoError(422, "UndecodableMedia",
                          f"not a readable video container: {reason}") from None
 

@@ -56,6 +56,7 @@ class Watch:
     def __init__(self, get_source: GetSource, settings: EdgeSettings) -> None:
         self.get_source = get_source
         self.transcodes = Transcodes(settings)
+        self.retry_after = settings.retry_after
 
     # ------------------------------------------------------------------ routes
 
@@ -123,7 +124,7 @@ class Watch:
                     return error(429, "Overloaded", str(exc),
                                  {"Retry-After": str(exc.retry_after)})
                 except Exception as exc:  # the source could not be fetched
-                    return _source_error(exc)
+                    return _source_error(exc, self.retry_after)
             if time.monotonic() > deadline:
                 return error(503, "NotReady", f"{relative} is not ready yet",
                              {"Retry-After": "2"})
@@ -165,18 +166,21 @@ def _refusal(stored: dict) -> Response:
                  stored.get("message", "this video cannot be transcoded"), headers)
 
 
-def _source_error(exc: Exception) -> Response:
+def _source_error(exc: Exception, retry_after: int) -> Response:
     """A failure of get_source, as the JSON error it carries (HTTPException, or any
-    exception with ``status``, ``error`` and ``message`` like the edge's fetch errors)."""
+    exception with ``status``, ``error`` and ``message`` like the edge's fetch errors);
+    upstream trouble (502/503/504) says when to retry, as on /img and /blob."""
+    retry = {"Retry-After": str(retry_after)}
     if isinstance(exc, HTTPException):
         return error(exc.status_code, "SourceError", str(exc.detail), dict(exc.headers or {}))
     status = getattr(exc, "status", None) or getattr(exc, "status_code", None)
     if isinstance(status, int) and 400 <= status < 600:
         return error(status, getattr(exc, "error", "SourceError"),
-                     getattr(exc, "message", str(exc)))
+                     getattr(exc, "message", str(exc)),
+                     retry if status in (502, 503, 504) else None)
     if isinstance(exc, FileNotFoundError):
         return error(404, "NotFound", "no such blob")
-    return error(502, "UpstreamError", f"the video could not be fetched: {exc}")
+    return error(502, "UpstreamError", f"the video could not be fetched: {exc}", retry)
 
 
 def source_from_bytes(get_bytes: Callable[[str, str], Awaitable[bytes]],

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 from atcdn.core import cid as cids
 from atcdn.core import did as dids
+from atcdn.core.accesslog import AccessLog
 from atcdn.core.feed import Event, start_follower
 from atcdn.core.mime import is_active, sniff
 from atcdn.core.ranges import RangeNotSatisfiable, etag_matches, parse_range
@@ -27,7 +28,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import Lifespan
+from starlette.types import ASGIApp, Lifespan
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 SANDBOX = "default-src 'none'; sandbox"
@@ -103,6 +104,11 @@ class Origin:
         except dids.DIDError as exc:
             raise ApiError(400, f"not a DID: {text[:100]!r}: {exc}", "InvalidDid") from None
 
+    def require_writable(self) -> None:
+        if self.store.read_only:
+            raise ApiError(405, self.store.read_only, "ReadOnlyStore",
+                           headers={"Allow": "GET, HEAD"})
+
     async def receive(self, request: Request) -> Staging:
         """Stream the body into a staging file, refusing oversized bodies early."""
         limit = self.settings.max_blob_bytes
@@ -160,6 +166,9 @@ class Origin:
     async def serve(self, request: Request, cid: str, did: str | None) -> Response:
         if self.index.blocked(cid, did):
             raise ApiError(451, f"blob {cid} is taken down", "TakenDown")
+        if not await self.store.holds(cid, did):
+            raise ApiError(404, f"blob {cid} is not held for {did or 'any account'}",
+                           "BlobNotFound")
         meta = await self.lookup(cid)
         etag = f'"{cid}"'
         headers = {"ETag": etag, "Cache-Control": IMMUTABLE, "Accept-Ranges": "bytes",
@@ -189,6 +198,7 @@ class Origin:
         return StreamingResponse(self.store.read(cid, start, end), status, headers=headers)
 
     async def put_blob(self, request: Request) -> Response:
+        self.require_writable()
         self.require_token(request)
         cid = self.parse_cid(request.path_params["cid"])
         did = self.parse_did(request.query_params.get("did"))
@@ -203,6 +213,7 @@ class Origin:
         return JSONResponse(self.describe(meta), 201 if created else 200)
 
     async def post_blob(self, request: Request) -> Response:
+        self.require_writable()
         self.require_token(request)
         did = self.parse_did(request.query_params.get("did"))
         staging = await self.receive(request)
@@ -215,6 +226,21 @@ class Origin:
         return {"cid": meta.cid, "size": meta.size, "mimeType": meta.mime,
                 "blob": {"$type": "blob", "ref": {"$link": meta.cid},
                          "mimeType": meta.mime, "size": meta.size}}
+
+    def pds_blob_changed(self, did: str, cid: str, taken_down: bool) -> None:
+        """An adopted PDS moved ``did``'s copy of ``cid`` to quarantine (or back): the one
+        place where that becomes a takedown (or a restore) at this origin.
+
+        A PDS takes down one account's copy: the (DID, CID) scope of DESIGN.md section 8,
+        which this index does not have yet (with it: ``take_down(Target(did, cid))``). The
+        CID scope stands in: stricter (other accounts' copies stop too), never laxer; a
+        restore waits until no account's copy is quarantined. Edges hear of it through
+        the takedown feed the origin serves (not on this branch: see docs/adopt.md).
+        """
+        if taken_down:
+            self.index.take_down(cid)
+        elif not self.store.quarantined(cid):
+            self.index.restore(cid)
 
     async def subject(self, request: Request) -> str:
         self.require_token(request, "admin")
@@ -248,7 +274,8 @@ class Origin:
             self.index.is_taken_down("health-probe")
         except Exception as exc:  # noqa: BLE001 - any failure means unhealthy
             raise ApiError(503, f"store or index unavailable: {exc}") from None
-        return JSONResponse({"status": "ok", "store": self.settings.store})
+        return JSONResponse({"status": "ok", "store": self.settings.store,
+                             **self.store.status()})
 
     async def metrics_text(self, request: Request) -> Response:
         body, content_type = self.metrics.render()
@@ -291,7 +318,23 @@ def follow_takedowns(index: Index, settings: OriginSettings) -> Lifespan[Starlet
     return lifespan
 
 
-def create_app(settings: OriginSettings | None = None) -> Starlette:
+def run_store(origin: Origin, inner: Lifespan[Starlette]) -> Lifespan[Starlette]:
+    """Run the store's background work (an adopted PDS blobstore's scanner) around
+    ``inner``."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        origin.store.start(origin.pds_blob_changed)
+        try:
+            async with inner(app):
+                yield
+        finally:
+            origin.store.stop()
+
+    return lifespan
+
+
+def create_app(settings: OriginSettings | None = None) -> ASGIApp:
     settings = settings or OriginSettings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     metrics = Metrics()
@@ -307,8 +350,9 @@ def create_app(settings: OriginSettings | None = None) -> Starlette:
         Route("/health", origin.health, methods=["GET", "HEAD"]),
         Route("/metrics", origin.metrics_text, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=follow_takedowns(origin.index, settings),
+    lifespan = run_store(origin, follow_takedowns(origin.index, settings))
+    app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={
                         ApiError: api_error, HTTPException: http_error, Exception: server_error})
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    return app
+    return AccessLog(app)  # outermost: it also logs what Starlette's 500 handler answered

@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -179,6 +179,8 @@ def sweep(tmp_dir: Path, min_age: float = 60.0) -> int:
 class BlobStore(ABC):
     """Where verified blobs live. Readers only ever see whole, verified blobs."""
 
+    read_only: str | None = None  # why writes are refused (adopted PDS blobstores)
+
     def __init__(self, tmp_dir: Path) -> None:
         self.tmp_dir = tmp_dir
         tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -221,6 +223,27 @@ class BlobStore(ABC):
     @abstractmethod
     async def check(self) -> None:
         """Raise if the store cannot be used (for /health)."""
+
+    async def holds(self, cid: str, did: str | None) -> bool:
+        """Whether ``cid`` may be served to a request naming ``did``. The origin's own
+        stores hold blobs by CID alone: ``size`` decides. (Adopted blobstores hold them per
+        account: origin/adopted.py.)"""
+        return True
+
+    def quarantined(self, cid: str) -> list[str]:
+        """DIDs whose copy of ``cid`` the blobstore's owner took down (adopted stores)."""
+        return []
+
+    def start(self, report: Callable[[str, str, bool], None]) -> None:
+        """Begin background work; ``report(did, cid, taken_down)`` hears of takedowns
+        the store finds on its own (an adopted PDS quarantining a blob)."""
+
+    def stop(self) -> None:
+        """End background work."""
+
+    def status(self) -> dict:
+        """Facts for /health."""
+        return {}
 
 
 class FileStore(BlobStore):
@@ -365,9 +388,7 @@ class S3Store(BlobStore):
 
         byte_range = f"bytes={start}-" + ("" if end is None else str(end - 1))
         try:
-            response = await anyio.to_thread.run_sync(
-                lambda: self.client.get_object(Bucket=self.bucket, Key=self.key(cid),
-                                               Range=byte_range))
+            response = await anyio.to_thread.run_sync(self._get_object, cid, byte_range)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "InvalidRange":
                 return  # reading from the end of the object (or an empty one): no bytes
@@ -382,19 +403,32 @@ class S3Store(BlobStore):
         finally:
             body.close()
 
+    def _get_object(self, cid: str, byte_range: str) -> dict:
+        return self.client.get_object(Bucket=self.bucket, Key=self.key(cid), Range=byte_range)
+
     async def check(self) -> None:
         await anyio.to_thread.run_sync(lambda: self.client.head_bucket(Bucket=self.bucket))
 
 
 def open_store(settings: OriginSettings) -> BlobStore:
-    """The store the settings name: ``fs`` (default) or ``s3``."""
+    """The store the settings name: ``fs`` (default) or ``s3``, or a PDS's own blobstore
+    adopted read-only: ``pds-disk`` or ``pds-s3`` (origin/adopted.py)."""
+    s3 = dict(endpoint=settings.s3_endpoint, bucket=settings.s3_bucket,
+              region=settings.s3_region, access_key=settings.s3_access_key,
+              secret_key=settings.s3_secret_key, path_style=settings.s3_path_style)
+    if settings.store in ("pds-disk", "pds-s3"):
+        from atcdn.origin.adopted import PdsDiskStore, PdsS3Store
+
+        intervals = dict(scan_interval=settings.pds_scan_interval,
+                         rescan_interval=settings.pds_rescan_interval)
+        if settings.store == "pds-s3":
+            return PdsS3Store(settings.data_dir, **intervals, **s3)
+        if settings.pds_blobstore is None:
+            raise ValueError("store pds-disk needs ATCDN_ORIGIN_PDS_BLOBSTORE: the PDS's"
+                             " PDS_BLOBSTORE_DISK_LOCATION (e.g. /pds/blocks)")
+        return PdsDiskStore(settings.pds_blobstore, settings.data_dir, **intervals)
     if settings.store == "s3":
-        store = S3Store(
-            settings.data_dir / "tmp", endpoint=settings.s3_endpoint, bucket=settings.s3_bucket,
-            region=settings.s3_region, access_key=settings.s3_access_key,
-            secret_key=settings.s3_secret_key, path_style=settings.s3_path_style,
-            prefix=settings.s3_prefix,
-        )
+        store = S3Store(settings.data_dir / "tmp", prefix=settings.s3_prefix, **s3)
         store.ensure_bucket()
         return store
     return FileStore(settings.data_dir)

@@ -152,20 +152,27 @@ def guarded_get(url: str) -> None:
     asyncio.run(get())
 
 
-def test_guarded_client_checks_the_resolved_address() -> None:
-    """https to a name that resolves to loopback is refused before connecting."""
-    async def resolve(port: int) -> None:
-        client = public_client(allow_private_networks=False, timeout=httpx.Timeout(5.0))
+def resolve_error(plc_url: str, *, allow_private_networks: bool = False) -> EdgeError:
+    """The EdgeError of resolving DID through ``plc_url`` (fails the test if none)."""
+    async def resolve() -> None:
+        client = public_client(allow_private_networks=allow_private_networks,
+                               timeout=httpx.Timeout(5.0))
         try:
-            await Resolver(client, f"https://localhost:{port}").pds(DID)
+            await Resolver(client, plc_url).pds(DID)
         finally:
             await client.aclose()
 
+    with pytest.raises(EdgeError) as caught:
+        asyncio.run(resolve())
+    return caught.value
+
+
+def test_guarded_client_checks_the_resolved_address() -> None:
+    """https to a name that resolves to loopback is refused before connecting."""
     with connection_counter() as (port, seen):
-        with pytest.raises(EdgeError) as caught:
-            asyncio.run(resolve(port))
-        assert (caught.value.status, caught.value.error) == (502, "ForbiddenAddress")
-        assert "non-public address" in caught.value.message
+        error = resolve_error(f"https://localhost:{port}")
+        assert (error.status, error.error) == (502, "ForbiddenAddress")
+        assert "non-public address" in error.message
         # An unguarded client would have connected (and failed the TLS handshake).
         with pytest.raises(BlockedAddress):
             guarded_get(f"https://127.0.0.1:{port}/")
@@ -190,3 +197,24 @@ def test_pds_blob_lands_in_the_real_origin(origin: str, tmp_path: Path, edge_fac
         assert httpx.get(f"{origin}/blob/{cid}").content == data
     finally:
         pds.proc.stop()
+
+
+def test_dns_failure_is_an_upstream_failure_not_a_crash() -> None:
+    """No DNS for the PLC host (a machine without DNS, or a dead name) under the SSRF
+    guard: 502, never a raw socket.gaierror (which the edge answered 500)."""
+    error = resolve_error("https://plc.invalid")
+    assert error.status == 502 and "plc.invalid" in error.message
+
+
+def test_guarded_client_raises_httpx_errors_for_dns_failures() -> None:
+    with pytest.raises(httpx.ConnectError):
+        guarded_get("https://pds.invalid/xrpc/com.atproto.sync.getBlob")
+
+
+def test_tls_failure_is_502(tmp_path: Path) -> None:
+    """https to a server that speaks plain HTTP: a TLS failure, answered 502."""
+    from tests.helpers.servers import static_server
+
+    with static_server(tmp_path) as url:
+        error = resolve_error(url.replace("http://", "https://"), allow_private_networks=True)
+    assert error.status == 502

@@ -380,6 +380,16 @@ def test_limits_bytes_and_pixels():
     assert (caught.value.status, caught.value.error) == (422, "TooManyPixels")
 
 
+def test_bomb_error_cites_the_configured_limit():
+    """A 280 MP header trips Pillow's own guard first; the answer names our limit."""
+    for limit in (50_000_000, 20_000_000):
+        with pytest.raises(MediaError) as caught:
+            render(_png(20000, 14000), P["avatar"], "jpeg", ImageLimits(max_source_pixels=limit))
+        assert (caught.value.status, caught.value.error) == (422, "TooManyPixels")
+        assert str(limit) in caught.value.message, caught.value.message
+        assert "178956970" not in caught.value.message  # Pillow's default bomb limit
+
+
 def test_webp_size_limit_is_a_clear_422():
     source = encode(Image.new("L", (16400, 8)), "PNG")
     with pytest.raises(MediaError) as caught:

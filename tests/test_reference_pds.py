@@ -8,10 +8,8 @@ origin and an edge as real processes, once for the module (the PDS boot is the s
 from __future__ import annotations
 
 import io
-import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -20,6 +18,7 @@ from PIL import Image
 
 from tests.helpers.nodes import Origin, start_edge
 from tests.helpers.npm import npm_package
+from tests.helpers.pds import read_harness_line, take_down_blob
 from tests.helpers.sample_images import (
     ALPHA,
     BLUE,
@@ -55,19 +54,6 @@ class Peers:
 
     def cid(self, sample: Sample) -> str:
         return self.blobs[sample.name][0]
-
-
-def read_harness_line(proc: Process, log: Path, timeout: float = 120.0) -> dict:
-    """The harness's one JSON line; fail early if it died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.popen.poll() is not None:
-            raise RuntimeError(f"PDS harness exited with {proc.popen.returncode}: {proc.tail()}")
-        for line in log.read_text(errors="replace").splitlines():
-            if line.startswith('{"plcUrl"'):
-                return json.loads(line)
-        time.sleep(0.2)
-    raise TimeoutError(f"PDS harness did not start within {timeout}s: {proc.tail()}")
 
 
 @pytest.fixture(scope="module")
@@ -230,13 +216,7 @@ def test_blob_taken_down_on_the_pds_is_404(peers: Peers, edge_url: str) -> None:
     """A PDS takedown answers 400 like a missing blob; the edge, never having had the
     blob, says 404."""
     cid = peers.cid(TAKEN_DOWN)
-    res = httpx.post(
-        f"{peers.pds_url}/xrpc/com.atproto.admin.updateSubjectStatus",
-        auth=("admin", peers.admin_password),
-        json={"subject": {"$type": "com.atproto.admin.defs#repoBlobRef",
-                          "did": peers.did, "cid": cid},
-              "takedown": {"applied": True, "ref": "test"}})
-    assert res.status_code == 200, res.text
+    take_down_blob(peers.pds_url, peers.admin_password, peers.did, cid)
     res = httpx.get(f"{peers.pds_url}/xrpc/com.atproto.sync.getBlob",
                     params={"did": peers.did, "cid": cid})
     assert res.status_code == 400

@@ -115,6 +115,15 @@ def _expect_refusal(server: WatchServer, client: httpx.Client, data: bytes) -> N
     assert client.get(server.url + "/health").status_code == 200  # the edge stays up
 
 
+def test_text_is_415_on_watch_as_on_img(server: WatchServer, client: httpx.Client) -> None:
+    """Not media at all: the same 415 on /watch as on /img; a broken video stays 422."""
+    cid = server.add(b"hello, this is not a video\n" * 10)
+    watch = client.get(server.video_url(cid) + "/playlist.m3u8")
+    img = client.get(f"{server.url}/img/avatar/plain/{DID}/{cid}@jpeg")
+    assert watch.status_code == img.status_code == 415, (watch.text, img.text)
+    assert watch.json()["error"] == "UnsupportedMedia"
+
+
 @pytest.mark.parametrize("name", ["truncated.mp4", "garbage.mp4", "text.txt", "image.png"])
 def test_bad_generated_input(server: WatchServer, client: httpx.Client, tmp_path: Path,
                              name: str) -> None:

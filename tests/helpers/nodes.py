@@ -88,7 +88,7 @@ def start_edge(origin_url: str, cache_dir: Path, log: Path, *, workers: int = 1,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        proc.wait_http(url + "/health")
+        proc.wait_http(url + "/health/live")  # started; /health is readiness (origin up)
     except BaseException:
         proc.stop()
         raise
