@@ -117,7 +117,7 @@ class Edge:
         self._sync()
         request = dict(scope["headers"])
         try:
-            req = urls.parse_image_path(scope["path"], self.presets)
+            req = urls.parse_image_path(scope["path"], self.presets, avif=self.settings.enable_avif)
         except urls.UrlError as exc:
             return await self._error(send, "img", EdgeError(400, "InvalidRequest", str(exc)))
         fmt = req.fmt or urls.negotiate(request.get(b"accept", b"").decode("latin-1"),
@@ -232,7 +232,7 @@ class Edge:
             source, _ = await self._source(req.did, req.cid)
             started = time.monotonic()
             try:
-                rendered = await transform(self._source_bytes(source), req.preset, fmt)
+                rendered = await transform(self._source_bytes(source), req.preset, fmt, key=key)
             except MediaError as exc:
                 self.metrics.transforms.labels(str(exc.status)).inc()
                 raise

@@ -5,7 +5,11 @@ matches the CID is ever returned, so nothing unverified can be transformed, cach
 served. A mismatch is counted, logged and answered 502.
 
 The origin is the operator's own service; everything reached through a DID document goes
-through the SSRF guard (``atcdn.core.ssrf``).
+through the SSRF guard (``atcdn.core.ssrf``). Bodies are read raw and decoded by
+``atcdn.core.bodies``: the bytes received on the wire and the decoded bytes are both held
+to ``max_fetch_bytes``, and a body that inflates like a bomb is refused. Every fetch in
+progress on the node shares ``fetch_temp_size`` bytes of temporary space (503 beyond),
+and a PDS's failures are remembered (``edge/refusals.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 
 import httpx
 from atcdn.core.accesslog import current_id
+from atcdn.core.bodies import BodyError, BodyTooLarge, Inflater, InflatedTooFar, iter_body
 from atcdn.core.cid import Verifier
 from atcdn.core.errors import BlockedAddress, EdgeError
 from atcdn.core.limits import FetchLimits
@@ -28,9 +33,11 @@ from atcdn.core.resolver import Resolver
 from atcdn.core.settings import EdgeSettings
 from atcdn.core.ssrf import public_client
 from atcdn.edge.metrics import Metrics
+from atcdn.edge.refusals import Refusals
 
 log = logging.getLogger("atcdn.edge")
 RETRYABLE = (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+TEMP_CHECK_EVERY = 256 * 1024  # bytes written between looks at the node's temp usage
 
 
 def _timeout(limits: FetchLimits) -> httpx.Timeout:
@@ -54,8 +61,9 @@ async def _pass_request_id(request: httpx.Request) -> None:
 @dataclass(frozen=True)
 class Fetched:
     path: Path  # a verified temporary file; the caller moves or removes it
-    size: int
+    size: int  # decoded bytes (the blob)
     source: str  # "origin" or "pds"
+    received: int = 0  # bytes received on the wire (smaller when the host compressed)
 
 
 class Fetcher:
@@ -71,7 +79,10 @@ class Fetcher:
             allow_private_networks=settings.allow_private_networks,
             timeout=_timeout(self.limits), max_redirects=self.limits.max_redirects,
             user_agent="atcdn-edge")
-        self.resolver = Resolver(self.public, settings.plc_url)
+        self.resolver = Resolver(self.public, settings.plc_url,
+                                 deadline=self.limits.resolve_timeout,
+                                 max_document=self.limits.did_document_bytes)
+        self.refusals = Refusals()
         self._handoffs: set[asyncio.Task] = set()
 
     async def aclose(self) -> None:
@@ -92,9 +103,14 @@ class Fetcher:
         if not self.settings.pds_fallback:
             raise EdgeError(404, "BlobNotFound", f"no blob {cid}")
         pds = await self.resolver.pds(did)
-        status, fetched = await self._get(
-            self.public, f"{pds}/xrpc/com.atproto.sync.getBlob", {"did": did, "cid": cid},
-            cid, "pds")
+        self.refusals.check(pds, cid)
+        try:
+            status, fetched = await self._get(
+                self.public, f"{pds}/xrpc/com.atproto.sync.getBlob", {"did": did, "cid": cid},
+                cid, "pds")
+        except EdgeError as exc:
+            self.refusals.failed(pds, cid, exc)
+            raise
         if fetched is None:
             # A PDS answers unknown (and taken-down) blobs with 400, like the AppView: 404.
             if 400 <= status < 500:
@@ -145,25 +161,52 @@ class Fetcher:
         declared = response.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise EdgeError(413, "BlobTooLarge", f"blob is {declared} bytes, limit {limit}")
+        self._reserve(int(declared) if declared and declared.isdigit() else 0)
+        try:
+            inflater = Inflater(response.headers.get("content-encoding"), limit)
+        except BodyError as exc:
+            raise EdgeError(502, "UndecodableBody", f"{source}: {exc}") from None
         verifier = Verifier()
         fd, name = tempfile.mkstemp(dir=self.tmp_dir, suffix=".part")
         path = Path(name)
+        checked = 0
         try:
             with os.fdopen(fd, "wb") as out:
-                async for chunk in response.aiter_bytes(1 << 20):
+                async for chunk in iter_body(response, inflater):
                     verifier.update(chunk)
-                    if verifier.size > limit:
-                        raise EdgeError(413, "BlobTooLarge", f"blob exceeds {limit} bytes")
                     out.write(chunk)
+                    if verifier.size - checked >= TEMP_CHECK_EVERY:
+                        checked = verifier.size
+                        self._reserve(0)
             if not verifier.matches(cid):
                 self.metrics.verification_failures.labels(source).inc()
                 log.warning("verification failed: %s sent %s for %s", source, verifier.cid, cid)
                 raise EdgeError(502, "VerificationFailed",
                                 f"{source} bytes do not match {cid}; not served")
+        except BodyTooLarge:
+            path.unlink(missing_ok=True)
+            raise EdgeError(413, "BlobTooLarge", f"blob exceeds {limit} bytes") from None
+        except InflatedTooFar as exc:
+            path.unlink(missing_ok=True)
+            raise EdgeError(502, "InflatedTooFar", f"{source}: {exc}; refused") from None
+        except BodyError as exc:
+            path.unlink(missing_ok=True)
+            raise EdgeError(502, "UndecodableBody", f"{source}: {exc}") from None
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        return Fetched(path, verifier.size, source)
+        finally:
+            self.metrics.bytes_received.labels(source).inc(inflater.received)
+        return Fetched(path, verifier.size, source, inflater.received)
+
+    def _reserve(self, more: int) -> None:
+        """503 when the node's fetch temp space (all workers' files) plus ``more`` would
+        pass ``fetch_temp_size``."""
+        used = temp_usage(self.tmp_dir)
+        cap = self.limits.temp_bytes
+        if used + more > cap:
+            raise EdgeError(503, "TempSpaceFull",
+                            f"fetches in progress hold {used} bytes, the cap is {cap}")
 
     def _hand_to_origin(self, did: str, cid: str, path: Path) -> None:
         """Give a PDS-fetched blob to the origin in the background (needs a token)."""
@@ -189,6 +232,18 @@ class Fetcher:
             log.warning("handing %s to the origin failed: %r", cid, exc)
         finally:
             path.unlink(missing_ok=True)
+
+
+def temp_usage(tmp_dir: Path) -> int:
+    """Bytes held by the files in ``tmp_dir`` (fetches and hand-offs in progress)."""
+    total = 0
+    with os.scandir(tmp_dir) as entries:
+        for entry in entries:
+            try:
+                total += entry.stat(follow_symlinks=False).st_size
+            except FileNotFoundError:
+                pass
+    return total
 
 
 def _remove_stale(tmp_dir: Path, age: float = 3600.0) -> None:

@@ -19,12 +19,12 @@ from starlette.types import Receive, Scope, Send
 JSON = b"application/json"
 VARY_ACCEPT = (b"vary", b"Accept")
 UPSTREAM_STATUSES = (502, 503, 504)
-# /blob types sent inline: media a browser renders without running anything.
+# /blob types sent inline: the image and video types Bluesky posts carry, which browsers
+# render with well-exercised decoders. Anything else (BMP, TIFF, PDF with its viewer and
+# scripts, audio, Matroska, unknown) goes out as an octet-stream attachment.
 INLINE_TYPES = frozenset({
     "image/jpeg", "image/png", "image/gif", "image/webp", "image/avif", "image/heic",
-    "image/heif", "image/bmp", "image/tiff", "video/mp4", "video/quicktime", "video/webm",
-    "video/x-matroska", "audio/mpeg", "audio/mp4", "audio/ogg", "audio/x-wav",
-    "audio/x-flac", "application/pdf",
+    "image/heif", "video/mp4", "video/quicktime", "video/webm",
 })
 BLOB_HEADERS: Headers = [
     (b"content-security-policy", b"default-src 'none'; sandbox"),
@@ -99,6 +99,7 @@ async def send_error(send: Send, status: int, error: str, message: str, *,
         (b"content-type", JSON),
         (b"content-length", str(len(body)).encode()),
         (b"cache-control", b"no-store"),
+        (b"x-content-type-options", b"nosniff"),  # messages may quote the request's path
         *extra,
     ]
     if status in UPSTREAM_STATUSES or status == 429:

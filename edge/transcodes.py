@@ -29,6 +29,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
+from atcdn.core.environment import without_secrets
 from atcdn.core.files import write_json
 from atcdn.core.limits import VideoLimits
 from atcdn.core.settings import EdgeSettings
@@ -186,7 +187,8 @@ class Transcodes:
     async def _child(self, cid: str, source: Path) -> None:
         folder = self.folder(cid)
         STARTED.inc()
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        # The child decodes a stranger's file: it gets no secrets (core/environment.py).
+        env = {**without_secrets(os.environ), "PYTHONPATH": os.pathsep.join(
             [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
         log = open(self.root / f"{cid}.log", "ab")
         try:

@@ -6,7 +6,12 @@ Decoders are the riskiest code an edge runs on untrusted bytes, so the pipeline
 decoder that segfaults or runs away costs one request (503) and one worker, which the pool
 replaces; a MemoryError is the source's fault (422). Workers are long-lived and forked
 from a clean fork server, so a request costs no process start, and only the source bytes
-and the rendition cross the process boundary.
+and the rendition cross the process boundary. The fork server is started with no secrets
+in its environment (``core/environment.py``), so no worker holds a token either.
+
+A failed transform (refused, undecodable, crashed, timed out) is remembered per rendition
+key for ``FAILURE_MEMORY`` seconds (bounded, per server process), so a source that takes
+the whole timeout cannot be asked for again and again.
 
 Startup (once per server process, e.g. in the app factory or lifespan)::
 
@@ -27,16 +32,26 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing import forkserver
 from typing import Any, TypeVar
 
+from atcdn.core.environment import without_secrets
 from atcdn.core.limits import ImageLimits, MiB, WorkerLimits, confine
 from atcdn.edge.image import MediaError, render
 from atcdn.edge.presets import CONTENT_TYPES, Format, Preset
+from cachetools import TTLCache
 from pebble import ProcessExpired, ProcessPool
+from prometheus_client import Counter
 
 __all__ = ["MediaError", "Rendered", "Transformer", "configure", "shutdown", "transform"]
 
 T = TypeVar("T")
+FAILURE_MEMORY = 60.0  # seconds a failed rendition is answered from memory
+MAX_FAILURES = 10_000  # remembered failures per server process
+# Failures of the pool itself (e.g. closing) say nothing about the source.
+NOT_REMEMBERED = frozenset({"TransformFailed"})
+REMEMBERED = Counter("atcdn_edge_transforms_remembered",
+                     "Transforms answered with a remembered failure, no worker asked")
 
 
 @dataclass(frozen=True)
@@ -56,17 +71,30 @@ class Transformer:
         # Workers fork from a small server that has Pillow loaded, not from the (threaded,
         # async) server process.
         context.set_forkserver_preload(["atcdn.edge.image"])
+        _start_forkserver()
         self._pool = ProcessPool(max_workers=pool.workers, max_tasks=pool.max_tasks,
                                  initializer=_init_worker, initargs=(pool.memory_mb,),
                                  context=context)
+        self._failed: TTLCache[str, MediaError] = TTLCache(MAX_FAILURES, FAILURE_MEMORY)
 
     @classmethod
     def from_settings(cls, settings: Any) -> Transformer:
         """From an ``atcdn.core.settings.EdgeSettings``."""
         return cls(ImageLimits.from_settings(settings), WorkerLimits.from_settings(settings))
 
-    async def transform(self, source: bytes, preset: Preset, fmt: Format) -> Rendered:
-        body = await self.run(render, source, preset, fmt, self.limits)
+    async def transform(self, source: bytes, preset: Preset, fmt: Format,
+                        key: str | None = None) -> Rendered:
+        """Render; with a ``key`` (the rendition's cache key) a failure is remembered."""
+        failed = self._failed.get(key) if key else None
+        if failed is not None:
+            REMEMBERED.inc()
+            raise MediaError(failed.status, failed.error, f"{failed.message} (remembered)")
+        try:
+            body = await self.run(render, source, preset, fmt, self.limits)
+        except MediaError as exc:
+            if key and exc.error not in NOT_REMEMBERED:
+                self._failed[key] = exc
+            raise
         return Rendered(body, CONTENT_TYPES[fmt])
 
     async def run(self, function: Callable[..., T], *args: Any) -> T:
@@ -93,6 +121,29 @@ class Transformer:
     def close(self) -> None:
         self._pool.stop()
         self._pool.join(timeout=5)
+
+
+def _start_forkserver() -> None:
+    """Start this process's fork server (and multiprocessing's resource tracker) with the
+    secrets taken out of the environment they are exec'd with.
+
+    multiprocessing passes its children the process environment and offers no way to
+    pass another, so the secrets leave ``os.environ`` for the moment of the spawn (a
+    few milliseconds, under a lock) and come back at once. A fork server that is already
+    running is left as it is.
+    """
+    with _environ_lock:
+        saved = dict(os.environ)
+        secret = set(saved) - set(without_secrets(saved))
+        for name in secret:
+            del os.environ[name]
+        try:
+            forkserver.ensure_running()
+        finally:
+            os.environ.update({name: saved[name] for name in secret})
+
+
+_environ_lock = threading.Lock()
 
 
 def _init_worker(memory_mb: int) -> None:
@@ -134,10 +185,12 @@ def _transformer() -> Transformer:
     return _default
 
 
-async def transform(source: bytes, preset: Preset, fmt: Format) -> Rendered:
+async def transform(source: bytes, preset: Preset, fmt: Format,
+                    key: str | None = None) -> Rendered:
     """Render ``source`` (verified blob bytes) for ``preset`` in ``fmt``.
 
     Raises MediaError: 415 unsupported type, 422 undecodable / too many pixels,
-    413 too large, 503 worker crashed or timed out.
+    413 too large, 503 worker crashed or timed out. With ``key`` a failure is remembered
+    for FAILURE_MEMORY seconds and answered again without a worker.
     """
-    return await _transformer().transform(source, preset, fmt)
+    return await _transformer().transform(source, preset, fmt, key)

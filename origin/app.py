@@ -1,7 +1,9 @@
 """The origin HTTP API: a content-addressed blob store over HTTP.
 
-Reads are public and immutable (the URL names the bytes); writes need the bearer token
-and are verified against the CID before anything is stored. ``create_app`` is the factory
+Reads are public and immutable (the URL names the bytes); writes need the write token
+(``ATCDN_ORIGIN_TOKEN``) and are verified against the CID before anything is stored;
+takedown and restore need the admin token (``ATCDN_ORIGIN_ADMIN_TOKEN``), which edges never
+hold. Neither token opens the other's routes. ``create_app`` is the factory
 the servers run (``atcdn origin serve``); it reads ``OriginSettings`` from the environment.
 """
 
@@ -30,7 +32,7 @@ from starlette.types import ASGIApp, Lifespan
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 SANDBOX = "default-src 'none'; sandbox"
-ERROR_NAMES = {400: "BadRequest", 401: "AuthRequired", 404: "NotFound",
+ERROR_NAMES = {400: "BadRequest", 401: "AuthRequired", 403: "Forbidden", 404: "NotFound",
                405: "MethodNotAllowed", 413: "PayloadTooLarge", 416: "RangeNotSatisfiable",
                422: "CidMismatch", 451: "TakenDown", 500: "InternalServerError",
                503: "Unavailable"}
@@ -50,7 +52,9 @@ class ApiError(Exception):
 
 def error_response(status: int, error: str, message: str,
                    headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": error, "message": message}, status, headers=headers)
+    # Messages may quote the request: never let a browser sniff them as HTML.
+    return JSONResponse({"error": error, "message": message}, status,
+                        headers={"X-Content-Type-Options": "nosniff", **(headers or {})})
 
 
 class Origin:
@@ -65,17 +69,23 @@ class Origin:
 
     # -- request parts -------------------------------------------------------------
 
-    def require_token(self, request: Request) -> None:
-        token = self.settings.token
-        given = request.headers.get("authorization", "")
-        scheme, _, value = given.partition(" ")
-        if not token:
-            raise ApiError(401, "writes are disabled: no ATCDN_ORIGIN_TOKEN is configured",
-                           headers={"WWW-Authenticate": "Bearer"})
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(),
-                                                                  token.encode()):
-            raise ApiError(401, "a valid 'Authorization: Bearer <token>' header is required",
-                           headers={"WWW-Authenticate": "Bearer"})
+    def require_token(self, request: Request, role: str = "write") -> None:
+        """The bearer must be the token of ``role`` ("write" or "admin"): 401 when it is
+        no token of ours, 403 when it is the other role's or the role has none."""
+        tokens = {"write": self.settings.token, "admin": self.settings.admin_token}
+        variable = {"write": "ATCDN_ORIGIN_TOKEN", "admin": "ATCDN_ORIGIN_ADMIN_TOKEN"}[role]
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        given = value.strip().encode() if scheme.lower() == "bearer" else b""
+        matches = {name for name, token in tokens.items()
+                   if token and given and hmac.compare_digest(given, token.encode())}
+        if role in matches:
+            return
+        if not tokens[role]:
+            raise ApiError(403, f"{role} routes are disabled: no {variable} is configured")
+        if matches:
+            raise ApiError(403, f"the {next(iter(matches))} token cannot use {role} routes")
+        raise ApiError(401, "a valid 'Authorization: Bearer <token>' header is required",
+                       headers={"WWW-Authenticate": "Bearer"})
 
     @staticmethod
     def parse_cid(text: str) -> str:
@@ -233,7 +243,7 @@ class Origin:
             self.index.restore(cid)
 
     async def subject(self, request: Request) -> str:
-        self.require_token(request)
+        self.require_token(request, "admin")
         try:
             body = await request.json()
         except ValueError:

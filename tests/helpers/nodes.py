@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers.env import ROOT, TOKEN
+from tests.helpers.env import ADMIN_TOKEN, ROOT, TOKEN
 from tests.helpers.servers import Process, atcdn, free_port
 
 
@@ -20,7 +20,7 @@ class Origin:
 
     def __init__(self, data_dir: Path, env: Mapping[str, str], log: Path) -> None:
         self.data_dir = data_dir
-        self.env = {"ATCDN_ORIGIN_TOKEN": TOKEN, **env}
+        self.env = {"ATCDN_ORIGIN_TOKEN": TOKEN, "ATCDN_ORIGIN_ADMIN_TOKEN": ADMIN_TOKEN, **env}
         self.log = log
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
