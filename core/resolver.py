@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 from atcdn.core.did import web_host
-from atcdn.core.errors import BlockedAddress, EdgeError
+from atcdn.core.errors import AtcdnError, BlockedAddress
 
 STALE_AFTER = 3600.0
 EXPIRE_AFTER = 24 * 3600.0
@@ -52,7 +52,7 @@ class Resolver:
         self._cache: dict[str, tuple[float, str | None]] = {}
 
     async def pds(self, did: str) -> str:
-        """The PDS URL of ``did``; EdgeError 404 when the DID or its PDS is unknown."""
+        """The PDS URL of ``did``; AtcdnError 404 when the DID or its PDS is unknown."""
         now = time.monotonic()
         cached = self._cache.get(did)
         if cached and now - cached[0] < STALE_AFTER:
@@ -60,7 +60,7 @@ class Resolver:
         else:
             try:
                 endpoint = await self._fetch(did)
-            except EdgeError as exc:
+            except AtcdnError as exc:
                 if exc.status >= 500 and cached and now - cached[0] < EXPIRE_AFTER:
                     endpoint = cached[1]
                 else:
@@ -68,7 +68,7 @@ class Resolver:
             else:
                 self._cache[did] = (now, endpoint)
         if endpoint is None:
-            raise EdgeError(404, "BlobNotFound", f"{did} names no PDS")
+            raise AtcdnError(404, "BlobNotFound", f"{did} names no PDS")
         return endpoint
 
     async def _fetch(self, did: str) -> str | None:
@@ -76,17 +76,17 @@ class Resolver:
         try:
             response = await self.client.get(url)
         except BlockedAddress as exc:
-            raise EdgeError(502, "ForbiddenAddress", str(exc)) from None
+            raise AtcdnError(502, "ForbiddenAddress", str(exc)) from None
         except httpx.TimeoutException:
-            raise EdgeError(504, "UpstreamTimeout", f"resolving {did} timed out") from None
+            raise AtcdnError(504, "UpstreamTimeout", f"resolving {did} timed out") from None
         except (httpx.HTTPError, OSError) as exc:  # OSError: DNS, TLS, sockets
-            raise EdgeError(502, "UpstreamFailed", f"resolving {did}: {exc}") from None
+            raise AtcdnError(502, "UpstreamFailed", f"resolving {did}: {exc}") from None
         if response.status_code in (404, 410):
             return None
         if response.status_code != 200:
-            raise EdgeError(502, "UpstreamFailed",
+            raise AtcdnError(502, "UpstreamFailed",
                             f"resolving {did}: HTTP {response.status_code}")
         try:
             return pds_endpoint(response.json(), did)
         except ValueError:
-            raise EdgeError(502, "UpstreamFailed", f"{did}: DID document is not JSON") from None
+            raise AtcdnError(502, "UpstreamFailed", f"{did}: DID document is not JSON") from None

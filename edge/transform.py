@@ -8,14 +8,8 @@ replaces; a MemoryError is the source's fault (422). Workers are long-lived and 
 from a clean fork server, so a request costs no process start, and only the source bytes
 and the rendition cross the process boundary.
 
-Startup (once per server process, e.g. in the app factory or lifespan)::
-
-    from atcdn.edge import transform
-    transform.configure(settings)      # an EdgeSettings; optional
-    ...
-    transform.shutdown()               # on exit; optional
-
-Without ``configure`` the first ``transform()`` starts a pool with EdgeSettings() defaults.
+The edge's app factory builds one ``Transformer.from_settings(settings)`` per server
+process (its workers start with the first transform) and closes it on shutdown.
 """
 
 from __future__ import annotations
@@ -24,17 +18,17 @@ import asyncio
 import concurrent.futures
 import multiprocessing
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from atcdn.core.limits import ImageLimits, MiB, WorkerLimits, confine
+from atcdn.core.settings import EdgeSettings
 from atcdn.edge.image import MediaError, render
 from atcdn.edge.presets import CONTENT_TYPES, Format, Preset
 from pebble import ProcessExpired, ProcessPool
 
-__all__ = ["MediaError", "Rendered", "Transformer", "configure", "shutdown", "transform"]
+__all__ = ["MediaError", "Rendered", "Transformer"]
 
 T = TypeVar("T")
 
@@ -61,11 +55,15 @@ class Transformer:
                                  context=context)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> Transformer:
-        """From an ``atcdn.core.settings.EdgeSettings``."""
+    def from_settings(cls, settings: EdgeSettings) -> Transformer:
         return cls(ImageLimits.from_settings(settings), WorkerLimits.from_settings(settings))
 
     async def transform(self, source: bytes, preset: Preset, fmt: Format) -> Rendered:
+        """Render ``source`` (verified blob bytes) for ``preset`` in ``fmt``.
+
+        Raises MediaError: 415 unsupported type, 422 undecodable / too many pixels,
+        413 too large, 503 worker crashed or timed out.
+        """
         body = await self.run(render, source, preset, fmt, self.limits)
         return Rendered(body, CONTENT_TYPES[fmt])
 
@@ -99,45 +97,3 @@ def _init_worker(memory_mb: int) -> None:
     """Runs in each worker before any task: cap its address space, no core dumps."""
     confine(memory_mb * MiB)
     os.environ["OMP_NUM_THREADS"] = "1"
-
-
-_lock = threading.Lock()
-_default: Transformer | None = None
-
-
-def configure(settings: Any = None) -> Transformer:
-    """Start this process's pool from an EdgeSettings (defaults when None)."""
-    global _default
-    if settings is None:
-        from atcdn.core.settings import EdgeSettings
-
-        settings = EdgeSettings()
-    with _lock:
-        if _default is not None:
-            _default.close()
-        _default = Transformer.from_settings(settings)
-        return _default
-
-
-def shutdown() -> None:
-    global _default
-    with _lock:
-        if _default is not None:
-            _default.close()
-            _default = None
-
-
-def _transformer() -> Transformer:
-    if _default is None:
-        configure()
-    assert _default is not None
-    return _default
-
-
-async def transform(source: bytes, preset: Preset, fmt: Format) -> Rendered:
-    """Render ``source`` (verified blob bytes) for ``preset`` in ``fmt``.
-
-    Raises MediaError: 415 unsupported type, 422 undecodable / too many pixels,
-    413 too large, 503 worker crashed or timed out.
-    """
-    return await _transformer().transform(source, preset, fmt)

@@ -191,6 +191,17 @@ def test_bad_requests_are_400_json(edge: Edge, source: str, path: str) -> None:
     assert r.status_code == 400 and error_of(r) == "InvalidRequest"
 
 
+def test_error_json_never_reflects_markup(edge: Edge, source: str) -> None:
+    for path in (f"/img/<script>alert(1)</script>/plain/{DID}/{source}",
+                 f"/blob/{DID}/<img src=x onerror=alert(1)>"):
+        r = httpx.get(edge.url + path)
+        assert r.status_code == 400 and error_of(r) == "InvalidRequest"
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["content-type"] == "application/json"
+        assert "<" not in r.text and ">" not in r.text
+        assert "<script>" in r.json()["message"] or "<img" in r.json()["message"]
+
+
 def test_unknown_blob_is_404(edge: Edge, up: Upstream) -> None:
     from atcdn.core.cid import compute
 
