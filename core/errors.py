@@ -13,6 +13,7 @@ a client sent that is quoted in a message can never be read as markup.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from collections.abc import Mapping
@@ -107,6 +108,13 @@ def error_response(exc: AtcdnError, *, retry_after: int = 5) -> Response:
                     media_type="application/json")
 
 
+def from_unexpected(exc: BaseException) -> AtcdnError:
+    """An exception nobody turned into an AtcdnError: a full disk is 507, the rest 500."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return AtcdnError(507, "InsufficientStorage", "no space left on this node's disk")
+    return AtcdnError(500, "InternalError", "unexpected; see the server log")
+
+
 def from_http_exception(exc: HTTPException) -> AtcdnError:
     """Starlette's own refusals (no route: 404, wrong method: 405) in our vocabulary."""
     return AtcdnError(exc.status_code, STATUS_NAMES.get(exc.status_code, "Error"),
@@ -126,6 +134,6 @@ def error_handlers(*, retry_after: int = 5) -> dict[Any, Any]:
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.error("unexpected error answering %s", request.url.path, exc_info=exc)
-        return error_response(AtcdnError(500, "InternalError", "unexpected; see the server log"))
+        return error_response(from_unexpected(exc), retry_after=retry_after)
 
     return {AtcdnError: known, HTTPException: http, Exception: unexpected}

@@ -16,7 +16,14 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from atcdn.core.accesslog import note
-from atcdn.core.errors import AtcdnError, error_response, invalid, overloaded, taken_down
+from atcdn.core.errors import (
+    AtcdnError,
+    error_response,
+    from_unexpected,
+    invalid,
+    overloaded,
+    taken_down,
+)
 from atcdn.core.settings import EdgeSettings
 from atcdn.edge import urls
 from atcdn.edge.cache import Entry, MemoryTier
@@ -135,10 +142,9 @@ class Front:
             entry, outcome = await work()
         except AtcdnError as exc:
             return await self.error(scope, receive, send, route, exc)
-        except Exception:
+        except Exception as exc:
             log.exception("%s request failed", route)  # with method, path and request ID
-            return await self.error(scope, receive, send, route,
-                                    AtcdnError(500, "InternalError", "unexpected; logged"))
+            return await self.error(scope, receive, send, route, from_unexpected(exc))
         finally:
             self.pending -= not joining
             self.misses[miss] -= 1

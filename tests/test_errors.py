@@ -40,3 +40,15 @@ def test_errors_cross_process_boundaries_whole() -> None:
     assert (again.status, again.error, again.message, again.retry_after) == (
         429, "Overloaded", "busy", 4)
     assert AtcdnError.from_json(again.to_json()).to_json() == again.to_json()
+
+
+def test_a_full_disk_is_507_and_anything_else_500() -> None:
+    import errno
+
+    from atcdn.core.errors import from_unexpected
+
+    full = from_unexpected(OSError(errno.ENOSPC, "No space left on device"))
+    assert (full.status, full.error) == (507, "InsufficientStorage")
+    other = from_unexpected(ValueError("/secret/path"))
+    assert (other.status, other.error) == (500, "InternalError")
+    assert "secret" not in other.message  # nothing of the exception is sent
