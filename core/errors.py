@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,7 +30,6 @@ STATUS_NAMES = {400: "InvalidRequest", 401: "Unauthorized", 403: "Forbidden",
                 416: "RangeNotSatisfiable", 429: "Overloaded", 451: "TakenDown",
                 500: "InternalError", 502: "UpstreamFailed", 503: "Unavailable",
                 504: "UpstreamTimeout"}
-log = logging.getLogger("atcdn")
 _ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
 
 
@@ -133,7 +131,7 @@ def error_handlers(*, retry_after: int = 5) -> dict[Any, Any]:
         return error_response(from_http_exception(exc), retry_after=retry_after)
 
     async def unexpected(request: Request, exc: Exception) -> Response:
-        log.error("unexpected error answering %s", request.url.path, exc_info=exc)
+        # Starlette raises it on after this answer: core/accesslog.py logs it, in context.
         return error_response(from_unexpected(exc), retry_after=retry_after)
 
     return {AtcdnError: known, HTTPException: http, Exception: unexpected}
