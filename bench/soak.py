@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from atcdn.core.cid import compute  # noqa: E402
+
 from tests.helpers.clips import make_clip  # noqa: E402
 from tests.helpers.env import ADMIN_TOKEN, TOKEN  # noqa: E402
 from tests.helpers.nodes import Origin, start_edge  # noqa: E402

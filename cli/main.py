@@ -221,7 +221,12 @@ def _add_log_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from atcdn.core.settings import EdgeSettings, OriginSettings, PushSettings, UpSettings
+    from atcdn.core.settings import (
+        EdgeSettings,
+        OriginSettings,
+        PushSettings,
+        UpSettings,
+    )
 
     parser = argparse.ArgumentParser(
         prog="atcdn", description="atcdn: a media CDN for the AT Protocol (origin, edge "

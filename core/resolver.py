@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 from atcdn.core.bodies import BodyError, BodyTooLarge, read_body
 from atcdn.core.did import web_host
-from atcdn.core.errors import BlockedAddress, EdgeError
+from atcdn.core.errors import AtcdnError, BlockedAddress
 from atcdn.core.limits import FetchLimits
 from cachetools import LRUCache
 
@@ -68,7 +68,7 @@ class Resolver:
         self._cache: LRUCache[str, tuple[float, str | None]] = LRUCache(max_entries)
 
     async def pds(self, did: str) -> str:
-        """The PDS URL of ``did``; EdgeError 404 when the DID or its PDS is unknown."""
+        """The PDS URL of ``did``; AtcdnError 404 when the DID or its PDS is unknown."""
         now = time.monotonic()
         cached = self._cache.get(did)
         if cached and now - cached[0] < STALE_AFTER:
@@ -76,7 +76,7 @@ class Resolver:
         else:
             try:
                 endpoint = await self._fetch(did)
-            except EdgeError as exc:
+            except AtcdnError as exc:
                 if exc.status >= 500 and cached and now - cached[0] < EXPIRE_AFTER:
                     endpoint = cached[1]
                 else:
@@ -84,7 +84,7 @@ class Resolver:
             else:
                 self._cache[did] = (now, endpoint)
         if endpoint is None:
-            raise EdgeError(404, "BlobNotFound", f"{did} names no PDS")
+            raise AtcdnError(404, "BlobNotFound", f"{did} names no PDS")
         return endpoint
 
     async def _fetch(self, did: str) -> str | None:
@@ -95,21 +95,21 @@ class Resolver:
                     if response.status_code in (404, 410):
                         return None
                     if response.status_code != 200:
-                        raise EdgeError(502, "UpstreamFailed",
+                        raise AtcdnError(502, "UpstreamFailed",
                                         f"resolving {did}: HTTP {response.status_code}")
                     body = await read_body(response, self.max_document)
         except BlockedAddress as exc:
-            raise EdgeError(502, "ForbiddenAddress", str(exc)) from None
+            raise AtcdnError(502, "ForbiddenAddress", str(exc)) from None
         except (httpx.TimeoutException, TimeoutError):
-            raise EdgeError(504, "UpstreamTimeout", f"resolving {did} timed out") from None
+            raise AtcdnError(504, "UpstreamTimeout", f"resolving {did} timed out") from None
         except (httpx.HTTPError, OSError) as exc:  # OSError: DNS, TLS, sockets
-            raise EdgeError(502, "UpstreamFailed", f"resolving {did}: {exc}") from None
+            raise AtcdnError(502, "UpstreamFailed", f"resolving {did}: {exc}") from None
         except BodyTooLarge:
-            raise EdgeError(502, "DidDocumentTooLarge",
+            raise AtcdnError(502, "DidDocumentTooLarge",
                             f"{did}: DID document over {self.max_document} bytes") from None
         except BodyError as exc:
-            raise EdgeError(502, "UpstreamFailed", f"{did}: DID document: {exc}") from None
+            raise AtcdnError(502, "UpstreamFailed", f"{did}: DID document: {exc}") from None
         try:
             return pds_endpoint(json.loads(body), did)
         except ValueError:
-            raise EdgeError(502, "UpstreamFailed", f"{did}: DID document is not JSON") from None
+            raise AtcdnError(502, "UpstreamFailed", f"{did}: DID document is not JSON") from None

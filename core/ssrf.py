@@ -17,7 +17,6 @@ from atcdn.core.bodies import IDENTITY
 from atcdn.core.errors import BlockedAddress
 from atcdn.core.limits import FetchLimits
 
-
 # Ranges refused whole although Python's ``is_global`` may call them global: deprecated
 # or translation forms that carry (or reach) an IPv4 address we cannot vouch for.
 REFUSED_NETWORKS = tuple(ipaddress.ip_network(net) for net in (

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from atcdn.core.errors import EdgeError
+from atcdn.core.errors import AtcdnError
 from cachetools import TTLCache
 
 # The failures that are the PDS's fault and would cost the same again (not timeouts,
@@ -27,7 +27,7 @@ class Refusals:
                  max_entries: int = 10_000,
                  timer: Callable[[], float] = time.monotonic) -> None:
         self.strikes = strikes
-        self._failed: TTLCache[tuple[str, str], EdgeError] = TTLCache(
+        self._failed: TTLCache[tuple[str, str], AtcdnError] = TTLCache(
             max_entries, remember, timer=timer)
         self._strikes: TTLCache[str, int] = TTLCache(max_entries, remember, timer=timer)
         self._backoff: TTLCache[str, bool] = TTLCache(max_entries, backoff, timer=timer)
@@ -35,13 +35,13 @@ class Refusals:
     def check(self, pds: str, cid: str) -> None:
         """Raise the remembered error of (pds, cid), or 503 while ``pds`` is backed off."""
         if pds in self._backoff:
-            raise EdgeError(503, "UpstreamBackoff",
+            raise AtcdnError(503, "UpstreamBackoff",
                             f"{pds} failed repeatedly; not asked again for a while")
         failed = self._failed.get((pds, cid))
         if failed is not None:
-            raise EdgeError(failed.status, failed.error, f"{failed.message} (remembered)")
+            raise AtcdnError(failed.status, failed.error, f"{failed.message} (remembered)")
 
-    def failed(self, pds: str, cid: str, error: EdgeError) -> None:
+    def failed(self, pds: str, cid: str, error: AtcdnError) -> None:
         """Record a failed fetch; only the PDS's own faults (``REMEMBERED``) count."""
         if error.error not in REMEMBERED:
             return

@@ -13,14 +13,8 @@ A failed transform (refused, undecodable, crashed, timed out) is remembered per 
 key for ``FAILURE_MEMORY`` seconds (bounded, per server process), so a source that takes
 the whole timeout cannot be asked for again and again.
 
-Startup (once per server process, e.g. in the app factory or lifespan)::
-
-    from atcdn.edge import transform
-    transform.configure(settings)      # an EdgeSettings; optional
-    ...
-    transform.shutdown()               # on exit; optional
-
-Without ``configure`` the first ``transform()`` starts a pool with EdgeSettings() defaults.
+The edge's app factory builds one ``Transformer.from_settings(settings)`` per server
+process (its workers start with the first transform) and closes it on shutdown.
 """
 
 from __future__ import annotations
@@ -37,13 +31,14 @@ from typing import Any, TypeVar
 
 from atcdn.core.environment import without_secrets
 from atcdn.core.limits import ImageLimits, MiB, WorkerLimits, confine
+from atcdn.core.settings import EdgeSettings
 from atcdn.edge.image import MediaError, render
 from atcdn.edge.presets import CONTENT_TYPES, Format, Preset
 from cachetools import TTLCache
 from pebble import ProcessExpired, ProcessPool
 from prometheus_client import Counter
 
-__all__ = ["MediaError", "Rendered", "Transformer", "configure", "shutdown", "transform"]
+__all__ = ["MediaError", "Rendered", "Transformer"]
 
 T = TypeVar("T")
 FAILURE_MEMORY = 60.0  # seconds a failed rendition is answered from memory
@@ -78,13 +73,18 @@ class Transformer:
         self._failed: TTLCache[str, MediaError] = TTLCache(MAX_FAILURES, FAILURE_MEMORY)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> Transformer:
-        """From an ``atcdn.core.settings.EdgeSettings``."""
+    def from_settings(cls, settings: EdgeSettings) -> Transformer:
         return cls(ImageLimits.from_settings(settings), WorkerLimits.from_settings(settings))
 
     async def transform(self, source: bytes, preset: Preset, fmt: Format,
                         key: str | None = None) -> Rendered:
-        """Render; with a ``key`` (the rendition's cache key) a failure is remembered."""
+        """Render ``source`` (verified blob bytes) for ``preset`` in ``fmt``.
+
+        Raises MediaError: 415 unsupported type, 422 undecodable / too many pixels,
+        413 too large, 503 worker crashed or timed out. With ``key`` (the rendition's
+        cache key) a failure is remembered for FAILURE_MEMORY seconds and answered again
+        without a worker.
+        """
         failed = self._failed.get(key) if key else None
         if failed is not None:
             REMEMBERED.inc()
@@ -150,47 +150,3 @@ def _init_worker(memory_mb: int) -> None:
     """Runs in each worker before any task: cap its address space, no core dumps."""
     confine(memory_mb * MiB)
     os.environ["OMP_NUM_THREADS"] = "1"
-
-
-_lock = threading.Lock()
-_default: Transformer | None = None
-
-
-def configure(settings: Any = None) -> Transformer:
-    """Start this process's pool from an EdgeSettings (defaults when None)."""
-    global _default
-    if settings is None:
-        from atcdn.core.settings import EdgeSettings
-
-        settings = EdgeSettings()
-    with _lock:
-        if _default is not None:
-            _default.close()
-        _default = Transformer.from_settings(settings)
-        return _default
-
-
-def shutdown() -> None:
-    global _default
-    with _lock:
-        if _default is not None:
-            _default.close()
-            _default = None
-
-
-def _transformer() -> Transformer:
-    if _default is None:
-        configure()
-    assert _default is not None
-    return _default
-
-
-async def transform(source: bytes, preset: Preset, fmt: Format,
-                    key: str | None = None) -> Rendered:
-    """Render ``source`` (verified blob bytes) for ``preset`` in ``fmt``.
-
-    Raises MediaError: 415 unsupported type, 422 undecodable / too many pixels,
-    413 too large, 503 worker crashed or timed out. With ``key`` a failure is remembered
-    for FAILURE_MEMORY seconds and answered again without a worker.
-    """
-    return await _transformer().transform(source, preset, fmt, key)

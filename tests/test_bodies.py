@@ -13,10 +13,10 @@ from atcdn.core.bodies import (
     STEP,
     BodyError,
     BodyTooLarge,
-    Inflater,
     InflatedTooFar,
+    Inflater,
 )
-from atcdn.core.errors import EdgeError
+from atcdn.core.errors import AtcdnError
 from atcdn.edge.refusals import Refusals
 
 
@@ -72,18 +72,18 @@ def test_refusals_remember_then_back_off() -> None:
     now = [0.0]
     refusals = Refusals(remember=60, strikes=3, backoff=30, max_entries=100,
                         timer=lambda: now[0])
-    bad = EdgeError(502, "VerificationFailed", "bytes do not match")
+    bad = AtcdnError(502, "VerificationFailed", "bytes do not match")
     refusals.check("https://pds", "a")
     refusals.failed("https://pds", "a", bad)
-    with pytest.raises(EdgeError) as caught:
+    with pytest.raises(AtcdnError) as caught:
         refusals.check("https://pds", "a")
     assert caught.value.error == "VerificationFailed"
     refusals.check("https://pds", "b")  # another blob: still asked
-    refusals.failed("https://pds", "x", EdgeError(504, "UpstreamTimeout", "slow"))  # not counted
+    refusals.failed("https://pds", "x", AtcdnError(504, "UpstreamTimeout", "slow"))  # not counted
     refusals.failed("https://pds", "b", bad)
     refusals.check("https://other", "a")
     refusals.failed("https://pds", "c", bad)
-    with pytest.raises(EdgeError) as caught:
+    with pytest.raises(AtcdnError) as caught:
         refusals.check("https://pds", "d")
     assert caught.value.status == 503 and caught.value.error == "UpstreamBackoff"
     refusals.check("https://other", "a")  # other PDSes are not affected

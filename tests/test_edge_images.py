@@ -192,6 +192,18 @@ def test_bad_requests_are_400_json(edge: Edge, source: str, path: str) -> None:
     assert r.status_code == 400 and error_of(r) == "InvalidRequest"
 
 
+def test_error_json_never_reflects_markup(edge: Edge, source: str) -> None:
+    for path in (f"/img/<svg onload=alert(1)>/plain/{DID}/{source}",
+                 f"/blob/{DID}/<img src=x onerror=alert(1)>"):
+        r = httpx.get(edge.url + path)
+        assert r.status_code == 400 and error_of(r) == "InvalidRequest"
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["content-type"] == "application/json"
+        assert "<" not in r.text and ">" not in r.text
+    reflected = httpx.get(f"{edge.url}/img/<svg onload=alert(1)>/plain/{DID}/{source}")
+    assert "<svg onload=alert(1)>" in reflected.json()["message"]  # quoted, escaped on the wire
+
+
 def test_unknown_blob_is_404(edge: Edge, up: Upstream) -> None:
     from atcdn.core.cid import compute
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 from atcdn.core.cid import compute
-from atcdn.core.errors import EdgeError
+from atcdn.core.errors import AtcdnError
 from atcdn.core.resolver import Resolver
 from atcdn.core.ssrf import public_client
 
@@ -129,7 +129,7 @@ def test_did_document_size_is_capped(hostile, gzipped: str) -> None:
     host = hostile(STANDIN_GZIP=gzipped)
     assert resolve(host.url) == host.url  # a normal document resolves
     (host.root / "dids" / f"{DID}.json").write_text(padded_document(host.url, 1024 * 1024))
-    with pytest.raises(EdgeError) as caught:
+    with pytest.raises(AtcdnError) as caught:
         resolve(host.url)
     assert caught.value.status == 502 and caught.value.error == "DidDocumentTooLarge"
 

@@ -117,6 +117,11 @@ class Upstream:
         (self.root / "dids").mkdir(exist_ok=True)
         (self.root / "dids" / f"{name or did}.json").write_text(json.dumps(doc))
 
+    def stall_did(self, did: str, seconds: float) -> None:
+        """Make the PLC directory answer for ``did`` only after ``seconds``."""
+        (self.root / "dids").mkdir(exist_ok=True)
+        (self.root / "dids" / f"{did}.stall").write_text(str(seconds))
+
     def requests(self) -> list[str]:
         from tests.helpers.standins import requests
 

@@ -6,7 +6,9 @@ a directory of files named by CID or DID. Every request is appended to
 ``requests.log`` there, so tests can count what reached the upstream. With
 ``STANDIN_FLIP=1`` it flips one byte of every blob it serves (a corrupting origin);
 ``STANDIN_FAIL_FIRST=N`` answers the first N origin GETs of each stored blob with 503;
-``STANDIN_DELAY=S`` waits S seconds before answering an origin GET.
+``STANDIN_DELAY=S`` waits S seconds before answering an origin GET. A file
+``dids/{name}.stall`` holding a number makes the PLC directory wait that many seconds
+before answering for that DID (a hostile, slow PLC entry).
 
 Hostile PDS and DID-host modes (the attacks of issue 9): ``STANDIN_GZIP=1`` sends blobs and
 DID documents with ``Content-Encoding: gzip`` whatever the client asked for;
@@ -125,6 +127,9 @@ def build(root: Path) -> Starlette:
     async def did_doc(request: Request) -> Response:
         log(request)
         name = request.path_params.get("did", "did-web")
+        stall = root / "dids" / f"{name}.stall"
+        if stall.is_file():
+            await asyncio.sleep(float(stall.read_text()))
         path = root / "dids" / f"{name}.json"
         if not path.is_file():
             return JSONResponse({"message": "DID not registered"}, 404)
