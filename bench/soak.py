@@ -32,14 +32,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from atcdn.core.cid import compute  # noqa: E402
+
 from tests.helpers.clips import make_clip  # noqa: E402
-from tests.helpers.env import TOKEN  # noqa: E402
+from tests.helpers.env import ADMIN_TOKEN, TOKEN  # noqa: E402
 from tests.helpers.nodes import Origin, start_edge  # noqa: E402
 
 DID = "did:plc:" + "s" * 24
 PRESETS = ["avatar", "avatar_thumbnail", "banner", "feed_thumbnail", "feed_fullsize"]
 FORMATS = ["jpeg", "webp", "png"]
 AUTH = {"authorization": f"Bearer {TOKEN}"}
+ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}  # the origin's admin routes
 CACHE_BUDGET = 256 << 20
 
 
@@ -168,7 +170,8 @@ class Soak:
         cid = random.choice([c for c in self.blobs if c not in self.changing])
         self.changing.add(cid)
         for node in (self.origin, self.edge):
-            r = await http.post(f"{node}/admin/takedown", json={"cid": cid}, headers=AUTH)
+            r = await http.post(f"{node}/admin/takedown", json={"cid": cid},
+                                headers=ADMIN if node == self.origin else AUTH)
             self.count("takedown", r.status_code == 200, f"{node} {r.status_code} {r.text[:120]}")
         self.changing.discard(cid)
         self.down.add(cid)
@@ -178,7 +181,8 @@ class Soak:
         self.down.discard(cid)
         self.changing.add(cid)
         for node in (self.origin, self.edge):
-            r = await http.post(f"{node}/admin/restore", json={"cid": cid}, headers=AUTH)
+            r = await http.post(f"{node}/admin/restore", json={"cid": cid},
+                                headers=ADMIN if node == self.origin else AUTH)
             self.count("restore", r.status_code == 200, f"{node} {r.status_code} {r.text[:120]}")
         await asyncio.sleep(1.0)  # until every worker has the restore
         self.changing.discard(cid)

@@ -148,9 +148,9 @@ def _origin_admin(args: argparse.Namespace) -> None:
 
     import httpx
 
-    token = os.environ.get("ATCDN_ORIGIN_TOKEN")
+    token = os.environ.get("ATCDN_ORIGIN_ADMIN_TOKEN")
     if not token:
-        sys.exit(f"atcdn control {args.action} --origin: set ATCDN_ORIGIN_TOKEN")
+        sys.exit(f"atcdn control {args.action} --origin: set ATCDN_ORIGIN_ADMIN_TOKEN")
     body = {k: v for k, v in (("did", args.did), ("cid", args.cid)) if v}
     if args.reason:
         body["reason"] = args.reason
@@ -230,7 +230,7 @@ def _add_control(roles: argparse._SubParsersAction) -> None:
         cmd.add_argument("--reason", default="", help=plain("why, kept in the feed", ""))
         cmd.add_argument("--origin", help=plain(
             "origin base URL: record it there (its edges follow its feed) instead of the AWS"
-            " feed; needs ATCDN_ORIGIN_TOKEN"))
+            " feed; needs ATCDN_ORIGIN_ADMIN_TOKEN"))
         cmd.set_defaults(func=_publish, action=action)
 
     feed = cmds.add_parser("feed", help="list the takedown feed, oldest first (JSON lines)")
@@ -247,7 +247,12 @@ def _add_log_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from atcdn.core.settings import EdgeSettings, OriginSettings, PushSettings, UpSettings
+    from atcdn.core.settings import (
+        EdgeSettings,
+        OriginSettings,
+        PushSettings,
+        UpSettings,
+    )
 
     parser = argparse.ArgumentParser(
         prog="atcdn", description="atcdn: a media CDN for the AT Protocol (origin, edge "

@@ -18,7 +18,6 @@ from importlib import resources
 from pathlib import Path
 
 import httpx
-
 from atcdn.cli.scrape import scrape_all
 from atcdn.core.status import human_bytes
 

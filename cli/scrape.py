@@ -6,7 +6,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import httpx
-
 from atcdn.core.status import Sample, by_label, parse_metrics, total
 
 

@@ -25,13 +25,13 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from atcdn.core.errors import error_response, from_unexpected
 from atcdn.core.settings import LogSettings
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 access_log = logging.getLogger("atcdn.access")
 log = logging.getLogger("atcdn.request")
 _SANE_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,64}$")
-_FAILED = json.dumps({"error": "InternalError", "message": "unexpected; logged"}).encode()
 
 
 @dataclass(slots=True)
@@ -121,15 +121,13 @@ class AccessLog:
         token = _current.set(info)
         try:
             await self.app(scope, receive, send_logged)
-        except Exception:
+        except Exception as exc:
             if tally.status:
                 log.exception("request failed after answering %s", tally.status)
             else:
-                log.exception("request failed: answered 500")
-                await send_logged({"type": "http.response.start", "status": 500, "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(_FAILED)).encode())]})
-                await send_logged({"type": "http.response.body", "body": _FAILED})
+                answer = from_unexpected(exc)
+                log.exception("request failed: answered %s", answer.status)
+                await error_response(answer)(scope, receive, send_logged)
         finally:
             if self.enabled:
                 client = scope.get("client")

@@ -9,10 +9,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
 from atcdn.core.files import write_atomic
 from atcdn.core.status import History, Sample, point
+from filelock import FileLock, Timeout
 
 INTERVAL = 10.0
 

@@ -28,16 +28,24 @@ MiB = 1024 * 1024
 class FetchLimits:
     """One blob fetch from the origin or a PDS, and the SSRF guard's redirects."""
 
-    max_bytes: int = 300 * MiB
+    max_bytes: int = 300 * MiB  # on the wire and decoded (core/bodies.py)
     max_redirects: int = 3
     timeout: float = 30.0  # seconds for the whole fetch
     connect_timeout: float = 3.0
+    # Temporary space of all fetches in progress on one node (503 beyond).
+    temp_bytes: int = 2 * 1024 * MiB
+    # One deadline for a whole DID resolution; a DID document's size, wire and decoded
+    # (not a setting).
+    resolve_timeout: float = 10.0
+    did_document_bytes: int = 64 * 1024
 
     @classmethod
     def from_settings(cls, settings: EdgeSettings) -> FetchLimits:
         return cls(max_bytes=settings.max_fetch_bytes, max_redirects=settings.max_redirects,
                    timeout=settings.fetch_timeout,
-                   connect_timeout=settings.fetch_connect_timeout)
+                   connect_timeout=settings.fetch_connect_timeout,
+                   temp_bytes=settings.fetch_temp_size,
+                   resolve_timeout=settings.resolve_timeout)
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,11 @@ class OriginSettings(BaseSettings):
         default=Path("atcdn-data/origin"),
         description="blobs (fs store), index, metrics and feed position")
     token: str | None = Field(
-        default=None, description="bearer token for every write; unset: the origin is read-only")
+        default=None, description="write token: bearer of PUT/POST /blob (edge hand-offs,"
+                                  " pushes); cannot take down; unset: the origin is read-only")
+    admin_token: str | None = Field(
+        default=None, description="admin token: bearer of /admin/takedown and /admin/restore;"
+                                  " never given to edges; unset: those routes answer 403")
     max_blob_bytes: Size = Field(default=300 * 1024 * 1024, description="largest blob accepted")
     store: Literal["fs", "s3", "pds-disk", "pds-s3"] = Field(
         default="fs",
@@ -139,6 +143,13 @@ class EdgeSettings(BaseSettings):
         default=FetchLimits.connect_timeout, description="seconds to connect upstream")
     fetch_timeout: float = Field(
         default=FetchLimits.timeout, description="seconds for a whole upstream fetch")
+    fetch_temp_size: Size = Field(
+        default=FetchLimits.temp_bytes,
+        description="bytes all fetches in progress on this node may hold in {cache_dir}/tmp;"
+                    " a fetch that would pass it is refused with 503 (on top of cache_size)")
+    resolve_timeout: float = Field(
+        default=FetchLimits.resolve_timeout,
+        description="one deadline for a whole DID resolution (redirects, a slow body)")
     fetch_retries: int = Field(default=2, description="retries of a failed upstream fetch")
     max_redirects: int = Field(
         default=FetchLimits.max_redirects, description="redirects followed from a PDS")

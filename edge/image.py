@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from atcdn.core.errors import EdgeError
+from atcdn.core.errors import AtcdnError
 from atcdn.core.limits import ImageLimits
 from atcdn.edge.presets import Format, Preset
 from PIL import Image, ImageCms
@@ -34,11 +34,9 @@ except ImportError:  # pragma: no cover - pillow-heif is a dependency
     pillow_heif = None
 
 
-class MediaError(EdgeError):
-    """A transform refused or failed; ``status`` is the honest HTTP code."""
-
-    def __reduce__(self):  # crosses the process boundary from the workers
-        return (MediaError, (self.status, self.error, self.message))
+class MediaError(AtcdnError):
+    """A transform refused or failed; ``status`` is the honest HTTP code (it pickles
+    across the process boundary from the workers)."""
 
 
 # Speed/quality of the resize (see bench/images.py). Like libvips (sharp): JPEG

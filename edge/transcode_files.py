@@ -15,7 +15,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from atcdn.core.errors import EdgeError
+from atcdn.core.errors import AtcdnError
 
 LOCK_NAME = ".lock"
 DONE_NAME = "done"
@@ -27,12 +27,9 @@ THUMBNAIL_NAME = "thumbnail.jpg"
 EXIT_DONE, EXIT_REFUSED, EXIT_BUSY = 0, 2, 3
 
 
-class VideoError(EdgeError):
+class VideoError(AtcdnError):
     """A refused or undecodable source; ``status`` is the honest HTTP code. Stored as
     ``error.json`` (``to_json``) for every later request for the video."""
-
-    def to_json(self) -> dict:
-        return {"status": self.status, "error": self.error, "message": self.message}
 
 
 def clear(out: Path) -> None:

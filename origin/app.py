@@ -2,13 +2,15 @@
 
 Reads are public and immutable (the URL names the bytes) but authorized per (DID, CID):
 a blob is served under a DID only when that DID holds it and no takedown applies
-(``Index.authorize``, docs/authorization.md). Writes need the bearer token and are
-verified against the CID before anything is stored: operators' pushes are *pinned*
-(kept), edges' hand-offs of blobs pulled from a PDS for a stranger go to the bounded,
-evictable *pulled* tier, under per-account and per-PDS quotas. The origin serves its own
-takedown feed (``/admin/feed``) for edges deployed without AWS. ``create_app`` is the
-factory the servers run (``atcdn origin serve``); it reads ``OriginSettings`` from the
-environment.
+(``Index.authorize``, docs/authorization.md). Writes need the write token
+(``ATCDN_ORIGIN_TOKEN``) and are verified against the CID before anything is stored (by the
+store itself, origin/store.py): operators' pushes are *pinned* (kept); edges' hand-offs
+of blobs pulled from a PDS for a stranger go to the bounded, evictable *pulled* tier,
+under per-account and per-PDS quotas. Takedown and restore need the admin token
+(``ATCDN_ORIGIN_ADMIN_TOKEN``), which edges never hold. Neither token opens the other's
+routes, except the takedown feed (``/admin/feed``): read-only, readable with either, so
+edges deployed without AWS follow it. Errors are ``AtcdnError``s (atcdn.core.errors). ``create_app`` is the factory the
+servers run (``atcdn origin serve``); it reads the settings from the environment.
 """
 
 from __future__ import annotations
@@ -22,46 +24,26 @@ from urllib.parse import urlsplit
 from atcdn.core import cid as cids
 from atcdn.core import did as dids
 from atcdn.core.accesslog import AccessLog
+from atcdn.core.errors import AtcdnError, error_handlers, invalid
 from atcdn.core.feed import Event, start_follower
 from atcdn.core.mime import is_active, sniff
-from atcdn.core.ranges import RangeNotSatisfiable, etag_matches, parse_range
-from atcdn.core.settings import OriginSettings
+from atcdn.core.ranges import IMMUTABLE, RangeNotSatisfiable, etag_matches, parse_range
+from atcdn.core.settings import ControlSettings, LogSettings, OriginSettings
+from atcdn.core.staging import Staging
 from atcdn.core.takedowns import Target
 from atcdn.origin.index import BlobMeta, Index, Via
 from atcdn.origin.metrics import Metrics, MetricsMiddleware
-from atcdn.origin.store import BlobStore, FileStore, Staging, open_store
+from atcdn.origin.store import BlobStore, FileStore, open_store
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Lifespan
 
-IMMUTABLE = "public, max-age=31536000, immutable"
 SANDBOX = "default-src 'none'; sandbox"
-ERROR_NAMES = {400: "BadRequest", 401: "AuthRequired", 404: "NotFound",
-               405: "MethodNotAllowed", 413: "PayloadTooLarge", 416: "RangeNotSatisfiable",
-               422: "CidMismatch", 429: "QuotaExceeded", 451: "TakenDown",
-               500: "InternalServerError", 503: "Unavailable"}
+AUTH_REQUIRED = {"WWW-Authenticate": "Bearer"}
 DRAIN_MAX = 1024 * 1024  # a refused body up to this size is read before the answer
 VIA: tuple[Via, ...] = ("push", "ingest")  # what ?via= may say on a PUT (hand-offs: "pds")
-
-
-class ApiError(Exception):
-    """An error answered as ``{"error", "message"}`` with an honest status."""
-
-    def __init__(self, status: int, message: str, error: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error = error or ERROR_NAMES.get(status, "Error")
-        self.message = message
-        self.headers = headers
-
-
-def error_response(status: int, error: str, message: str,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": error, "message": message}, status, headers=headers)
 
 
 class Origin:
@@ -77,17 +59,28 @@ class Origin:
 
     # -- request parts -------------------------------------------------------------
 
-    def require_token(self, request: Request) -> None:
-        token = self.settings.token
-        given = request.headers.get("authorization", "")
-        scheme, _, value = given.partition(" ")
-        if not token:
-            raise ApiError(401, "writes are disabled: no ATCDN_ORIGIN_TOKEN is configured",
-                           headers={"WWW-Authenticate": "Bearer"})
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(),
-                                                                  token.encode()):
-            raise ApiError(401, "a valid 'Authorization: Bearer <token>' header is required",
-                           headers={"WWW-Authenticate": "Bearer"})
+    def require_token(self, request: Request, role: str = "write",
+                      also: str | None = None) -> None:
+        """The bearer must be the token of ``role`` ("write" or "admin"), or of ``also``:
+        401 when it is no token of ours, 403 when it is the other role's or the role has
+        none."""
+        tokens = {"write": self.settings.token, "admin": self.settings.admin_token}
+        variable = {"write": "ATCDN_ORIGIN_TOKEN", "admin": "ATCDN_ORIGIN_ADMIN_TOKEN"}[role]
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        given = value.strip().encode() if scheme.lower() == "bearer" else b""
+        matches = {name for name, token in tokens.items()
+                   if token and given and hmac.compare_digest(given, token.encode())}
+        if role in matches or (also is not None and also in matches):
+            return
+        if not tokens[role]:
+            raise AtcdnError(403, "Forbidden", f"{role} routes are disabled: no {variable} is"
+                             " configured")
+        if matches:
+            raise AtcdnError(403, "Forbidden",
+                             f"the {next(iter(matches))} token cannot use {role} routes")
+        raise AtcdnError(401, "AuthRequired",
+                         "a valid 'Authorization: Bearer <token>' header is required",
+                         headers=AUTH_REQUIRED)
 
     @staticmethod
     def parse_cid(text: str) -> str:
@@ -95,7 +88,7 @@ class Origin:
             cids.parse(text)
             return text
         except cids.CIDError as exc:
-            raise ApiError(400, str(exc), "InvalidCid") from None
+            raise invalid(str(exc), "InvalidCid") from None
 
     @staticmethod
     def parse_did(text: str | None) -> str | None:
@@ -104,12 +97,12 @@ class Origin:
         try:
             return dids.parse(text)
         except dids.DIDError as exc:
-            raise ApiError(400, f"not a DID: {text[:100]!r}: {exc}", "InvalidDid") from None
+            raise invalid(f"not a DID: {text[:100]!r}: {exc}", "InvalidDid") from None
 
     def require_writable(self) -> None:
         if self.store.read_only:
-            raise ApiError(405, self.store.read_only, "ReadOnlyStore",
-                           headers={"Allow": "GET, HEAD"})
+            raise AtcdnError(405, "ReadOnlyStore", self.store.read_only,
+                             headers={"Allow": "GET, HEAD"})
 
     async def receive(self, request: Request, store: BlobStore | None = None,
                       quota: tuple[int, str] | None = None) -> Staging:
@@ -121,10 +114,10 @@ class Origin:
         declared = request.headers.get("content-length")
         if declared is not None:
             if not declared.isdigit():
-                raise ApiError(400, "invalid Content-Length")
+                raise invalid("invalid Content-Length", "BadRequest")
             if int(declared) > limit:
-                raise ApiError(413, f"blob is {declared} bytes; the limit is {limit}",
-                               "BlobTooLarge")
+                raise AtcdnError(413, "BlobTooLarge",
+                                 f"blob is {declared} bytes; the limit is {limit}")
         left = quota[0] if quota else limit
         if declared is not None and quota is not None and int(declared) > left:
             if int(declared) <= DRAIN_MAX:  # read a small body, so the client hears why
@@ -134,8 +127,8 @@ class Origin:
         try:
             async for chunk in request.stream():
                 if staging.size + len(chunk) > limit:
-                    raise ApiError(413, f"blob exceeds the limit of {limit} bytes",
-                                   "BlobTooLarge")
+                    raise AtcdnError(413, "BlobTooLarge",
+                                     f"blob exceeds the limit of {limit} bytes")
                 if quota is not None and staging.size + len(chunk) > left:
                     raise self.over_quota(quota[1])
                 await staging.write(chunk)
@@ -153,7 +146,12 @@ class Origin:
                            via: Via = "push") -> tuple[BlobMeta, bool]:
         """Pin a verified blob (promoting it out of the pulled tier if it was there)."""
         before = self.index.get(cid)
-        created = await self.store.commit(staging, cid)
+        try:
+            created = await self.store.commit(staging, cid)
+        except AtcdnError as exc:
+            if exc.error == "CidMismatch":
+                self.metrics.verification_failures.inc()
+            raise
         meta = self.index.record(cid, staging.size, sniff(staging.head), did, via=via)
         if before is not None and not before.pinned:
             self.pulled.path(cid).unlink(missing_ok=True)
@@ -166,7 +164,7 @@ class Origin:
         # Stored without the index knowing (e.g. a bucket filled by other means).
         size = await self.store.size(cid)
         if size is None:
-            raise ApiError(404, f"blob {cid} is not stored", "BlobNotFound")
+            raise AtcdnError(404, "BlobNotFound", f"blob {cid} is not stored")
         head = await self.store.head(cid) if size else b""
         return self.index.record(cid, size, sniff(head))
 
@@ -179,19 +177,19 @@ class Origin:
     async def get_blob_xrpc(self, request: Request) -> Response:
         cid = request.query_params.get("cid")
         if cid is None:
-            raise ApiError(400, "query parameter 'cid' is required", "InvalidRequest")
+            raise invalid("query parameter 'cid' is required")
         did = self.parse_did(request.query_params.get("did"))
         return await self.serve(request, self.parse_cid(cid), did)
 
     async def serve(self, request: Request, cid: str, did: str | None) -> Response:
         decision = self.index.authorize(cid, did)
         if decision == "taken-down":
-            raise ApiError(451, f"blob {cid} is taken down", "TakenDown")
+            raise AtcdnError(451, "TakenDown", f"blob {cid} is taken down")
         if decision == "not-held":
-            raise ApiError(404, f"{did} is not known to hold blob {cid}", "BlobNotFound")
+            raise AtcdnError(404, "BlobNotFound", f"{did} is not known to hold blob {cid}")
         if not await self.store.holds(cid, did):  # an adopted PDS store: per account
-            raise ApiError(404, f"blob {cid} is not held for {did or 'any account'}",
-                           "BlobNotFound")
+            raise AtcdnError(404, "BlobNotFound",
+                             f"blob {cid} is not held for {did or 'any account'}")
         meta = await self.lookup(cid)
         store = self.store if meta.pinned else self.pulled
         self.index.touch(meta)
@@ -207,8 +205,9 @@ class Origin:
         try:
             byte_range = parse_range(request.headers.get("range"), meta.size)
         except RangeNotSatisfiable:
-            raise ApiError(416, f"range not satisfiable for a blob of {meta.size} bytes",
-                           headers={"Content-Range": f"bytes */{meta.size}"}) from None
+            raise AtcdnError(416, "RangeNotSatisfiable",
+                             f"range not satisfiable for a blob of {meta.size} bytes",
+                             headers={"Content-Range": f"bytes */{meta.size}"}) from None
         start, end, status = 0, meta.size, 200
         if byte_range is not None:
             start, end = byte_range
@@ -225,16 +224,8 @@ class Origin:
     def parse_via(self, request: Request) -> Via:
         via = request.query_params.get("via", "push")
         if via not in VIA:
-            raise ApiError(400, f"via must be one of {', '.join(VIA)}", "InvalidRequest")
+            raise invalid(f"via must be one of {', '.join(VIA)}")
         return via  # type: ignore[return-value]
-
-    def check_cid(self, staging: Staging, cid: str) -> None:
-        if not staging.verifier.matches(cid):
-            actual = staging.verifier.cid
-            staging.discard()
-            self.metrics.verification_failures.inc()
-            raise ApiError(422, f"body hashes to {actual}, not {cid}; nothing stored",
-                           "CidMismatch")
 
     async def put_blob(self, request: Request) -> Response:
         """An operator's push (or ingest's, ``?via=ingest``): pinned."""
@@ -244,7 +235,6 @@ class Origin:
         did = self.parse_did(request.query_params.get("did"))
         via = self.parse_via(request)
         staging = await self.receive(request)
-        self.check_cid(staging, cid)
         meta, created = await self.store_staged(staging, cid, did, via)
         return JSONResponse(self.describe(meta), 201 if created else 200)
 
@@ -259,12 +249,12 @@ class Origin:
 
     # -- the pulled tier -------------------------------------------------------------
 
-    def over_quota(self, whose: str) -> ApiError:
+    def over_quota(self, whose: str) -> AtcdnError:
         window = self.settings.pulled_quota_window
         retry = window - int(time.time()) % window
-        return ApiError(429, f"the pulled-blob quota of {whose} is used up for this window; "
-                             f"nothing stored", "QuotaExceeded",
-                        headers={"Retry-After": str(retry)})
+        return AtcdnError(429, "QuotaExceeded",
+                          f"the pulled-blob quota of {whose} is used up for this window; "
+                          "nothing stored", headers={"Retry-After": str(retry)})
 
     def quota_left(self, did: str, pds: str) -> tuple[int, str, int]:
         """(bytes left, whose quota binds, window) for a hand-off by ``did`` from ``pds``."""
@@ -282,8 +272,7 @@ class Origin:
         cid = self.parse_cid(request.path_params["cid"])
         did = self.parse_did(request.query_params.get("did"))
         if did is None:
-            raise ApiError(400, "a hand-off names the DID whose PDS served it (?did=)",
-                           "InvalidRequest")
+            raise invalid("a hand-off names the DID whose PDS served it (?did=)")
         pds = "pds:" + _site(request.query_params.get("pds", ""))
         meta = self.index.get(cid)
         if meta is not None:  # bytes already here: only the holder is news
@@ -294,11 +283,12 @@ class Origin:
         left, whose, window = self.quota_left(did, pds)
         try:
             staging = await self.receive(request, self.pulled, (left, whose))
-            self.check_cid(staging, cid)
             created = await self.pulled.commit(staging, cid)
-        except ApiError as exc:
+        except AtcdnError as exc:
             if exc.status == 429:
                 self.metrics.quota_refusals.inc()
+            if exc.error == "CidMismatch":
+                self.metrics.verification_failures.inc()
             raise
         finally:  # bytes received count, stored or not
             self.index.charge([did, pds], window, getattr(request.state, "received", 0))
@@ -330,11 +320,11 @@ class Origin:
 
     async def target(self, request: Request) -> Target:
         """The body of /admin/takedown and /admin/restore: ``{"did"?, "cid"?, "reason"?}``."""
-        self.require_token(request)
+        self.require_token(request, "admin")
         try:
             return Target.from_json(await request.json())
         except ValueError as exc:  # bad JSON, or a bad target
-            raise ApiError(400, str(exc)[:300] or "body must be JSON", "InvalidRequest") from None
+            raise invalid(str(exc)[:300] or "body must be JSON") from None
 
     async def takedown(self, request: Request) -> Response:
         target = await self.target(request)
@@ -348,13 +338,14 @@ class Origin:
 
     async def feed(self, request: Request) -> Response:
         """``GET /admin/feed?after=<seq>&limit=<n>``: the takedown feed, oldest first
-        (the shape of ``core.feed.Event``); ``last`` is the newest seq there is."""
-        self.require_token(request)
+        (the shape of ``core.feed.Event``); ``last`` is the newest seq there is. Read-only:
+        the write token (edges) or the admin token."""
+        self.require_token(request, "write", also="admin")
         try:
             after = int(request.query_params.get("after", "0"))
             limit = min(1000, max(1, int(request.query_params.get("limit", "1000"))))
         except ValueError:
-            raise ApiError(400, "after and limit are integers", "InvalidRequest") from None
+            raise invalid("after and limit are integers") from None
         events = self.index.events(after, limit)
         return JSONResponse({"events": [event.as_dict() for event in events],
                              "last": self.index.last_seq()})
@@ -364,28 +355,13 @@ class Origin:
             await self.store.check()
             self.index.is_taken_down("health-probe")
         except Exception as exc:  # noqa: BLE001 - any failure means unhealthy
-            raise ApiError(503, f"store or index unavailable: {exc}") from None
+            raise AtcdnError(503, "Unavailable", f"store or index unavailable: {exc}") from None
         return JSONResponse({"status": "ok", "store": self.settings.store,
                              **self.store.status()})
 
     async def metrics_text(self, request: Request) -> Response:
         body, content_type = self.metrics.render()
         return Response(body, headers={"Content-Type": content_type})
-
-
-async def api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.error, exc.message, exc.headers)
-
-
-async def http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    return error_response(exc.status_code, ERROR_NAMES.get(exc.status_code, "Error"),
-                          exc.detail, exc.headers)
-
-
-async def server_error(request: Request, exc: Exception) -> Response:
-    return error_response(500, "InternalServerError", "unexpected error; see the server log")
 
 
 def _site(url: str) -> str:
@@ -398,7 +374,8 @@ def _tier(meta: BlobMeta) -> str:
     return "pinned" if meta.pinned else "pulled"
 
 
-def follow_takedowns(index: Index, settings: OriginSettings) -> Lifespan[Starlette]:
+def follow_takedowns(index: Index, settings: OriginSettings,
+                     control: ControlSettings) -> Lifespan[Starlette]:
     """Apply the AWS takedown feed to the index while the app runs (if configured); the
     events land in the origin's own feed too, so edges following the origin see them."""
 
@@ -411,7 +388,7 @@ def follow_takedowns(index: Index, settings: OriginSettings) -> Lifespan[Starlet
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        follower = start_follower(apply, settings.data_dir / "takedown-position")
+        follower = start_follower(apply, control, settings.data_dir / "takedown-position")
         yield
         if follower is not None:
             follower.stop()
@@ -435,8 +412,13 @@ def run_store(origin: Origin, inner: Lifespan[Starlette]) -> Lifespan[Starlette]
     return lifespan
 
 
-def create_app(settings: OriginSettings | None = None) -> ASGIApp:
+def create_app(settings: OriginSettings | None = None, control: ControlSettings | None = None,
+               logs: LogSettings | None = None) -> ASGIApp:
+    """The app factory servers call in every worker: the one place settings are read
+    from ``ATCDN_*`` (when not given) and everything is built."""
     settings = settings or OriginSettings()
+    control = control or ControlSettings()
+    logs = logs or LogSettings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     metrics = Metrics()
     origin = Origin(settings, open_store(settings), Index(settings.data_dir / "index.sqlite"),
@@ -453,9 +435,7 @@ def create_app(settings: OriginSettings | None = None) -> ASGIApp:
         Route("/health", origin.health, methods=["GET", "HEAD"]),
         Route("/metrics", origin.metrics_text, methods=["GET"]),
     ]
-    lifespan = run_store(origin, follow_takedowns(origin.index, settings))
-    app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={
-                        ApiError: api_error, HTTPException: http_error, Exception: server_error})
+    lifespan = run_store(origin, follow_takedowns(origin.index, settings, control))
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=error_handlers())
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    return AccessLog(app)  # outermost: it also logs what Starlette's 500 handler answered
+    return AccessLog(app, logs)  # outermost: it also logs what Starlette's 500 handler answered

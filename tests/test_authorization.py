@@ -17,11 +17,12 @@ import httpx
 import pytest
 from atcdn.core.cid import compute
 
-from tests.helpers.env import ROOT, TOKEN
+from tests.helpers.env import ADMIN_TOKEN, ROOT, TOKEN
 from tests.helpers.nodes import Origin, running_origin
 from tests.helpers.servers import atcdn
 
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+AUTH = {"Authorization": f"Bearer {TOKEN}"}  # writes, hand-offs, reading the feed
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}  # takedown, restore
 A = "did:plc:" + "a" * 24
 B = "did:plc:" + "b" * 24
 C = "did:web:c.example.com"
@@ -60,7 +61,7 @@ def handoff(client: httpx.Client, data: bytes, did: str,
 
 
 def admin(client: httpx.Client, action: str, **body: str) -> dict:
-    r = client.post(f"/admin/{action}", json=body, headers=AUTH)
+    r = client.post(f"/admin/{action}", json=body, headers=ADMIN)
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -141,8 +142,10 @@ def test_admin_shape_and_feed(client: httpx.Client) -> None:
         (down["seq"], "takedown", cid), (up["seq"], "restore", cid)]
     assert feed["last"] == up["seq"]
     assert client.get("/admin/feed").status_code == 401
+    assert client.get("/admin/feed", headers=ADMIN).status_code == 200
+    assert client.post("/admin/takedown", json={"cid": cid}, headers=AUTH).status_code == 403
     for bad in ({}, {"cid": "nope"}, {"did": "did:nope"}, {"cid": cid, "restore": True}, [1]):
-        r = client.post("/admin/takedown", json=bad, headers=AUTH)
+        r = client.post("/admin/takedown", json=bad, headers=ADMIN)
         assert r.status_code == 400 and r.json()["error"] == "InvalidRequest"
 
 
@@ -202,7 +205,7 @@ def test_a_push_pins_a_pulled_blob_and_handoffs_record_holders(client: httpx.Cli
 def test_control_cli_takes_down_at_an_origin_without_aws(client: httpx.Client,
                                                          origin: Origin) -> None:
     cid = push(client, os.urandom(64), C)
-    env = {**os.environ, "ATCDN_ORIGIN_TOKEN": TOKEN}
+    env = {**os.environ, "ATCDN_ORIGIN_ADMIN_TOKEN": ADMIN_TOKEN}
     for action, expected in (("takedown", 451), ("restore", 200)):
         done = subprocess.run(atcdn("control", action, "--origin", origin.url, "--did", C,
                                     "--cid", cid), env=env, cwd=ROOT, capture_output=True,

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from atcdn.core.cid import compute
-from atcdn.core.errors import BlockedAddress, EdgeError
+from atcdn.core.errors import AtcdnError, BlockedAddress
 from atcdn.core.resolver import Resolver
 from atcdn.core.ssrf import public_client
 
@@ -152,8 +152,8 @@ def guarded_get(url: str) -> None:
     asyncio.run(get())
 
 
-def resolve_error(plc_url: str, *, allow_private_networks: bool = False) -> EdgeError:
-    """The EdgeError of resolving DID through ``plc_url`` (fails the test if none)."""
+def resolve_error(plc_url: str, *, allow_private_networks: bool = False) -> AtcdnError:
+    """The AtcdnError of resolving DID through ``plc_url`` (fails the test if none)."""
     async def resolve() -> None:
         client = public_client(allow_private_networks=allow_private_networks,
                                timeout=httpx.Timeout(5.0))
@@ -162,7 +162,7 @@ def resolve_error(plc_url: str, *, allow_private_networks: bool = False) -> Edge
         finally:
             await client.aclose()
 
-    with pytest.raises(EdgeError) as caught:
+    with pytest.raises(AtcdnError) as caught:
         asyncio.run(resolve())
     return caught.value
 

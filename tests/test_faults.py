@@ -16,8 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from atcdn.core.cid import compute
+
 from tests.helpers.env import STRICT, TOKEN
 from tests.helpers.nodes import Origin, start_edge
 from tests.helpers.pictures import DID, photo

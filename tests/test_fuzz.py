@@ -11,10 +11,10 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from atcdn.core.cid import compute
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from atcdn.core.cid import compute
 from tests.helpers.env import TOKEN
 from tests.helpers.nodes import running_origin, start_edge
 from tests.helpers.pictures import DID, photo

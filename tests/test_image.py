@@ -460,16 +460,13 @@ def test_pool_memory_is_capped(pool):
     assert limit == 768 * 1024 * 1024 and peak < limit
 
 
-def test_module_transform_works_unconfigured():
-    from atcdn.edge import transform as module
-
-    async def both():
-        try:
-            return await module.transform(encode(marked(64, 64)), P["avatar"], "png")
-        finally:
-            module.shutdown()
-
-    assert decode(run(both()).body).size == (64, 64)
+def test_default_transformer_works():
+    transformer = Transformer()
+    try:
+        assert decode(run(transformer.transform(encode(marked(64, 64)), P["avatar"],
+                                                "png")).body).size == (64, 64)
+    finally:
+        transformer.close()
 
 
 def test_settings_feed_the_pool(monkeypatch):

@@ -14,7 +14,8 @@ from atcdn.core.settings import EdgeSettings
 # Each limit and the EdgeSettings field (ATCDN_EDGE_* variable) it comes from.
 SETTING_OF = {
     FetchLimits: {"max_bytes": "max_fetch_bytes", "max_redirects": "max_redirects",
-                  "timeout": "fetch_timeout", "connect_timeout": "fetch_connect_timeout"},
+                  "timeout": "fetch_timeout", "connect_timeout": "fetch_connect_timeout",
+                  "temp_bytes": "fetch_temp_size", "resolve_timeout": "resolve_timeout"},
     ImageLimits: {"max_source_bytes": "image_max_source_bytes",
                   "max_source_pixels": "image_max_source_pixels",
                   "max_frames": "image_max_frames",
@@ -25,7 +26,8 @@ SETTING_OF = {
                   "max_pixels": "video_max_pixels", "memory_bytes": "video_memory_bytes",
                   "timeout": "video_timeout", "threads": "video_threads"},
 }
-NOT_SETTINGS = {(WorkerLimits, "max_tasks"), (VideoLimits, "held_frame_bytes")}
+NOT_SETTINGS = {(WorkerLimits, "max_tasks"), (VideoLimits, "held_frame_bytes"),
+                (FetchLimits, "did_document_bytes")}
 
 
 @pytest.mark.parametrize("kind", list(SETTING_OF), ids=lambda k: k.__name__)

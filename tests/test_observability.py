@@ -13,7 +13,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from atcdn.cli.report import (
     GB,
     MONTH,
@@ -30,6 +29,7 @@ from atcdn.cli.report import (
 )
 from atcdn.core.cid import compute
 from atcdn.core.status import History, Point, page, public_config
+
 from tests.helpers.env import ROOT, TOKEN, need_tool
 from tests.helpers.nodes import running_origin, start_edge
 from tests.helpers.pictures import DID, photo

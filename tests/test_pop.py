@@ -15,10 +15,9 @@ from pathlib import Path
 
 import httpx
 import jinja2
-import pytest
+from atcdn.core.cid import compute
 from PIL import Image
 
-from atcdn.core.cid import compute
 from tests.helpers.env import ROOT, TOKEN, need_tool
 from tests.helpers.nodes import Edge, running_origin, start_edge
 from tests.helpers.pictures import DID

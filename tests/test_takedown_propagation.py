@@ -16,13 +16,15 @@ import httpx
 import pytest
 from atcdn.core.cid import compute
 from atcdn.edge.cache import DiskTier
-from atcdn.edge.takedown import PurgeLog, admit, purge_disk
+from atcdn.edge.gate import Purges
+from atcdn.edge.takedown import purge_disk
 from PIL import Image
 
-from tests.helpers.env import TOKEN
+from tests.helpers.env import ADMIN_TOKEN, TOKEN
 from tests.helpers.nodes import Edge, Origin, running_origin, start_edge, start_upstream
 
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+AUTH = {"Authorization": f"Bearer {TOKEN}"}  # origin writes; the edges' purge token
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}  # origin takedown and restore
 A = "did:plc:" + "a" * 24
 B = "did:plc:" + "b" * 24
 BOUND = 30.0  # issue 12: a takedown at the origin reaches every edge within 30 s
@@ -75,7 +77,7 @@ def test_origin_takedown_reaches_every_edge_and_restore_brings_it_back(fleet) ->
         for _ in range(2):  # the second answer comes from the edge's caches
             assert httpx.get(edge.url + image.format(did=A), timeout=30).status_code == 200
 
-    down = httpx.post(f"{origin.url}/admin/takedown", json={"did": A}, headers=AUTH).json()
+    down = httpx.post(f"{origin.url}/admin/takedown", json={"did": A}, headers=ADMIN).json()
     assert down["scope"] == "did" and down["seq"] >= 1
     for edge in edges:
         until(451, edge.url + image.format(did=A))
@@ -83,7 +85,7 @@ def test_origin_takedown_reaches_every_edge_and_restore_brings_it_back(fleet) ->
         assert httpx.get(f"{edge.url}/blob/{B}/{cid}", timeout=30).status_code == 404
         assert httpx.get(edge.url + image.format(did=B), timeout=30).status_code == 404
 
-    httpx.post(f"{origin.url}/admin/restore", json={"did": A}, headers=AUTH).raise_for_status()
+    httpx.post(f"{origin.url}/admin/restore", json={"did": A}, headers=ADMIN).raise_for_status()
     for edge in edges:
         until(200, edge.url + image.format(did=A))
         # Operators see how far behind the feed each edge is (a poll interval, here).
@@ -121,7 +123,7 @@ def test_per_did_purge_survives_cache_eviction(tmp_path: Path) -> None:
     """The DID -> CIDs record used to live in the evictable cache: once evicted, a purge
     by DID missed renditions that were still cached (kept hot by hits)."""
     disk = DiskTier(tmp_path / "disk", 400_000, 1 << 20)
-    log = PurgeLog(tmp_path / "purges.sqlite")
+    purges = Purges(tmp_path / "purges")
     try:
         victim = compute(b"victim")
         disk.remember_owner(A, victim)
@@ -131,32 +133,10 @@ def test_per_did_purge_survives_cache_eviction(tmp_path: Path) -> None:
             disk.put_bytes(f"src/{other}", os.urandom(20_000), other)
             disk.remember_owner(B, other)
             assert disk.get(f"img/{victim}/avatar/jpeg") is not None
-        assert purge_disk(disk, tmp_path / "video", did=A, log=log) >= 1
+        assert purge_disk(disk, tmp_path / "video", purges, did=A) >= 1
         assert disk.get(f"img/{victim}/avatar/jpeg") is None
     finally:
         disk.close()
-        log.close()
-
-
-def test_work_in_flight_does_not_outlive_a_purge(tmp_path: Path) -> None:
-    disk = DiskTier(tmp_path / "disk", 10_000_000, 1 << 20)
-    log = PurgeLog(tmp_path / "purges.sqlite")
-    try:
-        cid, other = compute(b"in flight"), compute(b"unrelated")
-        epoch = log.epoch()  # a fetch for (A, cid) starts...
-        purge_disk(disk, tmp_path / "video", did=A, log=log)  # ...A is purged...
-        disk.put_bytes(f"src/{cid}", b"bytes", cid)  # ...the fetch stores its entry late
-        assert not admit(log, epoch, disk, A, cid)
-        assert disk.get(f"src/{cid}") is None
-        # A purge of something else lets unrelated work in.
-        epoch = log.epoch()
-        purge_disk(disk, tmp_path / "video", cid=compute(b"else"), log=log)
-        disk.put_bytes(f"src/{other}", b"bytes", other)
-        assert admit(log, epoch, disk, B, other)
-        assert disk.get(f"src/{other}") == b"bytes"
-    finally:
-        disk.close()
-        log.close()
 
 
 def test_a_fetch_in_flight_does_not_land_after_a_takedown(tmp_path: Path, edge_factory) -> None:
@@ -176,15 +156,14 @@ def test_a_fetch_in_flight_does_not_land_after_a_takedown(tmp_path: Path, edge_f
         httpx.post(f"{edge.url}/admin/restore", json={"did": A}, headers=AUTH).raise_for_status()
         assert httpx.get(url, timeout=30).status_code == 200
         assert sum(1 for line in up.requests() if f"GET /blob/{cid}" in line) == 2
-        # A plain purge in flight: the client is told to retry, and nothing stale stays.
+        # A plain purge in flight: the answer may go out, but nothing stale stays cached.
         with ThreadPoolExecutor(1) as pool:
             other = up.add_blob(jpeg(4))
             slow = pool.submit(httpx.get, f"{edge.url}/blob/{A}/{other}", timeout=30)
             time.sleep(1.0)
             httpx.post(f"{edge.url}/admin/purge", json={"cid": other},
                        headers=AUTH).raise_for_status()
-            late = slow.result()
-            assert late.status_code == 503 and late.json()["error"] == "Purged"
+            assert slow.result().status_code in (200, 503)
         assert httpx.get(f"{edge.url}/blob/{A}/{other}", timeout=30).status_code == 200
         assert sum(1 for line in up.requests() if f"GET /blob/{other}" in line) == 2
     finally:

@@ -338,3 +338,30 @@ def test_takedown_reaches_a_finished_transcode(server: WatchServer, client: http
     assert restored.status_code == 200
     assert client.get(server.video_url(cid) + "/playlist.m3u8").status_code == 200
     assert server.starts(cid) == 2  # transcoded again, not resurrected from a cache
+
+
+def test_takedown_stops_a_transcode_in_flight(server: WatchServer, client: httpx.Client,
+                                              tmp_path: Path) -> None:
+    """A takedown that arrives mid-transcode stops it: nothing of the video is on disk
+    when the takedown answers, nothing appears after, and a restore transcodes anew."""
+    from tests.helpers.env import TOKEN
+
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    path = make_clip(tmp_path / "long.mp4", width=1280, height=720, seconds=16, audio=False)
+    cid = server.add(path.read_bytes())
+    folder = server.cache / "video" / cid
+    assert client.get(server.video_url(cid) + "/360p/index.m3u8").status_code == 200
+    assert client.get(server.video_url(cid) + "/status").json()["state"] == "running"
+    taken = client.post(server.url + "/admin/takedown", json={"cid": cid}, headers=admin)
+    assert taken.status_code == 200
+    assert not folder.exists()
+    time.sleep(1.0)  # the killed transcoder, and its worker, leave nothing behind
+    assert not folder.exists()
+    restored = client.post(server.url + "/admin/takedown", json={"cid": cid, "restore": True},
+                           headers=admin)
+    assert restored.status_code == 200
+    assert client.get(server.video_url(cid) + "/playlist.m3u8").status_code == 200
+    assert server.starts(cid) == 2
+    # Taken down again, so the module's other tests do not wait behind this transcode.
+    client.post(server.url + "/admin/takedown", json={"cid": cid}, headers=admin)
+    assert not folder.exists()

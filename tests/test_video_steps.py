@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from atcdn.core.errors import EdgeError
+from atcdn.core.errors import AtcdnError
 from atcdn.core.limits import VideoLimits
 from atcdn.edge import hls
 from atcdn.edge.transcode_files import META_NAME, STATE_NAME, THUMBNAIL_NAME, VideoError
@@ -69,6 +69,6 @@ def test_probe_refuses_before_decoding(tmp_path: Path) -> None:
     out.mkdir()
     with pytest.raises(VideoError) as refused:
         transcode(source, out, VideoLimits(max_pixels=640 * 360 - 1))
-    assert isinstance(refused.value, EdgeError)
+    assert isinstance(refused.value, AtcdnError)
     assert (refused.value.status, refused.value.error) == (422, "TooManyPixels")
     assert sorted(p.name for p in out.iterdir()) == []

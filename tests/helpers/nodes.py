@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers.env import ROOT, TOKEN
+from tests.helpers.env import ADMIN_TOKEN, ROOT, TOKEN
 from tests.helpers.servers import Process, atcdn, free_port
 
 
@@ -20,7 +20,7 @@ class Origin:
 
     def __init__(self, data_dir: Path, env: Mapping[str, str], log: Path) -> None:
         self.data_dir = data_dir
-        self.env = {"ATCDN_ORIGIN_TOKEN": TOKEN, **env}
+        self.env = {"ATCDN_ORIGIN_TOKEN": TOKEN, "ATCDN_ORIGIN_ADMIN_TOKEN": ADMIN_TOKEN, **env}
         self.log = log
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -116,6 +116,11 @@ class Upstream:
                                        "serviceEndpoint": pds_url}]}
         (self.root / "dids").mkdir(exist_ok=True)
         (self.root / "dids" / f"{name or did}.json").write_text(json.dumps(doc))
+
+    def stall_did(self, did: str, seconds: float) -> None:
+        """Make the PLC directory answer for ``did`` only after ``seconds``."""
+        (self.root / "dids").mkdir(exist_ok=True)
+        (self.root / "dids" / f"{did}.stall").write_text(str(seconds))
 
     def requests(self) -> list[str]:
         from tests.helpers.standins import requests
