@@ -159,16 +159,18 @@ class Fetcher:
         declared = response.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise AtcdnError(413, "BlobTooLarge", f"blob is {declared} bytes, limit {limit}")
-        self._reserve(int(declared) if declared and declared.isdigit() else 0)
+        expected = int(declared) if declared and declared.isdigit() else 0
+        self._reserve(expected)
         try:
             inflater = Inflater(response.headers.get("content-encoding"), limit)
         except BodyError as exc:
             raise AtcdnError(502, "UndecodableBody", f"{source}: {exc}") from None
-        staging = Staging(self.tmp_dir)
+        staging = Staging(self.tmp_dir, reserve=expected)
         checked = 0
         try:
             async for chunk in iter_body(response, inflater):
                 await staging.write(chunk)
+                staging.reserve(staging.size)  # what arrived counts at once, for every worker
                 if staging.size - checked >= TEMP_CHECK_EVERY:
                     checked = staging.size
                     self._reserve(0)
