@@ -120,14 +120,29 @@ class MemoryTier:
         self.used = 0
 
 
+DISK_SHARE = 0.85  # of the filesystem the tier may fill: SQLite and fetches need the rest
+
+
+def fit_to_disk(directory: Path, budget: int) -> int:
+    """The budget, lowered to what the filesystem under ``directory`` can hold (what the
+    tier holds already plus what is free, times DISK_SHARE): a cache that believes it has
+    more room than its disk fails its writes instead of evicting."""
+    stat = os.statvfs(directory)
+    held = sum(entry.stat().st_size for entry in directory.rglob("*") if entry.is_file())
+    return max(1, min(budget, int((held + stat.f_bavail * stat.f_frsize) * DISK_SHARE)))
+
+
 class DiskTier:
     """Shared by all workers of a node (SQLite index + value files)."""
 
     def __init__(self, directory: Path, budget: int, min_file_size: int) -> None:
         self.min_file_size = min_file_size
+        directory.mkdir(parents=True, exist_ok=True)
+        self.configured = budget
+        self.budget = fit_to_disk(directory, budget)
         self.cache = diskcache.Cache(
             str(directory),
-            size_limit=budget,
+            size_limit=self.budget,
             eviction_policy="least-recently-used",
             disk_min_file_size=min_file_size,
             tag_index=True,
