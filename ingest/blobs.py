@@ -182,7 +182,7 @@ class BlobIngester:
                 raise GiveUp("mime", f"the PDS says it is {mime[:100]!r}")
             declared = res.headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > cap:
-                raise GiveUp("too_large", f"{declared} bytes; the cap is {cap}")
+                raise GiveUp("oversized", f"{declared} bytes; the cap is {cap}")
             partial = self.spool.partial(cid)
             verifier = cids.Verifier()
             try:
@@ -190,7 +190,7 @@ class BlobIngester:
                     async for chunk in res.aiter_raw():
                         verifier.update(chunk)
                         if verifier.size > cap:
-                            raise GiveUp("too_large", f"more than {cap} bytes")
+                            raise GiveUp("oversized", f"more than {cap} bytes")
                         await out.write(chunk)
                 if not verifier.matches(cid):
                     raise GiveUp("cid_mismatch",

@@ -222,8 +222,8 @@ class Follower:
             event = decode(message)  # type: ignore[arg-type]
         except FrameError as exc:
             self.metrics.malformed.labels(exc.reason).inc()
-            self.quiet.warning(f"frame:{exc.reason}", "skipped a malformed frame after seq %s: "
-                               "%s", self.received, exc)
+            self.quiet.warning(f"frame:{exc.reason}", "skipped a malformed frame (%s) after "
+                               "seq %s: %s", exc.reason, self.received, exc)
             return
         self.metrics.events.labels(_kind(event)).inc()
         if isinstance(event, Commit):
@@ -264,7 +264,7 @@ class Follower:
             uri = record_uri(commit.repo, op.path)
             if op.error is not None:
                 self.metrics.bad_records.labels(op.error).inc()
-                self.quiet.warning(f"record:{op.error}", "skipped record %s (commit %s): %s",
+                self.quiet.warning(f"record:{op.error}", "skipped record %s (commit %s): (%s)",
                                    uri, commit.seq, op.error)
             elif op.action == "delete":
                 self.ctx.records.delete(uri)

@@ -90,8 +90,8 @@ def account(seq: int, did: str, active: bool, status: str | None = None) -> byte
 
 class StandinFirehose:
     """A stand-in subscribeRepos: serves ``frames`` (``(seq, bytes)``; seq orders them and
-    is compared with the client's cursor) to every subscriber, then new ones as they are
-    added. ``cursors`` records the cursor of every connection."""
+    is compared with the client's cursor) after a subscriber's cursor, or from the live tail
+    without one. ``cursors`` records the cursor of every connection."""
 
     def __init__(self) -> None:
         self.frames: list[tuple[int, bytes | str]] = []
@@ -100,9 +100,11 @@ class StandinFirehose:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Condition | None = None
         self._close_after: set[int] = set()
+        self._sent_once: set[int] = set()
 
     def add(self, seq: int, data: bytes | str, *, then_close: bool = False) -> None:
-        """Publish a frame; ``then_close``: close each connection right after sending it."""
+        """Publish a frame; ``then_close``: send it once (to the next connection to reach
+        it), then close that connection (as after an error frame)."""
         assert self._loop is not None
 
         async def append() -> None:
@@ -111,6 +113,7 @@ class StandinFirehose:
                 self.frames.append((seq, data))
                 if then_close:
                     self._close_after.add(len(self.frames) - 1)
+                    self._sent_once.add(len(self.frames) - 1)
                 self._changed.notify_all()
 
         asyncio.run_coroutine_threadsafe(append(), self._loop).result(5)
@@ -120,18 +123,20 @@ class StandinFirehose:
         query = parse_qs(urlsplit(ws.request.path).query)
         cursor = int(query["cursor"][0]) if "cursor" in query else None
         self.cursors.append(cursor)
-        sent = 0
+        sent = 0 if cursor is not None else len(self.frames)  # no cursor: the live tail
         while True:
             async with self._changed:
                 await self._changed.wait_for(lambda: len(self.frames) > sent)
                 pending = list(enumerate(self.frames))[sent:]
             for index, (seq, data) in pending:
                 sent = index + 1
-                if cursor is None or seq > cursor:
+                if index in self._close_after:  # sent once, to one connection, then closes
+                    self._close_after.discard(index)
                     await ws.send(data)
-                    if index in self._close_after:
-                        await ws.close()
-                        return
+                    await ws.close()
+                    return
+                if (cursor is None or seq > cursor) and index not in self._sent_once:
+                    await ws.send(data)
 
     @contextmanager
     def running(self) -> Iterator[StandinFirehose]:

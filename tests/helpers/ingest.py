@@ -55,7 +55,7 @@ class Follower:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.popen.poll() is None
 
-    def metric(self, name: str, **labels: str) -> float:
+    def metric(self, name: str, /, **labels: str) -> float:
         """Sum of the samples of ``name`` whose labels include ``labels``."""
         total = 0.0
         for line in httpx.get(self.url + "/metrics", timeout=10).text.splitlines():

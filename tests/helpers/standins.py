@@ -6,7 +6,8 @@ a directory of files named by CID or DID. Every request is appended to
 ``requests.log`` there, so tests can count what reached the upstream. With
 ``STANDIN_FLIP=1`` it flips one byte of every blob it serves (a corrupting origin);
 ``STANDIN_FAIL_FIRST=N`` answers the first N origin GETs of each stored blob with 503;
-``STANDIN_DELAY=S`` waits S seconds before answering an origin GET.
+``STANDIN_DELAY=S`` waits S seconds before answering an origin GET; a file
+``hang/<cid>`` makes getBlob of that CID never answer.
 
     python -m tests.standins --port P --dir D
 """
@@ -72,7 +73,10 @@ def build(root: Path) -> Starlette:
 
     async def get_blob(request: Request) -> Response:
         log(request)
-        data = blob_bytes(request.query_params.get("cid", ""))
+        cid = request.query_params.get("cid", "")
+        if (root / "hang" / cid).exists():  # a PDS that never answers for this blob
+            await asyncio.sleep(3600)
+        data = blob_bytes(cid)
         if data is None:
             return JSONResponse({"error": "InvalidRequest", "message": "Blob not found"}, 400)
         return Response(data, media_type="application/octet-stream",
