@@ -8,6 +8,10 @@ module; each test starts its own follower process and its own account.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,11 +21,12 @@ import pytest
 from atcdn.ingest.records import RecordIndex
 
 from tests.helpers.clips import make_clip
-from tests.helpers.env import TOKEN
+from tests.helpers.env import ROOT, TOKEN
 from tests.helpers.ingest import Follower, origin_status, wait_until
-from tests.helpers.nodes import Origin
+from tests.helpers.nodes import Origin, start_edge
 from tests.helpers.pds import ReferencePDS, reference_pds
 from tests.helpers.pictures import encode, marked
+from tests.helpers.servers import atcdn
 
 pytestmark = pytest.mark.timeout(900)  # the first run installs tests/pds (minutes)
 
@@ -119,6 +124,16 @@ def test_kill_9_loses_nothing(pds: ReferencePDS, origin: Origin, follower: Follo
         assert fetched[cid] == 1, (cid, fetched[cid])
     assert fetched[in_flight[0]] <= 2  # a download cut by the kill is the only repeat
 
+    wait_until(lambda: follower.health()["eventsInFlight"] == 0, 5, "all handled")
+    status = subprocess.run(atcdn("ingest", "status", "--data-dir", str(follower.data_dir),
+                                  "--url", follower.url), cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["follower"]["connected"] is True
+    (saved,) = report["cursors"]
+    assert saved["source"] == pds.ws_url and saved["seq"] <= report["follower"]["cursor"]
+
 
 def test_account_takedown_and_reactivation(pds: ReferencePDS, origin: Origin,
                                            follower: Follower) -> None:
@@ -157,3 +172,37 @@ def test_an_operators_takedown_outlives_reactivation(pds: ReferencePDS, origin: 
                and follower.health()["eventsInFlight"] == 0, 10, "the reactivation is seen")
     assert origin_status(origin.url, cid, user.did) == 451
     assert follower.metric("atcdn_ingest_account_actions_total", action="restore") == 0
+
+
+def test_account_takedown_reaches_every_edge_through_the_feed(
+        pds: ReferencePDS, origin: Origin, moto: dict[str, str], tmp_path: Path) -> None:
+    """With ATCDN_INGEST_PUBLISH_FEED, the #account also goes on the AWS takedown feed
+    (moto_server), which edges follow: even an image an edge has cached goes 451."""
+    feed = {**moto, "ATCDN_TAKEDOWN_TABLE": f"atcdn-takedowns-{uuid.uuid4().hex}"}
+    done = subprocess.run(atcdn("control", "init-feed"), env={**os.environ, **feed}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    edges = [start_edge(origin.url, tmp_path / f"edge{n}", tmp_path / f"edge{n}.log",
+                        env={**feed, "ATCDN_TAKEDOWN_FOLLOW": "1",
+                             "ATCDN_TAKEDOWN_POLL_INTERVAL": "1", "ATCDN_PDS_FALLBACK": "0"})
+             for n in range(2)]
+    follower = Follower(pds.ws_url, origin.url, tmp_path / "ingest", plc_url=pds.plc_url,
+                        env={**feed, "ATCDN_INGEST_PUBLISH_FEED": "1"}).start()
+    try:
+        user = pds.create_account("gloriaedge.test")
+        _, (cid,) = user.post_images(image(40))
+        stored(origin, cid)
+        urls = [f"{edge.url}/img/feed_thumbnail/plain/{user.did}/{cid}@jpeg" for edge in edges]
+        assert all(httpx.get(url, timeout=30).status_code == 200 for url in urls)  # cached
+
+        pds.take_down_account(user.did)
+        took = wait_until(lambda: all(httpx.get(u, timeout=30).status_code == 451
+                                      for u in urls), 30, "every edge withholds the image")
+        assert took < 30
+        pds.take_down_account(user.did, applied=False)
+        wait_until(lambda: all(httpx.get(u, timeout=30).status_code == 200 for u in urls), 30,
+                   "every edge serves it again")
+    finally:
+        follower.stop()
+        for edge in edges:
+            edge.proc.stop()
