@@ -35,8 +35,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -204,14 +202,15 @@ def main() -> None:
             print(f"atcdn (libipld):     {rate:10,.0f} events/s  ({blobs} blob refs per pass)")
             peer = node_rate(frames_file, args.seconds)
             if peer:
+                per_pass = peer["blobs"] * len(frames) // max(1, peer["events"])
                 print(f"@atproto/sync:       {peer['rate']:10,.0f} events/s  "
-                      f"({peer['blobs'] * len(frames) // max(1, peer['events'])} blob refs per pass)")
+                      f"({per_pass} blob refs per pass)")
                 print(f"ratio: {rate / peer['rate']:.2f}x  (goal >= 1.0x and >= 10,000 events/s)")
 
             if args.latency_posts and pds is not None:
                 times = latency(pds, tmp, args.latency_posts)
-                print(f"post -> stored ({len(times)} posts): p50 {percentile(times, 0.5) * 1000:.0f} ms"
-                      f", p99 {percentile(times, 0.99) * 1000:.0f} ms, "
+                p50, p99 = percentile(times, 0.5) * 1000, percentile(times, 0.99) * 1000
+                print(f"post -> stored ({len(times)} posts): p50 {p50:.0f} ms, p99 {p99:.0f} ms, "
                       f"mean {statistics.mean(times) * 1000:.0f} ms")
 
 

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 import httpx
-
 from atcdn.ingest.politeness import backoff
 
 log = logging.getLogger("atcdn.ingest")

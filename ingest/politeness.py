@@ -52,11 +52,6 @@ class HostLimits:
             await bucket.take()
             yield
 
-    def busy(self, host: str) -> int:
-        """Requests to ``host`` in progress now."""
-        limits = self._hosts.get(host)
-        return 0 if limits is None else self.concurrency - limits[0]._value
-
 
 def backoff(attempt: int, base: float, cap: float = 60.0) -> float:
     """Delay before retry ``attempt`` (1, 2, ...): ``base * 2**(attempt-1)``, capped, with

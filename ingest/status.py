@@ -8,12 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 import uvicorn
+from atcdn.ingest.metrics import IngestMetrics
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-
-from atcdn.ingest.metrics import IngestMetrics
 
 
 def status_app(health: Callable[[], tuple[bool, dict[str, Any]]],

@@ -8,7 +8,6 @@ import io
 import json
 import signal
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,8 +17,7 @@ from atcdn.ingest.progress import PlainReporter, RichReporter, Tally, make_repor
 from tests.helpers.env import ROOT, TOKEN
 from tests.helpers.ingest import origin_status, wait_until
 from tests.helpers.nodes import Origin
-from tests.helpers.pds import ReferencePDS, User, reference_pds
-from tests.helpers.pictures import encode, marked
+from tests.helpers.pds import ReferencePDS, User
 from tests.helpers.servers import Process, atcdn
 
 pytestmark = pytest.mark.timeout(900)
@@ -28,31 +26,8 @@ BLOBS = 60
 
 
 @pytest.fixture(scope="module")
-def pds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReferencePDS]:
-    with reference_pds(tmp_path_factory.mktemp("pds")) as peer:
-        yield peer
-
-
-@pytest.fixture(scope="module")
-def holder(pds: ReferencePDS) -> tuple[User, list[str]]:
-    """An account with 60 blobs (15 posts of 4 pictures)."""
-    user = pds.create_account("gracehopper.test")
-    cids: list[str] = []
-    for post in range(BLOBS // 4):
-        _, posted = user.post_images(*(encode(marked(40 + post, 30 + n)) for n in range(4)))
-        cids += posted
-    return user, cids
-
-
-@pytest.fixture(scope="module")
-def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Origin]:
-    tmp = tmp_path_factory.mktemp("origin")
-    node = Origin(tmp / "origin", {}, tmp / "origin.log")
-    node.start()
-    try:
-        yield node
-    finally:
-        node.stop()
+def origin(module_origin: Origin) -> Origin:
+    return module_origin
 
 
 def backfill(pds: ReferencePDS, origin: Origin, data_dir: Path, log: Path, *target: str,

@@ -24,7 +24,7 @@ from tests.helpers.clips import make_clip
 from tests.helpers.env import ROOT, TOKEN
 from tests.helpers.ingest import Follower, origin_status, wait_until
 from tests.helpers.nodes import Origin, start_edge
-from tests.helpers.pds import ReferencePDS, reference_pds
+from tests.helpers.pds import ReferencePDS
 from tests.helpers.pictures import encode, marked
 from tests.helpers.servers import atcdn
 
@@ -34,20 +34,8 @@ STORED_WITHIN = 5.0
 
 
 @pytest.fixture(scope="module")
-def pds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReferencePDS]:
-    with reference_pds(tmp_path_factory.mktemp("pds")) as peer:
-        yield peer
-
-
-@pytest.fixture(scope="module")
-def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Origin]:
-    tmp = tmp_path_factory.mktemp("origin")
-    node = Origin(tmp / "origin", {}, tmp / "origin.log")
-    node.start()
-    try:
-        yield node
-    finally:
-        node.stop()
+def origin(module_origin: Origin) -> Origin:
+    return module_origin
 
 
 @pytest.fixture

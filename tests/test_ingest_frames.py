@@ -117,7 +117,8 @@ def test_missing_block() -> None:
 
 def test_other_kinds() -> None:
     assert decode(account(5, DID, False, "takendown")) == Account(5, DID, TIME, False, "takendown")
-    assert decode(frame("#identity", {"seq": 6, "did": DID, "time": TIME})) == Identity(6, DID, TIME)
+    identity = frame("#identity", {"seq": 6, "did": DID, "time": TIME})
+    assert decode(identity) == Identity(6, DID, TIME)
     assert decode(frame("#info", {"name": "OutdatedCursor"})) == Info("OutdatedCursor", None)
     assert decode(error_frame("FutureCursor", "no")) == ErrorFrame("FutureCursor", "no")
     assert decode(frame("#sync", {"seq": 9, "did": DID, "time": TIME})) == Other("#sync", 9, TIME)

@@ -8,10 +8,8 @@ origin and an edge as real processes, once for the module (the PDS boot is the s
 from __future__ import annotations
 
 import io
-import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -20,6 +18,7 @@ from PIL import Image
 
 from tests.helpers.nodes import Origin, start_edge
 from tests.helpers.npm import npm_package
+from tests.helpers.pds import read_harness_info
 from tests.helpers.sample_images import (
     ALPHA,
     BLUE,
@@ -57,19 +56,6 @@ class Peers:
         return self.blobs[sample.name][0]
 
 
-def read_harness_line(proc: Process, log: Path, timeout: float = 120.0) -> dict:
-    """The harness's one JSON line; fail early if it died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.popen.poll() is not None:
-            raise RuntimeError(f"PDS harness exited with {proc.popen.returncode}: {proc.tail()}")
-        for line in log.read_text(errors="replace").splitlines():
-            if line.startswith('{"plcUrl"'):
-                return json.loads(line)
-        time.sleep(0.2)
-    raise TimeoutError(f"PDS harness did not start within {timeout}s: {proc.tail()}")
-
-
 @pytest.fixture(scope="module")
 def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peers]:
     folder = npm_package("pds")
@@ -83,7 +69,7 @@ def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peers]:
     proc = Process(["node", str(folder / "harness.js"), str(tmp / "data"), *files],
                    log=log, cwd=folder)
     try:
-        yield Peers(read_harness_line(proc, log), files)
+        yield Peers(read_harness_info(proc, log), files)
     finally:
         proc.stop()
 

@@ -122,7 +122,8 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _read_info(proc: Process, log: Path, timeout: float = 120.0) -> dict[str, Any]:
+def read_harness_info(proc: Process, log: Path, timeout: float = 120.0) -> dict[str, Any]:
+    """The harness's one JSON line; fail early if it died."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.popen.poll() is not None:
@@ -141,6 +142,6 @@ def reference_pds(tmp: Path) -> Iterator[ReferencePDS]:
     log = tmp / "harness.log"
     proc = Process(["node", str(folder / "harness.js"), str(tmp / "data")], log=log, cwd=folder)
     try:
-        yield ReferencePDS(proc, log, _read_info(proc, log))
+        yield ReferencePDS(proc, log, read_harness_info(proc, log))
     finally:
         proc.stop()
