@@ -18,11 +18,23 @@ from tests.helpers.env import ROOT, TOKEN
 from tests.helpers.ingest import origin_status, wait_until
 from tests.helpers.nodes import Origin
 from tests.helpers.pds import ReferencePDS, User
+from tests.helpers.pictures import encode, marked
 from tests.helpers.servers import Process, atcdn
 
 pytestmark = pytest.mark.timeout(900)
 
 BLOBS = 60
+
+
+@pytest.fixture(scope="module")
+def holder(pds: ReferencePDS) -> tuple[User, list[str]]:
+    """An account with 60 blobs (15 posts of 4 pictures)."""
+    user = pds.create_account("gracehopper.test")
+    cids: list[str] = []
+    for post in range(BLOBS // 4):
+        _, posted = user.post_images(*(encode(marked(40 + post, 30 + n)) for n in range(4)))
+        cids += posted
+    return user, cids
 
 
 @pytest.fixture(scope="module")

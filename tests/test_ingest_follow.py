@@ -98,13 +98,13 @@ def test_kill_9_loses_nothing(pds: ReferencePDS, origin: Origin, follower: Follo
     _, while_down = user.post_images(image(11), image(12))
     _, also_down = user.post_images(image(13))
     follower.start()
-    stored(origin, *while_down, *also_down)
+    stored(origin, *while_down, *also_down, timeout=15)  # a restart and a replay first
 
     # Killed at once after a post, most likely with its blob in flight.
     _, in_flight = user.post_images(image(14))
     follower.kill()
     follower.start()
-    stored(origin, *in_flight)
+    stored(origin, *in_flight, timeout=15)
 
     # Nothing visible happened twice: each blob was fetched from the PDS once.
     fetched = Counter(entry["cid"] for entry in pds.get_blob_log())
