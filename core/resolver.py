@@ -46,9 +46,11 @@ def pds_endpoint(doc: Any, did: str) -> str | None:
 class Resolver:
     """Resolves DIDs to PDS URLs through ``client`` (which carries the SSRF guard)."""
 
-    def __init__(self, client: httpx.AsyncClient, plc_url: str) -> None:
+    def __init__(self, client: httpx.AsyncClient, plc_url: str,
+                 max_entries: int = 100_000) -> None:
         self.client = client
         self.plc_url = plc_url
+        self.max_entries = max_entries  # a firehose names millions of DIDs: memory is bounded
         self._cache: dict[str, tuple[float, str | None]] = {}
 
     async def pds(self, did: str) -> str:
@@ -66,6 +68,9 @@ class Resolver:
                 else:
                     raise
             else:
+                self._cache.pop(did, None)
+                if len(self._cache) >= self.max_entries:  # drop the oldest entry
+                    del self._cache[next(iter(self._cache))]
                 self._cache[did] = (now, endpoint)
         if endpoint is None:
             raise EdgeError(404, "BlobNotFound", f"{did} names no PDS")

@@ -17,6 +17,7 @@ import pytest
 from atcdn.core import cid as cids
 from libipld import encode_dag_cbor
 
+from tests.helpers.env import TOKEN
 from tests.helpers.firehose import (
     StandinFirehose,
     blob,
@@ -26,7 +27,7 @@ from tests.helpers.firehose import (
     post,
 )
 from tests.helpers.ingest import Follower, origin_status, wait_until
-from tests.helpers.nodes import Origin, Upstream, running_origin
+from tests.helpers.nodes import Origin, Upstream, running_origin, start_upstream
 
 DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
 NO_DOC = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa"
@@ -178,3 +179,47 @@ def test_a_slow_pds_gets_four_requests_and_memory_stays_bounded(
     # Reading paused: the worker pool (16) and the queue (5) bound what was read.
     assert health["received"] is not None and health["received"] <= 4 + 16 + 5 + 1
     assert health["cursor"] is None  # nothing finished, nothing claimed
+
+
+def test_identity_event_drops_the_cached_document(firehose: StandinFirehose, origin_node: Origin,
+                                                  pds: Upstream, tmp_path: Path) -> None:
+    """The account moves to another PDS: without #identity the cached document (fresh for
+    an hour) would still send getBlob to the old one, which lacks the new blob."""
+    before = pds.add_blob(b"posted on the first PDS")
+    follower = follow(firehose, origin_node, pds, tmp_path)
+    firehose.add(1, commit(1, DID, {"app.bsky.feed.post/1": post(before)}))
+    wait_until(lambda: origin_status(origin_node.url, before) == 200, 10, "first stored")
+
+    new_home = start_upstream(tmp_path / "second-pds")
+    try:
+        after = new_home.add_blob(b"posted after moving")
+        pds.add_did(DID, new_home.url)  # the PLC (the first stand-in) now names the new PDS
+        firehose.add(2, frame("#identity", {"seq": 2, "did": DID, "time": "2026-01-01T00:00:01Z"}))
+        firehose.add(3, commit(3, DID, {"app.bsky.feed.post/2": post(after)}))
+        wait_until(lambda: origin_status(origin_node.url, after) == 200, 10, "moved blob stored")
+        assert any("getBlob" in line for line in new_home.requests())
+    finally:
+        new_home.proc.stop()
+    assert follower.metric("atcdn_ingest_events_total", kind="identity") == 1
+
+
+def test_a_wrong_origin_token_stops_without_losing_the_position(
+        firehose: StandinFirehose, origin_node: Origin, pds: Upstream, tmp_path: Path) -> None:
+    first, second = pds.add_blob(b"stored with the right token"), pds.add_blob(b"and this")
+    follower = follow(firehose, origin_node, pds, tmp_path)
+    firehose.add(1, commit(1, DID, {"app.bsky.feed.post/1": post(first)}))
+    wait_until(lambda: follower.health()["cursor"] == 1, 10, "first handled")
+    follower.stop()
+
+    follower.env["ATCDN_ORIGIN_TOKEN"] = "wrong"
+    follower.start(wait_subscribed=False)
+    firehose.add(2, commit(2, DID, {"app.bsky.feed.post/2": post(second)}))
+    assert follower.proc is not None
+    assert follower.proc.popen.wait(30) != 0
+    assert "401" in follower.tail() and "Traceback" not in follower.tail()
+
+    follower.env["ATCDN_ORIGIN_TOKEN"] = TOKEN
+    follower.start()
+    wait_until(lambda: origin_status(origin_node.url, second) == 200, 10,
+               "the blob the wrong token could not store")
+    assert firehose.cursors[-1] == 1  # resumed after the last event fully handled
