@@ -270,7 +270,8 @@ class Follower:
                 self.ctx.records.delete(uri)
             else:
                 refs = blob_refs(op.record)
-                self.ctx.records.put(uri, commit.repo, [ref.cid for ref in refs])
+                if refs or op.action == "update":  # (a new record without blobs: nothing)
+                    self.ctx.records.put(uri, commit.repo, [ref.cid for ref in refs])
                 for ref in refs:
                     reason = self.ctx.ingester.screen(ref)
                     if reason is not None:

@@ -19,6 +19,7 @@ import anyio
 
 CHUNK = 256 * 1024
 STALE_AFTER = 24 * 3600.0
+PARTIAL_STALE_AFTER = 3600.0  # longer than any download may take (another process's may run)
 
 
 class Spool:
@@ -32,7 +33,8 @@ class Spool:
         now = time.time()
         for path in self.directory.iterdir():
             try:
-                if path.name.startswith(".partial-") or now - path.stat().st_mtime > STALE_AFTER:
+                limit = PARTIAL_STALE_AFTER if path.name.startswith(".partial-") else STALE_AFTER
+                if now - path.stat().st_mtime > limit:
                     path.unlink()
             except FileNotFoundError:
                 pass
