@@ -30,17 +30,20 @@ class BlobRef:
 def blob_refs(record: Any) -> list[BlobRef]:
     """Every distinct blob reference in ``record``, in document order."""
     found: dict[str, BlobRef] = {}
-    stack = [record]
-    while stack:
+    stack = [record] if isinstance(record, (dict, list)) else []
+    while stack:  # iterative: a record nested as deep as the decoder allows is fine
         value = stack.pop()
         if isinstance(value, dict):
-            ref = _as_ref(value)
-            if ref is not None:
-                found.setdefault(ref.cid, ref)
-                continue
-            stack.extend(reversed(list(value.values())))
-        elif isinstance(value, list):
-            stack.extend(reversed(value))
+            if "$type" in value or "mimeType" in value:
+                ref = _as_ref(value)
+                if ref is not None:
+                    found.setdefault(ref.cid, ref)
+                    continue
+            children = [v for v in value.values() if isinstance(v, (dict, list))]
+        else:
+            children = [v for v in value if isinstance(v, (dict, list))]
+        children.reverse()  # popped in document order
+        stack += children
     return list(found.values())
 
 
