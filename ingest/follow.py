@@ -229,6 +229,7 @@ class Follower:
         if isinstance(event, Commit):
             await self._commit(event)
         elif isinstance(event, Account):
+            self._anchor(event.seq)
             self._observe(event.time)
             await self._account(event)
             self._done(event.seq)
@@ -252,12 +253,21 @@ class Follower:
         if lag is not None:
             self.metrics.lag.set(lag)
 
+    def _anchor(self, seq: int) -> None:
+        """Before the first event of a start without a cursor: save the position just
+        before it, so that a kill at any later moment resumes here, not at the live tail."""
+        if self.tracker.durable is None and self.tracker.in_flight == 0 and seq > 0:
+            self.tracker.durable = seq - 1
+            self.flush()
+
     def _done(self, seq: int) -> None:
+        self._anchor(seq)
         self.tracker.begin(seq, 0)
         self.received = seq
         self.metrics.seq.set(seq)
 
     async def _commit(self, commit: Commit) -> None:
+        self._anchor(commit.seq)
         self._observe(commit.time)
         wanted: dict[str, BlobRef] = {}
         for op in commit.ops:

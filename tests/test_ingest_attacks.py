@@ -178,7 +178,7 @@ def test_a_slow_pds_gets_four_requests_and_memory_stays_bounded(
     assert health["queueDepth"] <= 5
     # Reading paused: the worker pool (16) and the queue (5) bound what was read.
     assert health["received"] is not None and health["received"] <= 4 + 16 + 5 + 1
-    assert health["cursor"] is None  # nothing finished, nothing claimed
+    assert health["cursor"] == 0  # nothing finished, nothing claimed (0: before event 1)
 
 
 def test_identity_event_drops_the_cached_document(firehose: StandinFirehose, origin_node: Origin,
