@@ -223,3 +223,20 @@ def test_a_wrong_origin_token_stops_without_losing_the_position(
     wait_until(lambda: origin_status(origin_node.url, second) == 200, 10,
                "the blob the wrong token could not store")
     assert firehose.cursors[-1] == 1  # resumed after the last event fully handled
+
+
+def test_a_first_start_saves_its_position_before_the_first_event(
+        firehose: StandinFirehose, origin_node: Origin, pds: Upstream, tmp_path: Path) -> None:
+    """Killed while its very first event is in flight (nothing flushed yet), the follower
+    resumes just before that event, not at the live tail."""
+    (pds.root / "hang").mkdir()
+    cid = pds.add_blob(b"slow to come")
+    (pds.root / "hang" / cid).touch()
+    follower = follow(firehose, origin_node, pds, tmp_path, ATCDN_INGEST_READ_TIMEOUT="30",
+                      ATCDN_INGEST_FETCH_DEADLINE="30")
+    firehose.add(10, commit(10, DID, {"app.bsky.feed.post/1": post(cid)}))
+    wait_until(lambda: follower.health()["received"] == 10, 10, "the event is in flight")
+    follower.kill()
+    follower.start()
+    wait_until(lambda: len(firehose.cursors) == 2, 10, "subscribed again")
+    assert firehose.cursors[1] == 9
