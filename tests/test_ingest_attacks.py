@@ -10,7 +10,7 @@ would never do.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -52,12 +52,22 @@ def pds(upstream: Upstream) -> Upstream:
     return upstream
 
 
-def follow(firehose: StandinFirehose, origin: Origin, pds: Upstream, tmp_path: Path,
-           **env: str) -> Follower:
-    follower = Follower(firehose.url, origin.url, tmp_path / "ingest", plc_url=pds.url,
-                        env=env).start()
-    wait_until(lambda: len(firehose.cursors) == 1, 10, "subscribed")  # then frames are live
-    return follower
+@pytest.fixture
+def follow(firehose: StandinFirehose, origin_node: Origin, pds: Upstream,
+           tmp_path: Path) -> Iterator[Callable[..., Follower]]:
+    """Start the follower (with extra ``ATCDN_*`` settings); stopped after the test."""
+    started: list[Follower] = []
+
+    def start(**env: str) -> Follower:
+        follower = Follower(firehose.url, origin_node.url, tmp_path / "ingest",
+                            plc_url=pds.url, env=env).start()
+        started.append(follower)
+        wait_until(lambda: len(firehose.cursors) == 1, 10, "subscribed")  # frames are live
+        return follower
+
+    yield start
+    for follower in started:
+        follower.stop()
 
 
 def get_blobs(pds: Upstream, cid: str) -> int:
@@ -65,10 +75,11 @@ def get_blobs(pds: Upstream, cid: str) -> int:
 
 
 def test_malformed_frames_and_lying_car_slices(firehose: StandinFirehose, origin_node: Origin,
-                                               pds: Upstream, tmp_path: Path) -> None:
+                                               pds: Upstream, tmp_path: Path,
+        follow: Callable[..., Follower]) -> None:
     lied_about = pds.add_blob(b"the PDS has this, but no honest record names it")
     good = pds.add_blob(b"a good blob")
-    follower = follow(firehose, origin_node, pds, tmp_path)
+    follower = follow()
 
     for garbage in (b"\xff\xfe", b"\x1c", b"\xa1"):
         firehose.add(1, garbage)
@@ -92,7 +103,8 @@ def test_malformed_frames_and_lying_car_slices(firehose: StandinFirehose, origin
 
 
 def test_bad_pds_answers(firehose: StandinFirehose, origin_node: Origin, pds: Upstream,
-                         tmp_path: Path) -> None:
+                         tmp_path: Path,
+        follow: Callable[..., Follower]) -> None:
     missing = cids.compute(b"a blob the PDS does not have")
     wrong = pds.add_blob(b"the right bytes")
     (pds.root / "blobs" / wrong).write_bytes(b"the wrong bytes")
@@ -102,8 +114,7 @@ def test_bad_pds_answers(firehose: StandinFirehose, origin_node: Origin, pds: Up
     huge = pds.add_blob(b"x" * 300_000)  # claims 1000 bytes; the cap is 100 kB
     orphan = cids.compute(b"an account with no DID document")
     good = pds.add_blob(b"good after all that")
-    follower = follow(firehose, origin_node, pds, tmp_path,
-                      ATCDN_INGEST_MAX_BLOB_BYTES="100000")
+    follower = follow(ATCDN_INGEST_MAX_BLOB_BYTES="100000")
 
     firehose.add(1, commit(1, DID, {"app.bsky.feed.post/1": post(missing, wrong, hanging, huge)}))
     firehose.add(2, commit(2, NO_DOC, {"app.bsky.feed.post/2": post(orphan)}))
@@ -136,9 +147,10 @@ def test_bad_pds_answers(firehose: StandinFirehose, origin_node: Origin, pds: Up
 
 
 def test_error_frames_and_outdated_cursor(firehose: StandinFirehose, origin_node: Origin,
-                                          pds: Upstream, tmp_path: Path) -> None:
+                                          pds: Upstream, tmp_path: Path,
+        follow: Callable[..., Follower]) -> None:
     first, second, third = (pds.add_blob(bytes([n]) * 10) for n in range(3))
-    follower = follow(firehose, origin_node, pds, tmp_path)
+    follower = follow()
     firehose.add(5, frame("#info", {"name": "OutdatedCursor", "message": "too old"}))
     firehose.add(5, commit(5, DID, {"app.bsky.feed.post/1": post(first)}))
     wait_until(lambda: origin_status(origin_node.url, first) == 200, 10, "first stored")
@@ -160,14 +172,15 @@ def test_error_frames_and_outdated_cursor(firehose: StandinFirehose, origin_node
 
 
 def test_a_slow_pds_gets_four_requests_and_memory_stays_bounded(
-        firehose: StandinFirehose, origin_node: Origin, pds: Upstream, tmp_path: Path) -> None:
+        firehose: StandinFirehose, origin_node: Origin, pds: Upstream, tmp_path: Path,
+        follow: Callable[..., Follower]) -> None:
     (pds.root / "hang").mkdir()
     hanging = []
     for n in range(40):
         cid = pds.add_blob(b"slow %d" % n)
         (pds.root / "hang" / cid).touch()
         hanging.append(cid)
-    follower = follow(firehose, origin_node, pds, tmp_path, ATCDN_INGEST_QUEUE_SIZE="5",
+    follower = follow(ATCDN_INGEST_QUEUE_SIZE="5",
                       ATCDN_INGEST_READ_TIMEOUT="30", ATCDN_INGEST_FETCH_DEADLINE="30")
     for n, cid in enumerate(hanging, start=1):
         firehose.add(n, commit(n, DID, {f"app.bsky.feed.post/{n}": post(cid)}))
@@ -182,11 +195,12 @@ def test_a_slow_pds_gets_four_requests_and_memory_stays_bounded(
 
 
 def test_identity_event_drops_the_cached_document(firehose: StandinFirehose, origin_node: Origin,
-                                                  pds: Upstream, tmp_path: Path) -> None:
+                                                  pds: Upstream, tmp_path: Path,
+        follow: Callable[..., Follower]) -> None:
     """The account moves to another PDS: without #identity the cached document (fresh for
     an hour) would still send getBlob to the old one, which lacks the new blob."""
     before = pds.add_blob(b"posted on the first PDS")
-    follower = follow(firehose, origin_node, pds, tmp_path)
+    follower = follow()
     firehose.add(1, commit(1, DID, {"app.bsky.feed.post/1": post(before)}))
     wait_until(lambda: origin_status(origin_node.url, before) == 200, 10, "first stored")
 
@@ -204,9 +218,10 @@ def test_identity_event_drops_the_cached_document(firehose: StandinFirehose, ori
 
 
 def test_a_wrong_origin_token_stops_without_losing_the_position(
-        firehose: StandinFirehose, origin_node: Origin, pds: Upstream, tmp_path: Path) -> None:
+        firehose: StandinFirehose, origin_node: Origin, pds: Upstream, tmp_path: Path,
+        follow: Callable[..., Follower]) -> None:
     first, second = pds.add_blob(b"stored with the right token"), pds.add_blob(b"and this")
-    follower = follow(firehose, origin_node, pds, tmp_path)
+    follower = follow()
     firehose.add(1, commit(1, DID, {"app.bsky.feed.post/1": post(first)}))
     wait_until(lambda: follower.health()["cursor"] == 1, 10, "first handled")
     follower.stop()
@@ -226,13 +241,14 @@ def test_a_wrong_origin_token_stops_without_losing_the_position(
 
 
 def test_a_first_start_saves_its_position_before_the_first_event(
-        firehose: StandinFirehose, origin_node: Origin, pds: Upstream, tmp_path: Path) -> None:
+        firehose: StandinFirehose, origin_node: Origin, pds: Upstream, tmp_path: Path,
+        follow: Callable[..., Follower]) -> None:
     """Killed while its very first event is in flight (nothing flushed yet), the follower
     resumes just before that event, not at the live tail."""
     (pds.root / "hang").mkdir()
     cid = pds.add_blob(b"slow to come")
     (pds.root / "hang" / cid).touch()
-    follower = follow(firehose, origin_node, pds, tmp_path, ATCDN_INGEST_READ_TIMEOUT="30",
+    follower = follow(ATCDN_INGEST_READ_TIMEOUT="30",
                       ATCDN_INGEST_FETCH_DEADLINE="30")
     firehose.add(10, commit(10, DID, {"app.bsky.feed.post/1": post(cid)}))
     wait_until(lambda: follower.health()["received"] == 10, 10, "the event is in flight")
