@@ -8,7 +8,8 @@ One run, one command, from the repository root::
 What it does, with the same bytes and the same load generator (wrk) for every peer:
 
 1. makes a ~50 KB JPEG and a 5 MB blob, stores both in a real origin process;
-2. starts real edges (granian, and uvicorn for comparison) and warms their caches;
+2. starts real edges (uvicorn, the default, and granian for comparison) and warms their
+   caches;
 3. writes the exact bytes each edge URL answers into an nginx docroot under the same
    paths, so nginx (sendfile) and Varnish 7 (in front of that nginx) serve identical
    responses for identical URLs;
@@ -562,8 +563,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--runs", type=int, default=5, help="rounds; medians are reported")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
-    parser.add_argument("--servers", nargs="+", default=["granian", "uvicorn"],
-                        choices=["granian", "uvicorn"], help="edge servers, first is judged")
+    parser.add_argument("--servers", nargs="+", default=["uvicorn", "granian"],
+                        choices=["uvicorn", "granian"],
+                        help="edge servers, first is judged and runs the herd")
     parser.add_argument("--peers", nargs="*", default=["nginx", "varnish"],
                         choices=["nginx", "varnish"])
     parser.add_argument("--small-bytes", type=int, default=SMALL,

@@ -1,6 +1,6 @@
 """Origin PUT/GET throughput, as a ratio to this machine's sha256 speed (same run).
 
-Run from the repository root:  python bench/origin.py [--server granian|uvicorn] [--reps 5]
+Run from the repository root:  python bench/origin.py [--server uvicorn|granian] [--reps 5]
 
 A real origin (fs store, fsync on every commit) is started on a free port; each PUT
 stores new bytes (so every one hashes, writes, fsyncs and links), each GET reads a
@@ -163,7 +163,8 @@ def bench_get(client: httpx.Client, size: int, reps: int, batch: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--server", choices=["granian", "uvicorn"], default="granian")
+    parser.add_argument("--server", choices=["uvicorn", "granian"], default="uvicorn",
+                        help="the origin's ASGI server")
     parser.add_argument("--reps", type=int, default=5)
     args = parser.parse_args()
 

@@ -1,7 +1,8 @@
-"""Run an ASGI app factory under granian (default) or uvicorn."""
+"""Run an ASGI app factory under uvicorn (the default) or granian."""
 
 from __future__ import annotations
 
+import errno
 import socket
 
 from atcdn.core.settings import Server
@@ -13,6 +14,7 @@ def run(target: str, *, host: str, port: int, workers: int, server: Server) -> N
     Settings travel to the worker processes through ``ATCDN_*`` environment variables,
     so the factory builds its app from the environment in every worker.
     """
+    check_port(host, port)
     if server == "granian":
         from granian import Granian
         from granian.constants import Interfaces, Loops
@@ -26,6 +28,9 @@ def run(target: str, *, host: str, port: int, workers: int, server: Server) -> N
             factory=True,
             backlog=4096,
             log_access=False,
+            # A worker that dies (OOM kill, kill -9) is replaced; without this granian
+            # stops accepting on every worker (tests/test_faults.py).
+            respawn_failed_workers=True,
             # Not "auto", which takes uvloop when installed (uvicorn[standard] brings
             # it): granian hands requests to the loop from its own threads, and that
             # measured 0.88-0.90x of asyncio's req/s on 50 KB hits (bench/edge.py).
@@ -54,3 +59,27 @@ def _tcp_listener(host: str, port: int) -> socket.socket:
     sock.bind((host, port))
     sock.set_inheritable(True)
     return sock
+
+
+class PortInUse(SystemExit):
+    """The port is held by another process: one line for the operator, no traceback."""
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse to start when something already listens on ``host:port``.
+
+    A test bind with SO_REUSEADDR only, as our own listener does: it succeeds over
+    TIME_WAIT leftovers of a stopped server, and fails while any socket listens there,
+    including one opened with SO_REUSEPORT (granian's), which a second server that also
+    set SO_REUSEPORT would silently share: requests then alternate between the two.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(f"atcdn: port {port} on {host} is already in use by another "
+                                f"process; stop it or choose another port") from None
+            raise PortInUse(f"atcdn: cannot listen on {host}:{port}: {exc.strerror}") from None

@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from atcdn.cli.banner import fallback_line
+from atcdn.cli.flags import load
+from atcdn.cli.serve import check_port
+from atcdn.core.settings import EdgeSettings
 
 HOST = "127.0.0.1"
 SAMPLE_DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"  # any valid DID; the origin has the blob
@@ -100,17 +106,27 @@ def wait_healthy(service: Service, timeout: float = 60.0) -> None:
     raise TimeoutError(f"{service.name} did not become healthy within {timeout}s")
 
 
+def atcdn_command() -> str:
+    """How to run this installation's ``atcdn`` (its script, else ``python -m``)."""
+    script = Path(sysconfig.get_path("scripts")) / "atcdn"
+    if script.exists():
+        return str(script) if shutil.which("atcdn") != str(script) else "atcdn"
+    return f"{sys.executable} -m atcdn.cli"
+
+
 def usage(origin_url: str, token_file: Path) -> str:
     return f"""
 atcdn is up.  Origin: {origin_url}   (write token in {token_file})
 
   TOKEN=$(cat {token_file})
 
-  # store a file, letting the origin compute its CID (answers {{"cid", "size", "mimeType"}}):
+  # store a file, letting the origin compute its CID. It answers 201 (200 if it was already
+  # stored) with {{"cid", "size", "mimeType", "blob"}}, "blob" being the ref uploadBlob gives:
+  # {{"$type": "blob", "ref": {{"$link": cid}}, "mimeType", "size"}}
   curl -s -X POST -H "Authorization: Bearer $TOKEN" --data-binary @photo.jpg {origin_url}/blob
 
   # store a file under the CID you computed, recording the DID that references it:
-  CID=$({sys.executable} -c 'import sys; from atcdn.core.cid import compute; print(compute(open(sys.argv[1], "rb").read()))' photo.jpg)
+  CID=$({atcdn_command()} cid photo.jpg)
   curl -s -X PUT -H "Authorization: Bearer $TOKEN" --data-binary @photo.jpg "{origin_url}/blob/$CID?did={SAMPLE_DID}"
 
   # fetch it back (whole, a range, or as a PDS would serve it):
@@ -136,10 +152,17 @@ def sample_image() -> bytes:
 
 
 def store_sample(origin_url: str, token: str) -> str:
-    """Store the sample image in the origin (idempotent: same bytes, same CID)."""
+    """Store the sample image in the origin (idempotent: same bytes, same CID). This is
+    also the proof that the server on the origin port is the one ``up`` started: only it
+    knows the token."""
     answer = httpx.post(f"{origin_url}/blob", params={"did": SAMPLE_DID}, content=sample_image(),
                         headers={"Authorization": f"Bearer {token}"}, timeout=30.0)
-    answer.raise_for_status()
+    if answer.status_code in (401, 403):
+        raise RuntimeError(f"the server at {origin_url} refused up's write token: it is not "
+                           "the origin atcdn up started (is another server on that port?)")
+    if answer.status_code not in (200, 201):
+        raise RuntimeError(f"the server at {origin_url} answered HTTP {answer.status_code} "
+                           "to a write: not an atcdn origin?")
     return answer.json()["cid"]
 
 
@@ -173,8 +196,11 @@ def up(data_dir: str | Path, origin_port: int, edge_port: int) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminate)
+    for port in (origin_port, edge_port):
+        check_port(HOST, port)  # one line and exit, before anything starts
     token = load_token(token_file)
     origin_url = f"http://{HOST}:{origin_port}"
+    fallback = fallback_line(load(EdgeSettings, "atcdn up"))
     try:
         for service in services(data_dir, origin_port, edge_port, token):
             service.start(log_dir)
@@ -182,13 +208,15 @@ def up(data_dir: str | Path, origin_port: int, edge_port: int) -> None:
             wait_healthy(service)
         sample_cid = store_sample(origin_url, token)
         print(usage(origin_url, token_file), flush=True)
+        print(f"{fallback}\nLogs (one access line per request): {log_dir}/origin.log, "
+              f"{log_dir}/edge.log\n", flush=True)
         print(edge_usage(f"http://{HOST}:{edge_port}", sample_cid), flush=True)
         while all(service.alive() for service in running):
             time.sleep(0.5)
         stopped = next(service.name for service in running if not service.alive())
         print(f"{stopped} exited; stopping the rest (logs in {log_dir})", file=sys.stderr)
         raise SystemExit(1)
-    except (RuntimeError, TimeoutError) as exc:
+    except (RuntimeError, TimeoutError, httpx.HTTPError) as exc:
         print(f"atcdn up: {exc}; logs in {log_dir}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:

@@ -13,7 +13,6 @@ node replays the whole log to learn every takedown still in force.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ from typing import Any, Literal
 from atcdn.core import cid as cids
 from atcdn.core import did as dids
 from atcdn.core.aws import client
+from atcdn.core.files import write_atomic
 from atcdn.core.settings import ControlSettings
 from filelock import FileLock
 
@@ -160,9 +160,7 @@ class Follower:
         if self.state_file is None:
             return
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_file.with_name(self.state_file.name + f".{os.getpid()}.tmp")
-        tmp.write_text(f"{self.position}\n")
-        os.replace(tmp, self.state_file)
+        write_atomic(self.state_file, f"{self.position}\n")
 
     def poll(self) -> int:
         """Apply every event after the saved position; returns how many were applied.
@@ -208,14 +206,15 @@ class Follower:
             self._thread.join(timeout=self.interval + 5)
 
 
-def start_follower(apply: Callable[[Event], None], default_state_file: Path) -> Follower | None:
-    """Start following the feed if ``ATCDN_TAKEDOWN_FOLLOW`` is on (the apps' startup hook).
+def start_follower(apply: Callable[[Event], None], settings: ControlSettings,
+                   default_state_file: Path) -> Follower | None:
+    """Start following the feed if ``settings.takedown_follow`` is on (the apps' startup
+    hook; the app factory passes the settings in).
 
-    The position lives in ``ATCDN_TAKEDOWN_STATE_FILE``, else in ``default_state_file``
+    The position lives in ``settings.takedown_state_file``, else in ``default_state_file``
     (inside the server's data or cache directory). Returns the running follower (call
     ``stop()`` at shutdown), or None when following is off.
     """
-    settings = ControlSettings()
     if not settings.takedown_follow:
         return None
     follower = Follower(Feed(settings), apply,

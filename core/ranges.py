@@ -8,6 +8,9 @@ The origin and the edge both answer with these.
 
 from __future__ import annotations
 
+# The Cache-Control of every entity: its URL names its bytes, so it never changes.
+IMMUTABLE = "public, max-age=31536000, immutable"
+
 
 class RangeNotSatisfiable(Exception):
     """A well-formed range that starts past the end (answered 416)."""

@@ -1,11 +1,16 @@
 """Getting a blob's bytes: from the origin, else from the account's PDS; always verified.
 
-Every byte is hashed while it streams to a temporary file; only a file whose sha256
-matches the CID is ever returned, so nothing unverified can be transformed, cached or
-served. A mismatch is counted, logged and answered 502.
+Every byte is hashed while it streams to a temporary file (a ``Staging``, as the origin
+receives uploads); only a staging whose sha256 matches the CID is ever returned, so
+nothing unverified can be transformed, cached or served. A mismatch is counted, logged
+and answered 502.
 
 The origin is the operator's own service; everything reached through a DID document goes
-through the SSRF guard (``atcdn.core.ssrf``).
+through the SSRF guard (``atcdn.core.ssrf``). Bodies are read raw and decoded by
+``atcdn.core.bodies``: the bytes received on the wire and the decoded bytes are both held
+to ``max_fetch_bytes``, and a body that inflates like a bomb is refused. Every fetch in
+progress on the node shares ``fetch_temp_size`` bytes of temporary space (503 beyond),
+and a PDS's failures are remembered (``edge/refusals.py``).
 """
 
 from __future__ import annotations
@@ -13,85 +18,107 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import tempfile
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from atcdn.core.cid import Verifier
-from atcdn.core.errors import BlockedAddress, EdgeError
+from atcdn.core.accesslog import current_id
+from atcdn.core.bodies import (
+    BodyError,
+    BodyTooLarge,
+    InflatedTooFar,
+    Inflater,
+    iter_body,
+)
+from atcdn.core.errors import AtcdnError, BlockedAddress
+from atcdn.core.limits import FetchLimits
 from atcdn.core.resolver import Resolver
 from atcdn.core.settings import EdgeSettings
 from atcdn.core.ssrf import public_client
+from atcdn.core.staging import Staging, sweep
 from atcdn.edge.metrics import Metrics
+from atcdn.edge.refusals import Refusals
 
 log = logging.getLogger("atcdn.edge")
 RETRYABLE = (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+TEMP_CHECK_EVERY = 256 * 1024  # bytes written between looks at the node's temp usage
 
 
-def _timeout(settings: EdgeSettings) -> httpx.Timeout:
-    return httpx.Timeout(settings.fetch_timeout, connect=settings.fetch_connect_timeout)
+def _timeout(limits: FetchLimits) -> httpx.Timeout:
+    return httpx.Timeout(limits.timeout, connect=limits.connect_timeout)
 
 
 def origin_client(settings: EdgeSettings) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=settings.origin.rstrip("/"), timeout=_timeout(settings),
-                             trust_env=False, limits=httpx.Limits(max_connections=64))
+    return httpx.AsyncClient(base_url=settings.origin.rstrip("/"),
+                             timeout=_timeout(FetchLimits.from_settings(settings)),
+                             trust_env=False, limits=httpx.Limits(max_connections=64),
+                             event_hooks={"request": [_pass_request_id]})
 
 
-@dataclass(frozen=True)
-class Fetched:
-    path: Path  # a verified temporary file; the caller moves or removes it
-    size: int
-    source: str  # "origin" or "pds"
+async def _pass_request_id(request: httpx.Request) -> None:
+    """The origin logs our request's ID, so one ID follows a miss through both logs."""
+    rid = current_id()
+    if rid is not None:
+        request.headers["x-request-id"] = rid
 
 
 class Fetcher:
     def __init__(self, settings: EdgeSettings, metrics: Metrics, tmp_dir: Path) -> None:
         self.settings = settings
+        self.limits = FetchLimits.from_settings(settings)
         self.metrics = metrics
         self.tmp_dir = tmp_dir
         tmp_dir.mkdir(parents=True, exist_ok=True)
-        _remove_stale(tmp_dir)
+        sweep(tmp_dir, min_age=3600.0)  # a hand-off may outlive its staging's lock
         self.origin = origin_client(settings)
         self.public = public_client(
-            allow_private_networks=settings.allow_private_networks, timeout=_timeout(settings),
-            max_redirects=settings.max_redirects, user_agent="atcdn-edge")
-        self.resolver = Resolver(self.public, settings.plc_url)
+            allow_private_networks=settings.allow_private_networks,
+            timeout=_timeout(self.limits), max_redirects=self.limits.max_redirects,
+            user_agent="atcdn-edge")
+        self.resolver = Resolver(self.public, settings.plc_url,
+                                 deadline=self.limits.resolve_timeout,
+                                 max_document=self.limits.did_document_bytes)
+        self.refusals = Refusals()
         self._handoffs: set[asyncio.Task] = set()
 
     async def aclose(self) -> None:
         await self.origin.aclose()
         await self.public.aclose()
 
-    async def fetch(self, did: str, cid: str) -> Fetched:
-        """The verified bytes of ``cid``: the origin's copy, else the PDS's (handed on to
-        the origin so the next edge finds it). 404 unknown, 451 taken down at the origin
-        (never looked for elsewhere), 502/504 upstream trouble."""
+    async def fetch(self, did: str, cid: str) -> Staging:
+        """The verified bytes of ``cid`` in a finished staging (the caller discards it):
+        the origin's copy, else the PDS's (handed on to the origin so the next edge finds
+        it). 404 unknown, 451 taken down at the origin (never looked for elsewhere),
+        502/504 upstream trouble."""
         status, fetched = await self._get(self.origin, f"/blob/{cid}", {"did": did}, cid, "origin")
         if fetched is not None:
             return fetched
         if status == 451:
-            raise EdgeError(451, "TakenDown", f"{cid} is taken down")
+            raise AtcdnError(451, "TakenDown", f"{cid} is taken down")
         if status != 404:
-            raise EdgeError(502, "UpstreamFailed", f"origin answered HTTP {status}")
+            raise AtcdnError(502, "UpstreamFailed", f"origin answered HTTP {status}")
         if not self.settings.pds_fallback:
-            raise EdgeError(404, "BlobNotFound", f"no blob {cid}")
+            raise AtcdnError(404, "BlobNotFound", f"no blob {cid}")
         pds = await self.resolver.pds(did)
-        status, fetched = await self._get(
-            self.public, f"{pds}/xrpc/com.atproto.sync.getBlob", {"did": did, "cid": cid},
-            cid, "pds")
+        self.refusals.check(pds, cid)
+        try:
+            status, fetched = await self._get(
+                self.public, f"{pds}/xrpc/com.atproto.sync.getBlob", {"did": did, "cid": cid},
+                cid, "pds")
+        except AtcdnError as exc:
+            self.refusals.failed(pds, cid, exc)
+            raise
         if fetched is None:
             # A PDS answers unknown (and taken-down) blobs with 400, like the AppView: 404.
             if 400 <= status < 500:
-                raise EdgeError(404, "BlobNotFound", f"no blob {cid} for {did}")
-            raise EdgeError(502, "UpstreamFailed", f"PDS answered HTTP {status}")
-        self._hand_to_origin(did, cid, fetched.path)
+                raise AtcdnError(404, "BlobNotFound", f"no blob {cid} for {did}")
+            raise AtcdnError(502, "UpstreamFailed", f"PDS answered HTTP {status}")
+        self._hand_to_origin(did, cid, fetched)
         return fetched
 
     async def _get(self, client: httpx.AsyncClient, url: str, params: dict[str, str],
-                   cid: str, source: str) -> tuple[int, Fetched | None]:
+                   cid: str, source: str) -> tuple[int, Staging | None]:
         """(status, verified file or None); retries 5xx and connection errors, never 4xx."""
         counter = self.metrics.origin_fetches if source == "origin" else self.metrics.pds_fetches
         started = time.monotonic()
@@ -99,7 +126,7 @@ class Fetcher:
             if attempt:
                 await asyncio.sleep(0.1 * 2**attempt)
             try:
-                async with asyncio.timeout(self.settings.fetch_timeout):
+                async with asyncio.timeout(self.limits.timeout):
                     async with client.stream("GET", url, params=params) as response:
                         if response.status_code >= 500 and attempt < self.settings.fetch_retries:
                             continue
@@ -109,55 +136,82 @@ class Fetcher:
                         fetched = await self._save(response, cid, source)
             except BlockedAddress as exc:
                 counter.labels("blocked").inc()
-                raise EdgeError(502, "ForbiddenAddress", str(exc)) from None
+                raise AtcdnError(502, "ForbiddenAddress", str(exc)) from None
             except (httpx.TimeoutException, TimeoutError):
                 counter.labels("timeout").inc()
-                raise EdgeError(504, "UpstreamTimeout", f"{source} timed out") from None
+                raise AtcdnError(504, "UpstreamTimeout", f"{source} timed out") from None
             except RETRYABLE as exc:
                 if attempt < self.settings.fetch_retries:
                     continue
                 counter.labels("unreachable").inc()
-                raise EdgeError(502, "UpstreamUnavailable", f"{source}: {exc!r}") from None
+                raise AtcdnError(502, "UpstreamUnavailable", f"{source}: {exc!r}") from None
             except httpx.HTTPError as exc:
                 counter.labels("error").inc()
-                raise EdgeError(502, "UpstreamFailed", f"{source}: {exc!r}") from None
+                raise AtcdnError(502, "UpstreamFailed", f"{source}: {exc!r}") from None
             counter.labels("200").inc()
             self.metrics.fetch_seconds.labels(source).observe(time.monotonic() - started)
             return 200, fetched
         raise AssertionError("unreachable")
 
-    async def _save(self, response: httpx.Response, cid: str, source: str) -> Fetched:
-        """Stream to a temporary file while hashing; keep it only if it is ``cid``."""
-        limit = self.settings.max_fetch_bytes
+    async def _save(self, response: httpx.Response, cid: str, source: str) -> Staging:
+        """Stream into a staging while hashing; keep it only if it is ``cid``."""
+        limit = self.limits.max_bytes
         declared = response.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
-            raise EdgeError(413, "BlobTooLarge", f"blob is {declared} bytes, limit {limit}")
-        verifier = Verifier()
-        fd, name = tempfile.mkstemp(dir=self.tmp_dir, suffix=".part")
-        path = Path(name)
+            raise AtcdnError(413, "BlobTooLarge", f"blob is {declared} bytes, limit {limit}")
+        self._reserve(int(declared) if declared and declared.isdigit() else 0)
         try:
-            with os.fdopen(fd, "wb") as out:
-                async for chunk in response.aiter_bytes(1 << 20):
-                    verifier.update(chunk)
-                    if verifier.size > limit:
-                        raise EdgeError(413, "BlobTooLarge", f"blob exceeds {limit} bytes")
-                    out.write(chunk)
-            if not verifier.matches(cid):
+            inflater = Inflater(response.headers.get("content-encoding"), limit)
+        except BodyError as exc:
+            raise AtcdnError(502, "UndecodableBody", f"{source}: {exc}") from None
+        staging = Staging(self.tmp_dir)
+        checked = 0
+        try:
+            async for chunk in iter_body(response, inflater):
+                await staging.write(chunk)
+                if staging.size - checked >= TEMP_CHECK_EVERY:
+                    checked = staging.size
+                    self._reserve(0)
+            await staging.finish()
+            if not staging.matches(cid):
                 self.metrics.verification_failures.labels(source).inc()
-                log.warning("verification failed: %s sent %s for %s", source, verifier.cid, cid)
-                raise EdgeError(502, "VerificationFailed",
-                                f"{source} bytes do not match {cid}; not served")
+                log.warning("verification failed: %s sent %s for %s", source,
+                            staging.verifier.cid, cid)
+                raise AtcdnError(502, "VerificationFailed",
+                                 f"{source} bytes do not match {cid}; not served")
+            staging.close()
+            staging.received = inflater.received
+        except BodyTooLarge:
+            staging.discard()
+            raise AtcdnError(413, "BlobTooLarge", f"blob exceeds {limit} bytes") from None
+        except InflatedTooFar as exc:
+            staging.discard()
+            raise AtcdnError(502, "InflatedTooFar", f"{source}: {exc}; refused") from None
+        except BodyError as exc:
+            staging.discard()
+            raise AtcdnError(502, "UndecodableBody", f"{source}: {exc}") from None
         except BaseException:
-            path.unlink(missing_ok=True)
+            staging.discard()
             raise
-        return Fetched(path, verifier.size, source)
+        finally:
+            self.metrics.bytes_received.labels(source).inc(inflater.received)
+        return staging
 
-    def _hand_to_origin(self, did: str, cid: str, path: Path) -> None:
+    def _reserve(self, more: int) -> None:
+        """503 when the node's fetch temp space (all workers' files) plus ``more`` would
+        pass ``fetch_temp_size``."""
+        used = temp_usage(self.tmp_dir)
+        cap = self.limits.temp_bytes
+        if used + more > cap:
+            raise AtcdnError(503, "TempSpaceFull",
+                             f"fetches in progress hold {used} bytes, the cap is {cap}")
+
+    def _hand_to_origin(self, did: str, cid: str, staging: Staging) -> None:
         """Give a PDS-fetched blob to the origin in the background (needs a token)."""
         if not self.settings.origin_token:
             return
-        copy = path.with_suffix(".handoff")
-        os.link(path, copy)
+        copy = staging.path.with_suffix(".handoff.part")  # swept like a staging if orphaned
+        os.link(staging.path, copy)
         task = asyncio.create_task(self._put(did, cid, copy))
         self._handoffs.add(task)
         task.add_done_callback(self._handoffs.discard)
@@ -178,15 +232,16 @@ class Fetcher:
             path.unlink(missing_ok=True)
 
 
-def _remove_stale(tmp_dir: Path, age: float = 3600.0) -> None:
-    """Drop temporary files a killed worker left behind (a live fetch is never that old)."""
-    cutoff = time.time() - age
-    for path in tmp_dir.iterdir():
-        try:
-            if path.stat().st_mtime < cutoff:
-                path.unlink()
-        except FileNotFoundError:
-            pass
+def temp_usage(tmp_dir: Path) -> int:
+    """Bytes held by the files in ``tmp_dir`` (fetches and hand-offs in progress)."""
+    total = 0
+    with os.scandir(tmp_dir) as entries:
+        for entry in entries:
+            try:
+                total += entry.stat(follow_symlinks=False).st_size
+            except FileNotFoundError:
+                pass
+    return total
 
 
 async def _chunks(path: Path) -> AsyncIterator[bytes]:

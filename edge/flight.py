@@ -4,6 +4,11 @@ N concurrent identical misses cost one origin fetch and one transform: inside a 
 the first caller runs the work and the others await its future; across processes the
 runner holds a file lock for the key, and the work itself re-checks the shared disk
 cache once it has the lock, so a process that waited finds the other's result there.
+
+Only *identical* work may share a key: every waiter gets the runner's answer, errors
+included. So a key names everything the answer depends on (a source fetch depends on
+the DID it is fetched for: its PDS, the origin's takedowns; a transform of verified
+bytes does not). The work and every wait are bounded by ``deadline`` seconds (504).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+from atcdn.core.errors import AtcdnError
 from filelock import AsyncFileLock, Timeout
 
 T = TypeVar("T")
@@ -22,10 +28,10 @@ log = logging.getLogger("atcdn.edge")
 
 
 class SingleFlight:
-    def __init__(self, lock_dir: Path, *, wait: float = 120.0) -> None:
+    def __init__(self, lock_dir: Path, *, deadline: float = 120.0) -> None:
         lock_dir.mkdir(parents=True, exist_ok=True)
         self.lock_dir = lock_dir
-        self.wait = wait
+        self.deadline = deadline
         self._inflight: dict[str, asyncio.Future] = {}
 
     async def run(self, key: str, work: Callable[[], Awaitable[T]]) -> T:
@@ -35,12 +41,12 @@ class SingleFlight:
         """
         running = self._inflight.get(key)
         if running is not None:
-            return await asyncio.shield(running)
+            return await self._bounded(asyncio.shield(running))
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
             async with self._lock(key):
-                result = await work()
+                result = await self._bounded(work())
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters re-raise it, nobody logs it as lost
@@ -51,14 +57,20 @@ class SingleFlight:
         finally:
             del self._inflight[key]
 
-    def joins(self, key: str) -> bool:
-        """Whether a call for ``key`` now would only wait on one already running here."""
-        return key in self._inflight
+    async def _bounded(self, awaitable: Awaitable[T]) -> T:
+        deadline = asyncio.timeout(self.deadline)
+        try:
+            async with deadline:
+                return await awaitable
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the work's own timeout, answered by the work's caller
+            raise AtcdnError(504, "Timeout", f"gave up after {self.deadline:g} s") from None
 
     def _lock(self, key: str) -> _NodeLock:
         # One lock file per key: no two keys ever share (and so never deadlock on) a lock.
         name = hashlib.sha256(key.encode()).hexdigest()[:32]
-        return _NodeLock(self.lock_dir / f"{name}.lock", self.wait)
+        return _NodeLock(self.lock_dir / f"{name}.lock", self.deadline)
 
 
 class _NodeLock:

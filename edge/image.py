@@ -21,7 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from atcdn.core.errors import EdgeError
+from atcdn.core.errors import AtcdnError
+from atcdn.core.limits import ImageLimits
 from atcdn.edge.presets import Format, Preset
 from PIL import Image, ImageCms
 
@@ -33,23 +34,9 @@ except ImportError:  # pragma: no cover - pillow-heif is a dependency
     pillow_heif = None
 
 
-class MediaError(EdgeError):
-    """A transform refused or failed; ``status`` is the honest HTTP code."""
-
-    def __reduce__(self):  # crosses the process boundary from the workers
-        return (MediaError, (self.status, self.error, self.message))
-
-
-@dataclass(frozen=True)
-class ImageLimits:
-    """What a source may cost before we refuse it (imgproxy's limits)."""
-
-    max_source_bytes: int = 50 * 1024 * 1024
-    max_source_pixels: int = 50_000_000
-    max_frames: int = 300
-    # Sum of the pixels of every frame of an animation kept animated; beyond it (or
-    # beyond max_frames) an animation is rendered as its first frame.
-    max_animation_pixels: int = 100_000_000
+class MediaError(AtcdnError):
+    """A transform refused or failed; ``status`` is the honest HTTP code (it pickles
+    across the process boundary from the workers)."""
 
 
 # Speed/quality of the resize (see bench/images.py). Like libvips (sharp): JPEG
@@ -125,7 +112,10 @@ def sniff_type(job: Job) -> None:
 
 def read_header(job: Job) -> None:
     """Parse the header only, with the one plugin the signature named."""
-    job.image = Image.open(io.BytesIO(job.source), formats=[PILLOW_FORMATS[job.kind]])
+    try:
+        job.image = Image.open(io.BytesIO(job.source), formats=[PILLOW_FORMATS[job.kind]])
+    except Image.DecompressionBombError:  # Pillow's own limit, twice its default: cite ours
+        raise _too_many_pixels("the image", job.limits) from None
     width, height = job.image.size
     if width < 1 or height < 1:
         raise MediaError(422, "UndecodableMedia", f"image declares {width}x{height}")
@@ -135,8 +125,13 @@ def check_pixels(job: Job) -> None:
     """Refuse decompression bombs from the declared size, before any pixel is decoded."""
     width, height = job.image.size
     if width * height > job.limits.max_source_pixels:
-        raise MediaError(422, "TooManyPixels",
-                         f"{width}x{height} exceeds {job.limits.max_source_pixels} pixels")
+        raise _too_many_pixels(f"{width}x{height}", job.limits)
+
+
+def _too_many_pixels(what: str, limits: ImageLimits) -> MediaError:
+    return MediaError(422, "TooManyPixels",
+                      f"{what} exceeds this edge's limit of {limits.max_source_pixels} pixels"
+                      " (ATCDN_EDGE_IMAGE_MAX_SOURCE_PIXELS)")
 
 
 def read_orientation(job: Job) -> None:
@@ -512,6 +507,6 @@ def undecodable(exc: BaseException) -> MediaError:
         return exc
     if isinstance(exc, MemoryError):
         return MediaError(422, "UndecodableMedia", "image needs more memory than allowed")
-    if isinstance(exc, Image.DecompressionBombError):
-        return MediaError(422, "TooManyPixels", str(exc))
+    if isinstance(exc, Image.DecompressionBombError):  # a later frame: not Pillow's number
+        return MediaError(422, "TooManyPixels", "a frame has more pixels than allowed")
     return MediaError(422, "UndecodableMedia", f"cannot decode image: {exc}".strip())

@@ -38,6 +38,9 @@ class Metrics:
             "atcdn_edge_origin_fetches", "Blob fetches from the origin", ["result"])
         self.pds_fetches = Counter(
             "atcdn_edge_pds_fetches", "Blob fetches from a PDS (origin had no copy)", ["result"])
+        self.bytes_received = Counter(
+            "atcdn_edge_bytes_received", "Blob bytes received on the wire (before decoding)",
+            ["source"])
         self.transforms = Counter("atcdn_edge_transforms", "Image transforms run", ["result"])
         self.verification_failures = Counter(
             "atcdn_edge_verification_failures", "Fetched bytes that did not match their CID",

@@ -1,6 +1,6 @@
-"""Sending cached entries and errors over raw ASGI.
+"""Sending cached entries over raw ASGI (errors: atcdn.core.errors.error_response).
 
-Immutable content makes the HTTP rules short (origin/ranges.py): a strong ETag per
+Immutable content makes the HTTP rules short (core/ranges.py): a strong ETag per
 (cid, preset, format), ``If-None-Match`` -> 304, one ``Range`` -> 206, an unsatisfiable
 one -> 416, HEAD -> headers only, and always a Content-Length. Files go out through Starlette's FileResponse, which
 uses granian's zero-copy ``http.response.pathsend`` when the server offers it.
@@ -8,23 +8,22 @@ uses granian's zero-copy ``http.response.pathsend`` when the server offers it.
 
 from __future__ import annotations
 
-import json
 import os
 
+from atcdn.core.errors import AtcdnError, error_response
 from atcdn.core.ranges import RangeNotSatisfiable, etag_matches, parse_range
-from atcdn.edge.cache import IMMUTABLE, Entry, Headers
+from atcdn.edge.cache import CACHE_CONTROL, Entry, Headers
 from starlette.responses import FileResponse
 from starlette.types import Receive, Scope, Send
 
-JSON = b"application/json"
 VARY_ACCEPT = (b"vary", b"Accept")
 UPSTREAM_STATUSES = (502, 503, 504)
-# /blob types sent inline: media a browser renders without running anything.
+# /blob types sent inline: the image and video types Bluesky posts carry, which browsers
+# render with well-exercised decoders. Anything else (BMP, TIFF, PDF with its viewer and
+# scripts, audio, Matroska, unknown) goes out as an octet-stream attachment.
 INLINE_TYPES = frozenset({
     "image/jpeg", "image/png", "image/gif", "image/webp", "image/avif", "image/heic",
-    "image/heif", "image/bmp", "image/tiff", "video/mp4", "video/quicktime", "video/webm",
-    "video/x-matroska", "audio/mpeg", "audio/mp4", "audio/ogg", "audio/x-wav",
-    "audio/x-flac", "application/pdf",
+    "image/heif", "video/mp4", "video/quicktime", "video/webm",
 })
 BLOB_HEADERS: Headers = [
     (b"content-security-policy", b"default-src 'none'; sandbox"),
@@ -47,7 +46,7 @@ async def send_entry(scope: Scope, receive: Receive, send: Send, entry: Entry,
     headers = entry.headers + [VARY_ACCEPT] if vary else entry.headers
     inm = request.get(b"if-none-match")
     if inm is not None and etag_matches(inm.decode("latin-1"), entry.etag.decode()):
-        not_modified = [(b"etag", entry.etag), (b"cache-control", IMMUTABLE)]
+        not_modified = [(b"etag", entry.etag), CACHE_CONTROL]
         if vary:
             not_modified.append(VARY_ACCEPT)
         await send({"type": "http.response.start", "status": 304, "headers": not_modified})
@@ -60,8 +59,9 @@ async def send_entry(scope: Scope, receive: Receive, send: Send, entry: Entry,
     try:
         span = parse_range(raw_range.decode("latin-1"), entry.size) if raw_range else None
     except RangeNotSatisfiable:
-        await send_error(send, 416, "RangeNotSatisfiable", f"the entity is {entry.size} bytes",
-                         extra=[(b"content-range", f"bytes */{entry.size}".encode())])
+        refusal = AtcdnError(416, "RangeNotSatisfiable", f"the entity is {entry.size} bytes",
+                             headers={"Content-Range": f"bytes */{entry.size}"})
+        await error_response(refusal)(scope, receive, send)
         return
     if entry.path is not None:
         response = FileResponse(entry.path, headers=_as_dict(headers),
@@ -86,22 +86,3 @@ async def send_entry(scope: Scope, receive: Receive, send: Send, entry: Entry,
 
 def _as_dict(headers: Headers) -> dict[str, str]:
     return {k.decode(): v.decode("latin-1") for k, v in headers}
-
-
-def error_body(error: str, message: str) -> bytes:
-    return json.dumps({"error": error, "message": message}).encode()
-
-
-async def send_error(send: Send, status: int, error: str, message: str, *,
-                     retry_after: int = 5, extra: Headers = ()) -> None:  # type: ignore[assignment]
-    body = error_body(error, message)
-    headers: Headers = [
-        (b"content-type", JSON),
-        (b"content-length", str(len(body)).encode()),
-        (b"cache-control", b"no-store"),
-        *extra,
-    ]
-    if status in UPSTREAM_STATUSES or status == 429:
-        headers.append((b"retry-after", str(retry_after).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -6,8 +6,10 @@ A purge drops cached entries from every tier. Both bump a *generation* stamp fil
 every worker checks on each request (one ``stat``): on a change a worker reloads the
 takedown set and empties its memory tier.
 
-``takedown()`` and ``purge()`` are plain functions for the takedown-feed follower; they
-only need the node's cache directory.
+``takedown()`` and ``purge()`` are plain functions for tools outside the server (the
+server's own routes and feed follower are in edge/admin.py); they only need the node's
+cache directory. A purge first writes tombstones (edge/gate.py), so work in flight does
+not put back what it removed.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import diskcache
 from atcdn.core.settings import EdgeSettings
 from atcdn.edge.cache import DiskTier
+from atcdn.edge.gate import Purges
 
 CHECK_EVERY = 0.1  # seconds between a worker's looks at the stamp file
 SETTLE = 2 * CHECK_EVERY  # after this, every worker has seen a bump
@@ -96,16 +99,31 @@ class Node:
         self.lock_dir = cache_dir / "locks"
         self.tmp_dir = cache_dir / "tmp"
         self.video_dir = cache_dir / "video"  # edge/transcodes.py: {cid}/ and sources/{cid}
+        self.purge_dir = cache_dir / "purges"  # edge/gate.py: when each CID/DID was purged
         self.generation = Generation(cache_dir / "generation")
 
 
-def purge_disk(disk: DiskTier, video_dir: Path, *, did: str | None = None,
-               cid: str | None = None) -> int:
-    """Evict every entry of ``cid`` and of every blob fetched for ``did``: the disk tier's
-    entries and the HLS transcodes (served from disk without asking the source again)."""
+def purge_victims(disk: DiskTier, *, did: str | None = None,
+                  cid: str | None = None) -> set[str]:
+    """The CIDs a purge of ``did`` and/or ``cid`` drops: ``cid`` and every blob fetched
+    for ``did``."""
     victims = set(disk.cids_of(did)) if did else set()
     if cid:
         victims.add(cid)
+    return victims
+
+
+def purge_disk(disk: DiskTier, video_dir: Path, purges: Purges, *, did: str | None = None,
+               cid: str | None = None) -> int:
+    """Evict every entry of ``cid`` and of every blob fetched for ``did``: the disk tier's
+    entries and the HLS transcodes (served from disk without asking the source again).
+
+    The tombstones are written first, so work in flight that writes after this purge
+    sees them and removes what it wrote (edge/gate.py)."""
+    victims = purge_victims(disk, did=did, cid=cid)
+    purges.mark(did=did)
+    for victim in victims:
+        purges.mark(cid=victim)
     removed = 0
     for victim in victims:
         removed += disk.evict_cid(victim)
@@ -119,14 +137,12 @@ def purge_disk(disk: DiskTier, video_dir: Path, *, did: str | None = None,
     return removed
 
 
-def purge(cid: str | None = None, did: str | None = None,
-          settings: EdgeSettings | None = None) -> int:
+def purge(cid: str | None = None, did: str | None = None, *, settings: EdgeSettings) -> int:
     """Drop cached copies (all tiers, all workers) of a blob or an account's blobs."""
-    settings = settings or EdgeSettings()
     node = Node(settings.cache_dir)
     disk = DiskTier(node.disk_dir, settings.cache_size, settings.memory_max_item)
     try:
-        removed = purge_disk(disk, node.video_dir, did=did, cid=cid)
+        removed = purge_disk(disk, node.video_dir, Purges(node.purge_dir), did=did, cid=cid)
     finally:
         disk.close()
     node.generation.bump()
@@ -135,9 +151,8 @@ def purge(cid: str | None = None, did: str | None = None,
 
 
 def takedown(cid: str | None = None, did: str | None = None, *, restore: bool = False,
-             settings: EdgeSettings | None = None) -> None:
+             settings: EdgeSettings) -> None:
     """Block (451) a blob or an account on this node and purge it; ``restore`` undoes."""
-    settings = settings or EdgeSettings()
     node = Node(settings.cache_dir)
     takedowns = Takedowns(node.takedown_dir)
     if restore:

@@ -1,8 +1,9 @@
 """Running transcodes: one child process per video, bounded, queued, single-flight per node.
 
-Each transcode is ``python -m edge.video`` in a child process (RLIMIT_AS inside, a wall
-timeout outside), so hostile media can crash or exhaust only that child. Coordination
-between the edge's worker processes goes through files under ``{cache_dir}/video/``:
+Each transcode is ``python -m atcdn.edge.video`` in a child process (RLIMIT_AS inside, a
+wall timeout outside; both in core/limits.py), so hostile media can crash or exhaust only
+that child. Coordination between the edge's worker processes goes through files under
+``{cache_dir}/video/`` (edge/transcode_files.py names those of one video):
 
 - ``{cid}/.lock`` is held by the child for the whole transcode: whoever finds it held
   knows the video is being transcoded and just serves the files as they appear;
@@ -14,6 +15,11 @@ between the edge's worker processes goes through files under ``{cache_dir}/video
 
 A directory with neither ``done``, ``error.json`` nor a held lock is what an interrupted
 transcode left; it is never served, and the next request starts the transcode over.
+
+A purge or takedown of the video (edge/gate.py tombstones) stops its transcode: the
+worker that runs the child looks for a tombstone while it waits, kills the child and
+removes its folder, and a transcode that finishes after a purge leaves nothing behind.
+``settle`` waits for that, so a purge answers only once the video is gone.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -28,16 +35,22 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
+from atcdn.core.environment import without_secrets
+from atcdn.core.errors import overloaded
 from atcdn.core.files import write_json
+from atcdn.core.limits import VideoLimits
 from atcdn.core.settings import EdgeSettings
-from atcdn.edge import video
-from atcdn.edge.video import (
+from atcdn.edge.gate import Purges
+from atcdn.edge.transcode_files import (
     DONE_NAME,
     ERROR_NAME,
+    EXIT_BUSY,
+    EXIT_DONE,
+    EXIT_REFUSED,
     LOCK_NAME,
     STATE_NAME,
-    Limits,
     VideoError,
+    clear,
 )
 from filelock import FileLock, Timeout
 from prometheus_client import Counter, Gauge
@@ -52,30 +65,20 @@ ENCODED = Counter("atcdn_video_encoded_seconds", "Seconds of video transcoded")
 State = Literal["absent", "queued", "running", "done", "failed"]
 TRANSIENT_RETRY_SECONDS = 300.0  # a timed-out transcode is tried again after this
 SLOT_POLL_SECONDS = 0.2
+PURGE_POLL_SECONDS = 0.1  # how often a running transcode looks for a purge of its video
+SETTLE_SECONDS = 10.0  # how long a purge waits for a running transcode to stop
 ROOT = Path(__file__).resolve().parent.parent  # so the child finds the edge package
 
 
-class Busy(Exception):
-    """Every slot is taken and the queue is full."""
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__("too many videos are being transcoded; retry later")
-        self.retry_after = retry_after
-
-
-def limits_of(settings: EdgeSettings) -> Limits:
-    return Limits(max_bytes=settings.video_max_bytes, max_seconds=settings.video_max_seconds,
-                  max_pixels=settings.video_max_pixels, memory_bytes=settings.video_memory_bytes,
-                  threads=settings.video_threads)
 
 
 class Transcodes:
     """The transcodes of one edge worker process (and what it can see of the others')."""
 
-    def __init__(self, settings: EdgeSettings) -> None:
+    def __init__(self, settings: EdgeSettings, purges: Purges) -> None:
         self.root = Path(settings.cache_dir) / "video"
-        self.limits = limits_of(settings)
-        self.timeout = settings.video_timeout
+        self.purges = purges
+        self.limits = VideoLimits.from_settings(settings)
         self.slots = max(1, settings.video_max_concurrent)
         self.queue_length = settings.video_queue_length
         self.jobs: dict[str, asyncio.Task[None]] = {}
@@ -135,17 +138,22 @@ class Transcodes:
     async def ensure(self, cid: str, source: Callable[[], Awaitable[Path]]) -> State:
         """Make sure this video is transcoded or being transcoded; return its state.
 
-        Raises Busy when the queue is full; whatever ``source`` raises (fetch failures).
+        Raises AtcdnError 429 when the queue is full; whatever ``source`` raises (fetch
+        failures).
         """
         state = self.state(cid)
         if state != "absent":
             return state
         if self.waiting >= self.queue_length:
-            raise Busy(retry_after=max(1, int(self.waiting)))
+            raise overloaded("too many videos are being transcoded; retry later",
+                             retry_after=max(1, int(self.waiting)))
+        started = self.purges.clock()
         path = await source()
         state = self.state(cid)
         if state != "absent":
             return state
+        if self.folder(cid).exists():  # what an interrupted transcode left: never served
+            self._discard(self.folder(cid))
         self.folder(cid).mkdir(parents=True, exist_ok=True)
         size = path.stat().st_size
         if size > self.limits.max_bytes:
@@ -155,7 +163,7 @@ class Transcodes:
             return "failed"
         self.waiting += 1  # counted now, so concurrent requests see the queue grow
         QUEUED.inc()
-        self.jobs[cid] = asyncio.create_task(self._run(cid, path))
+        self.jobs[cid] = asyncio.create_task(self._run(cid, path, started))
         return "queued"
 
     def _refuse(self, cid: str, error: VideoError, transient: bool = False) -> None:
@@ -163,14 +171,17 @@ class Transcodes:
         body = error.to_json() | ({"transient": True, "at": time.time()} if transient else {})
         write_json(self.folder(cid) / ERROR_NAME, body)
 
-    async def _run(self, cid: str, source: Path) -> None:
+    async def _run(self, cid: str, source: Path, started: int) -> None:
         try:
             slot = await self._slot()
         finally:
             self.waiting -= 1
             QUEUED.dec()
         try:
-            await self._child(cid, source)
+            if self.purges.since(started, cid=cid):  # purged while it was queued
+                _remove(self.folder(cid))
+                return
+            await self._child(cid, source, started)
         finally:
             slot.release()
             self.jobs.pop(cid, None)
@@ -186,10 +197,11 @@ class Transcodes:
                     continue
             await asyncio.sleep(SLOT_POLL_SECONDS)
 
-    async def _child(self, cid: str, source: Path) -> None:
+    async def _child(self, cid: str, source: Path, started: int) -> None:
         folder = self.folder(cid)
         STARTED.inc()
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        # The child decodes a stranger's file: it gets no secrets (core/environment.py).
+        env = {**without_secrets(os.environ), "PYTHONPATH": os.pathsep.join(
             [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
         log = open(self.root / f"{cid}.log", "ab")
         try:
@@ -200,42 +212,59 @@ class Transcodes:
         finally:
             log.close()
         try:
-            code = await asyncio.wait_for(proc.wait(), self.timeout)
+            code = await self._wait(proc, cid, started)
         except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
             proc.kill()
             await proc.wait()
             self._discard(folder)
             if isinstance(exc, asyncio.CancelledError):
                 raise
+            limit = self.limits.timeout
             self._refuse(cid, VideoError(503, "TranscodeTimeout",
-                                         f"transcode took longer than {self.timeout:.0f} s"),
+                                         f"transcode took longer than {limit:.0f} s"),
                          transient=True)
             return
-        if code == video.EXIT_DONE and (folder / DONE_NAME).exists():
+        if code is None or self.purges.since(started, cid=cid):  # purged meanwhile
+            _remove(folder)
+            return
+        if code == EXIT_DONE and (folder / DONE_NAME).exists():
             FINISHED.inc()
             try:
                 ENCODED.inc(json.loads((folder / DONE_NAME).read_text())["encoded_seconds"])
             except (OSError, ValueError, KeyError):
                 pass
-        elif code == video.EXIT_REFUSED:
+        elif code == EXIT_REFUSED:
             FAILED.inc()
-        elif code != video.EXIT_BUSY:  # killed by a signal, out of memory, a bug...
+        elif code != EXIT_BUSY:  # killed by a signal, out of memory, a bug...
             self._discard(folder)
             self._refuse(cid, VideoError(422, "UndecodableMedia",
                                          f"the transcoder died on this video (exit {code})"))
 
+    async def _wait(self, proc: asyncio.subprocess.Process, cid: str,
+                    started: int) -> int | None:
+        """The child's exit code, or None when a purge of the video stopped it; raises
+        TimeoutError after ``video_timeout``."""
+        exited = asyncio.ensure_future(proc.wait())
+        deadline = time.monotonic() + self.limits.timeout
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise asyncio.TimeoutError
+                await asyncio.wait({exited}, timeout=min(PURGE_POLL_SECONDS, left))
+                if exited.done():
+                    return exited.result()
+                if self.purges.since(started, cid=cid):
+                    proc.kill()
+                    await exited
+                    return None
+        finally:
+            exited.cancel()
+
     @staticmethod
     def _discard(folder: Path) -> None:
         """Remove a killed child's partial output (when nobody else has taken over)."""
-        lock = FileLock(str(folder / LOCK_NAME), thread_local=False)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            return
-        try:
-            video.clear(folder)
-        finally:
-            lock.release()
+        _unless_locked(folder, clear)
 
     async def close(self) -> None:
         """Stop this worker's transcodes (server shutdown): children are killed, the
@@ -247,3 +276,33 @@ class Transcodes:
                 await task
             except BaseException:
                 pass
+
+
+def _unless_locked(folder: Path, action: Callable[[Path], object]) -> None:
+    """``action(folder)`` holding the video's lock, unless a transcode holds it."""
+    lock = FileLock(str(folder / LOCK_NAME), thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return
+    try:
+        action(folder)
+    finally:
+        lock.release()
+
+
+def _remove(folder: Path) -> None:
+    """Remove what a purged transcode left, unless a new transcode has taken it over."""
+    if folder.exists():
+        _unless_locked(folder, lambda f: shutil.rmtree(f, ignore_errors=True))
+
+
+def settle(video_dir: Path, cids: set[str], timeout: float = SETTLE_SECONDS) -> None:
+    """After a purge of ``cids``: wait until none of their transcodes runs (the worker
+    running one stops it when it sees the tombstone) and remove what is left."""
+    deadline = time.monotonic() + timeout
+    for cid in cids:
+        folder = video_dir / cid
+        while Transcodes._locked(folder) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _remove(folder)

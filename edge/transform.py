@@ -6,16 +6,15 @@ Decoders are the riskiest code an edge runs on untrusted bytes, so the pipeline
 decoder that segfaults or runs away costs one request (503) and one worker, which the pool
 replaces; a MemoryError is the source's fault (422). Workers are long-lived and forked
 from a clean fork server, so a request costs no process start, and only the source bytes
-and the rendition cross the process boundary.
+and the rendition cross the process boundary. The fork server is started with no secrets
+in its environment (``core/environment.py``), so no worker holds a token either.
 
-Startup (once per server process, e.g. in the app factory or lifespan)::
+A failed transform (refused, undecodable, crashed, timed out) is remembered per rendition
+key for ``FAILURE_MEMORY`` seconds (bounded, per server process), so a source that takes
+the whole timeout cannot be asked for again and again.
 
-    from atcdn.edge import transform
-    transform.configure(settings)      # an EdgeSettings; optional
-    ...
-    transform.shutdown()               # on exit; optional
-
-Without ``configure`` the first ``transform()`` starts a pool with EdgeSettings() defaults.
+The edge's app factory builds one ``Transformer.from_settings(settings)`` per server
+process (its workers start with the first transform) and closes it on shutdown.
 """
 
 from __future__ import annotations
@@ -24,19 +23,30 @@ import asyncio
 import concurrent.futures
 import multiprocessing
 import os
-import resource
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing import forkserver
 from typing import Any, TypeVar
 
-from atcdn.edge.image import ImageLimits, MediaError, render
+from atcdn.core.environment import without_secrets
+from atcdn.core.limits import ImageLimits, MiB, WorkerLimits, confine
+from atcdn.core.settings import EdgeSettings
+from atcdn.edge.image import MediaError, render
 from atcdn.edge.presets import CONTENT_TYPES, Format, Preset
+from cachetools import TTLCache
 from pebble import ProcessExpired, ProcessPool
+from prometheus_client import Counter
 
-__all__ = ["MediaError", "Rendered", "Transformer", "configure", "shutdown", "transform"]
+__all__ = ["MediaError", "Rendered", "Transformer"]
 
 T = TypeVar("T")
+FAILURE_MEMORY = 60.0  # seconds a failed rendition is answered from memory
+MAX_FAILURES = 10_000  # remembered failures per server process
+# Failures of the pool itself (e.g. closing) say nothing about the source.
+NOT_REMEMBERED = frozenset({"TransformFailed"})
+REMEMBERED = Counter("atcdn_edge_transforms_remembered",
+                     "Transforms answered with a remembered failure, no worker asked")
 
 
 @dataclass(frozen=True)
@@ -45,58 +55,58 @@ class Rendered:
     content_type: str
 
 
-@dataclass(frozen=True)
-class PoolSettings:
-    workers: int = 2
-    timeout: float = 20.0
-    memory_mb: int = 1024
-    # A worker is replaced after this many tasks, bounding slow leaks/fragmentation.
-    max_tasks: int = 500
-
-
 class Transformer:
     """A pool of isolated image workers; one per server process."""
 
     def __init__(self, limits: ImageLimits = ImageLimits(),
-                 pool: PoolSettings = PoolSettings()) -> None:
+                 pool: WorkerLimits = WorkerLimits()) -> None:
         self.limits = limits
-        self.settings = pool
+        self.pool_limits = pool
         context = multiprocessing.get_context("forkserver")
         # Workers fork from a small server that has Pillow loaded, not from the (threaded,
         # async) server process.
         context.set_forkserver_preload(["atcdn.edge.image"])
+        _start_forkserver()
         self._pool = ProcessPool(max_workers=pool.workers, max_tasks=pool.max_tasks,
                                  initializer=_init_worker, initargs=(pool.memory_mb,),
                                  context=context)
+        self._failed: TTLCache[str, MediaError] = TTLCache(MAX_FAILURES, FAILURE_MEMORY)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> Transformer:
-        """From an ``atcdn.settings.EdgeSettings``."""
-        limits = ImageLimits(
-            max_source_bytes=settings.image_max_source_bytes,
-            max_source_pixels=settings.image_max_source_pixels,
-            max_frames=settings.image_max_frames,
-            max_animation_pixels=settings.image_max_animation_pixels,
-        )
-        pool = PoolSettings(workers=settings.transform_workers,
-                            timeout=settings.transform_timeout,
-                            memory_mb=settings.transform_memory_mb)
-        return cls(limits, pool)
+    def from_settings(cls, settings: EdgeSettings) -> Transformer:
+        return cls(ImageLimits.from_settings(settings), WorkerLimits.from_settings(settings))
 
-    async def transform(self, source: bytes, preset: Preset, fmt: Format) -> Rendered:
-        body = await self.run(render, source, preset, fmt, self.limits)
+    async def transform(self, source: bytes, preset: Preset, fmt: Format,
+                        key: str | None = None) -> Rendered:
+        """Render ``source`` (verified blob bytes) for ``preset`` in ``fmt``.
+
+        Raises MediaError: 415 unsupported type, 422 undecodable / too many pixels,
+        413 too large, 503 worker crashed or timed out. With ``key`` (the rendition's
+        cache key) a failure is remembered for FAILURE_MEMORY seconds and answered again
+        without a worker.
+        """
+        failed = self._failed.get(key) if key else None
+        if failed is not None:
+            REMEMBERED.inc()
+            raise MediaError(failed.status, failed.error, f"{failed.message} (remembered)")
+        try:
+            body = await self.run(render, source, preset, fmt, self.limits)
+        except MediaError as exc:
+            if key and exc.error not in NOT_REMEMBERED:
+                self._failed[key] = exc
+            raise
         return Rendered(body, CONTENT_TYPES[fmt])
 
     async def run(self, function: Callable[..., T], *args: Any) -> T:
         """Run ``function(*args)`` in a worker; crashes and timeouts become a 503."""
-        future = self._pool.schedule(function, args, timeout=self.settings.timeout)
+        future = self._pool.schedule(function, args, timeout=self.pool_limits.timeout)
         try:
             return await asyncio.wrap_future(future)
         except MediaError:
             raise
         except concurrent.futures.TimeoutError:
             raise MediaError(503, "TransformTimeout",
-                             f"transform took over {self.settings.timeout:g} s") from None
+                             f"transform took over {self.pool_limits.timeout:g} s") from None
         except ProcessExpired as exc:
             raise MediaError(503, "TransformCrashed",
                              f"image worker died (exit code {exc.exitcode})") from None
@@ -113,53 +123,30 @@ class Transformer:
         self._pool.join(timeout=5)
 
 
-def _init_worker(memory_mb: int) -> None:
-    """Runs in each worker before any task: cap its address space."""
-    if memory_mb > 0:
-        limit = memory_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    # No core dumps from crashing decoders.
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    os.environ["OMP_NUM_THREADS"] = "1"
+def _start_forkserver() -> None:
+    """Start this process's fork server (and multiprocessing's resource tracker) with the
+    secrets taken out of the environment they are exec'd with.
 
-
-_lock = threading.Lock()
-_default: Transformer | None = None
-
-
-def configure(settings: Any = None) -> Transformer:
-    """Start this process's pool from an EdgeSettings (defaults when None)."""
-    global _default
-    if settings is None:
-        from atcdn.core.settings import EdgeSettings
-
-        settings = EdgeSettings()
-    with _lock:
-        if _default is not None:
-            _default.close()
-        _default = Transformer.from_settings(settings)
-        return _default
-
-
-def shutdown() -> None:
-    global _default
-    with _lock:
-        if _default is not None:
-            _default.close()
-            _default = None
-
-
-def _transformer() -> Transformer:
-    if _default is None:
-        configure()
-    assert _default is not None
-    return _default
-
-
-async def transform(source: bytes, preset: Preset, fmt: Format) -> Rendered:
-    """Render ``source`` (verified blob bytes) for ``preset`` in ``fmt``.
-
-    Raises MediaError: 415 unsupported type, 422 undecodable / too many pixels,
-    413 too large, 503 worker crashed or timed out.
+    multiprocessing passes its children the process environment and offers no way to
+    pass another, so the secrets leave ``os.environ`` for the moment of the spawn (a
+    few milliseconds, under a lock) and come back at once. A fork server that is already
+    running is left as it is.
     """
-    return await _transformer().transform(source, preset, fmt)
+    with _environ_lock:
+        saved = dict(os.environ)
+        secret = set(saved) - set(without_secrets(saved))
+        for name in secret:
+            del os.environ[name]
+        try:
+            forkserver.ensure_running()
+        finally:
+            os.environ.update({name: saved[name] for name in secret})
+
+
+_environ_lock = threading.Lock()
+
+
+def _init_worker(memory_mb: int) -> None:
+    """Runs in each worker before any task: cap its address space, no core dumps."""
+    confine(memory_mb * MiB)
+    os.environ["OMP_NUM_THREADS"] = "1"

@@ -54,8 +54,10 @@ def parse_cid(text: str) -> str:
     return text
 
 
-def parse_image_path(path: str, presets: dict[str, Preset]) -> ImageRequest:
-    """Parse ``/img/{preset}/plain/{did}/{cid}[@{format}]``."""
+def parse_image_path(path: str, presets: dict[str, Preset], *,
+                     avif: bool = False) -> ImageRequest:
+    """Parse ``/img/{preset}/plain/{did}/{cid}[@{format}]``; ``@avif`` only when the edge
+    offers AVIF (``avif``): its encoder costs ~20x JPEG's, an operator's choice."""
     parts = path.split("/")
     if len(parts) != 6 or parts[1] != "img" or parts[3] != "plain":
         raise UrlError("image paths are /img/{preset}/plain/{did}/{cid}[@{format}]")
@@ -67,6 +69,8 @@ def parse_image_path(path: str, presets: dict[str, Preset]) -> ImageRequest:
     if at:
         if suffix not in FORMATS:
             raise UrlError(f"unknown format {suffix!r}; known: {', '.join(FORMATS)}")
+        if suffix == "avif" and not avif:
+            raise UrlError("avif is not offered by this edge (ATCDN_EDGE_ENABLE_AVIF)")
         fmt = suffix  # type: ignore[assignment]
     return ImageRequest(preset, parse_did(parts[4]), parse_cid(cid), fmt)
 
@@ -95,13 +99,22 @@ def parse_purge_path(path: str) -> tuple[str | None, str | None]:
     raise UrlError(f"cannot purge {path!r}: expected /img/..., /blob/... or /watch/...")
 
 
-@functools.lru_cache(maxsize=1024)  # clients send few distinct Accept strings
+MAX_CACHED_ACCEPT = 512  # longer Accept strings are parsed each time, never kept
+
+
 def negotiate(accept: str, avif: bool = False) -> Format:
     """The format for an unsuffixed image URL: avif (when enabled), webp, else jpeg.
 
     Only these values reach the cache key, so the many Accept strings browsers send
-    collapse into at most three variants.
+    collapse into at most three variants. Parsed strings are cached (browsers send few
+    distinct ones), bounded in entries and in key length: at most 1024 x 512 bytes.
     """
+    if len(accept) > MAX_CACHED_ACCEPT:
+        return _negotiate(accept, avif)
+    return ACCEPT_CACHE(accept, avif)
+
+
+def _negotiate(accept: str, avif: bool) -> Format:
     if "image/" not in accept:
         return "jpeg"
     accepted = set()
@@ -115,6 +128,9 @@ def negotiate(accept: str, avif: bool = False) -> Format:
     if "image/webp" in accepted:
         return "webp"
     return "jpeg"
+
+
+ACCEPT_CACHE = functools.lru_cache(maxsize=1024)(_negotiate)
 
 
 def image_key(cid: str, preset: str, fmt: Format) -> str:

@@ -1,41 +1,55 @@
 """Video to HLS with PyAV: decode the source once, encode every rendition from those frames.
 
-This module runs in its own process (``python -m edge.video SOURCE OUTDIR LIMITS_JSON``),
+This module runs in its own process (``python -m atcdn.edge.video SOURCE OUTDIR LIMITS_JSON``),
 started by edge/transcodes.py, so a decoder crash or a memory blow-up on hostile media
 cannot take the edge down. The child holds the per-CID file lock for its whole life, which
 is what makes a transcode single-flight across every worker process of a node.
 
-The story of a transcode (``transcode``):
-  open the source -> probe it against the limits -> choose the ladder (edge/hls.py) ->
-  write the master playlist -> decode each frame once, turn it upright, cap its rate ->
-  force a keyframe at every segment boundary (same frames for every rendition) ->
-  encode each rendition (libx264 + AAC-LC stereo) into a fragmented MP4 whose fragments
-  are cut into init.mp4 + segNNNNN.m4s files as they appear -> rewrite each growing
-  media playlist after every segment -> at the end add #EXT-X-ENDLIST and write ``done``.
-
-Directory of one transcode (``{cache_dir}/video/{cid}/``): ``playlist.m3u8``,
-``meta.json``, ``state.json``, ``thumbnail.jpg``, ``{rendition}/init.mp4``,
-``{rendition}/segNNNNN.m4s``, ``{rendition}/index.m3u8``, then ``done`` (written last), or
-``error.json`` when the source is refused.
+A transcode is a ``Transcode`` passed through ``PIPELINE``, a tuple of named steps, as an
+image is in edge/image.py: probe the source against the limits, decode up to the first
+video frame, choose the ladder from its upright size (edge/hls.py), then every decoded
+frame: video frames through ``FRAME_STEPS`` (timestamp, upright, length, rate cap,
+keyframe cuts, encode, thumbnail, progress), audio resampled once and encoded as AAC for
+every rendition; at the end flush the audio, give the last frame its duration, and close
+the renditions. Every rendition (libx264 + AAC-LC stereo) goes into a fragmented MP4 cut
+into init.mp4 + segNNNNN.m4s files as they appear (``SegmentSink``), its media playlist
+rewritten after every segment; the master playlist appears with the first segment. The
+folder's files are listed in edge/transcode_files.py; ``done`` is written last.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import resource
-import shutil
 import struct
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from fractions import Fraction
+from functools import partial
+from itertools import chain
 from pathlib import Path
 
 import av
 from atcdn.core.files import write_atomic, write_json
+from atcdn.core.limits import VideoLimits, confine
+from atcdn.core.mime import SNIFF_BYTES, sniff
 from atcdn.edge import hls
+from atcdn.edge.transcode_files import (
+    DONE_NAME,
+    ERROR_NAME,
+    EXIT_BUSY,
+    EXIT_DONE,
+    EXIT_REFUSED,
+    LOCK_NAME,
+    META_NAME,
+    STATE_NAME,
+    THUMBNAIL_NAME,
+    VideoError,
+    clear,
+)
 from av.audio.frame import AudioFrame
 from av.video.frame import PictureType, VideoFrame
 from filelock import FileLock, Timeout
@@ -44,43 +58,16 @@ VIDEO_TIME_BASE = Fraction(1, 90_000)
 AUDIO_RATE = 48_000
 X264_PRESET = "veryfast"
 X264_CRF = 23
-LOCK_NAME = ".lock"
-DONE_NAME = "done"
-ERROR_NAME = "error.json"
-STATE_NAME = "state.json"
-META_NAME = "meta.json"
-THUMBNAIL_NAME = "thumbnail.jpg"
-# Exit codes of the child process.
-EXIT_DONE, EXIT_REFUSED, EXIT_BUSY = 0, 2, 3
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What a transcode may cost; from EdgeSettings."""
-
-    max_bytes: int = 300 * 1024 * 1024
-    max_seconds: float = 600.0
-    max_pixels: int = 3840 * 2160
-    memory_bytes: int = 3 * 1024**3
-    threads: int = 0  # x264 threads per rendition; 0 = let x264 choose
-
-
-class VideoError(Exception):
-    """A refused or undecodable source; ``status`` is the honest HTTP code."""
-
-    def __init__(self, status: int, error: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.error, self.message = status, error, message
-
-    def to_json(self) -> dict:
-        return {"status": self.status, "error": self.error, "message": self.message}
+# Frames closer than this to the previous one are dropped: at most 60 fps (with slack
+# for jittery timestamps).
+MIN_FRAME_INTERVAL = 1 / hls.MAX_FPS * 0.9
 
 
 @dataclass
 class Probe:
     """What the transcode needs to know about the source before decoding it."""
 
-    width: int  # displayed, rotation applied
+    width: int  # displayed, rotation applied (once the first frame is decoded)
     height: int
     fps: float
     duration: float | None
@@ -88,14 +75,299 @@ class Probe:
     loop: bool  # animated GIFs: players should loop them
 
 
+@dataclass
+class Transcode:
+    """One transcode as it goes through the steps: the source, what is known of it, the
+    encoders, and the frame in hand (``frame`` is None once a step dropped it)."""
+
+    container: av.container.InputContainer
+    source: Path
+    out: Path
+    limits: VideoLimits
+    frames: Iterator[VideoFrame | AudioFrame] | None = None  # decoded, in demux order
+    info: Probe | None = None
+    progress: Progress | None = None
+    # The first video frame: its timestamp is time 0, its upright size chooses the ladder.
+    first_time: float = 0.0
+    upright: Upright | None = None
+    renditions: list[hls.Rendition] = field(default_factory=list)
+    writers: list[RenditionWriter] = field(default_factory=list)
+    encoders: Encoders | None = None
+    # The video frame in hand, its time (seconds since the first frame), and whether a
+    # segment starts with it (a keyframe in every rendition).
+    frame: VideoFrame | None = None
+    time: float = 0.0
+    key: bool = False
+    boundaries: list[float] = field(default_factory=list)  # segment start times
+    next_cut: float = 0.0
+    # The previous frame: encoded once the next one says how long it lasts.
+    held: tuple[VideoFrame, bool] | None = None
+    held_time: float = -1.0
+    thumbnail_at: float = 0.0
+    thumbnail_done: bool = False
+    resampler: av.AudioResampler | None = None
+    early_audio: list[AudioFrame] = field(default_factory=list)  # before the first frame
+    audio_samples: int = 0  # 48 kHz samples encoded so far: the next audio timestamp
+    end: float = 0.0  # when the last frame stops showing: the length of the video
+
+
+Step = Callable[[Transcode], None]
+
+
+# ---------------------------------------------------------------------------- steps
+
+
+def probe_source(job: Transcode) -> None:
+    """Check the container's header against the limits before decoding anything."""
+    job.info = probe(job.container, job.source, job.limits)
+    job.progress = Progress(job.out, job.info.duration)
+    job.progress.update(0, force=True)
+    job.thumbnail_at = min(1.0, (job.info.duration or 0) / 4)
+
+
+def read_first_frame(job: Transcode) -> None:
+    """Decode up to the first video frame; audio before it waits for the encoders."""
+    job.frames = decoded(job.container)
+    for frame in job.frames:
+        if isinstance(frame, VideoFrame):
+            if frame.pts is not None and frame.time_base is not None:
+                job.frame = frame
+                job.first_time = float(frame.pts * frame.time_base)
+                return
+        elif isinstance(frame, AudioFrame) and job.info.has_audio:
+            job.early_audio.append(frame)
+    raise VideoError(422, "UndecodableMedia", "no video frame could be decoded")
+
+
+def choose_ladder(job: Transcode) -> None:
+    """The renditions from the upright size of the first frame (never upscaled), in
+    meta.json; then one encoder each."""
+    job.upright = Upright(job.frame)
+    info = job.info
+    info.width, info.height = job.upright.size(job.frame.width, job.frame.height)
+    job.renditions = hls.ladder(info.width, info.height, info.fps)
+    write_json(job.out / META_NAME, {
+        "width": info.width, "height": info.height, "fps": hls.output_fps(info.fps),
+        "duration": info.duration, "has_audio": info.has_audio, "loop": info.loop,
+        "renditions": [asdict(r) | {"name": r.name} for r in job.renditions]})
+    on_segment = partial(segment_written, job)
+    job.writers = [RenditionWriter(job.out, r, info, job.limits, job.boundaries, on_segment)
+                   for r in job.renditions]
+    job.encoders = Encoders(job.writers, job.limits.held_frame_bytes)
+
+
+def start_audio(job: Transcode) -> None:
+    """Open the resampler (48 kHz stereo) and encode the audio that came before the
+    first video frame."""
+    job.resampler = av.AudioResampler(format="fltp", layout="stereo", rate=AUDIO_RATE)
+    for frame in job.early_audio:
+        encode_audio(job, frame)
+    job.early_audio.clear()
+
+
+def encode_frames(job: Transcode) -> None:
+    """Every decoded frame, once: video through FRAME_STEPS, audio to the AAC encoder."""
+    for frame in chain([job.frame], job.frames):
+        if isinstance(frame, VideoFrame):
+            job.frame = frame
+            for step in FRAME_STEPS:
+                step(job)
+                if job.frame is None:
+                    break
+        elif isinstance(frame, AudioFrame) and job.info.has_audio:
+            encode_audio(job, frame)
+
+
+def finish_audio(job: Transcode) -> None:
+    """Flush the resampler, then the AAC encoder."""
+    if job.info.has_audio:
+        encode_audio(job, None)
+        job.writers[0].encode_audio(None, job.writers[1:])
+
+
+def finish_video(job: Transcode) -> None:
+    """The last frame lasts until the end of the video; then the renditions that were
+    waiting for the first segment catch up."""
+    job.end = _end(job.held_time, job.info)
+    frame, key = job.held
+    job.encoders.encode(frame, key, round((job.end - job.held_time) / VIDEO_TIME_BASE))
+    job.encoders.release()
+
+
+def last_thumbnail(job: Transcode) -> None:
+    """A video shorter than the thumbnail's time gets its last frame as the thumbnail."""
+    if not job.thumbnail_done:
+        save_thumbnail(job.out, job.held[0], job.renditions[-1])
+
+
+def close_renditions(job: Transcode) -> None:
+    """The last segments, and every media playlist with #EXT-X-ENDLIST."""
+    for writer in job.writers:
+        writer.close(job.end)
+
+
+def report_done(job: Transcode) -> None:
+    write_json(job.out / STATE_NAME,
+               {"state": "done", "progress": 100, "encoded_seconds": round(job.end, 3)})
+
+
+PIPELINE: tuple[Step, ...] = (
+    probe_source,
+    read_first_frame,
+    choose_ladder,
+    start_audio,
+    encode_frames,
+    finish_audio,
+    finish_video,
+    last_thumbnail,
+    close_renditions,
+    report_done,
+)
+
+
+# ---------------------------------------------------------------------------- frame steps
+
+
+def timestamp(job: Transcode) -> None:
+    """Seconds since the first frame; a frame without a timestamp cannot be placed."""
+    frame = job.frame
+    if frame.pts is None or frame.time_base is None:
+        job.frame = None
+        return
+    job.time = float(frame.pts * frame.time_base) - job.first_time
+
+
+def turn_upright(job: Transcode) -> None:
+    """Apply the display matrix (rotation, mirroring), as players would."""
+    job.frame = job.upright(job.frame)
+
+
+def check_length(job: Transcode) -> None:
+    """Refuse a video that turns out longer than its header said."""
+    if job.time > job.limits.max_seconds + 0.5:
+        raise VideoError(422, "TooLong", f"video is longer than {job.limits.max_seconds:.0f} s")
+
+
+def cap_rate(job: Transcode) -> None:
+    """Drop duplicate and out-of-order timestamps, and frames above 60 fps."""
+    if job.time < 0 or (job.held is not None
+                        and job.time < job.held_time + MIN_FRAME_INTERVAL):
+        job.frame = None
+
+
+def cut_keyframes(job: Transcode) -> None:
+    """A segment starts at the first frame on or after each boundary (edge/hls.py): a
+    keyframe there in every rendition, so the renditions line up."""
+    job.key = job.time >= job.next_cut
+    if job.key:
+        job.boundaries.append(job.time)
+        job.next_cut = hls.next_boundary(job.time, 0.0)
+
+
+def encode_held(job: Transcode) -> None:
+    """A frame lasts until the next one (variable frame rates kept exactly): encode the
+    held frame now that its duration is known, and hold this one."""
+    frame = job.frame
+    frame.pts = round(job.time / VIDEO_TIME_BASE)
+    frame.time_base = VIDEO_TIME_BASE
+    if job.held is not None:
+        held, key = job.held
+        job.encoders.encode(held, key, frame.pts - held.pts)
+    job.held = (frame, job.key)
+    job.held_time = job.time
+
+
+def take_thumbnail(job: Transcode) -> None:
+    """The thumbnail: the frame at 1 s, or a quarter of a shorter video, at the top size."""
+    if not job.thumbnail_done and job.time >= job.thumbnail_at:
+        save_thumbnail(job.out, job.frame, job.renditions[-1])
+        job.thumbnail_done = True
+
+
+def report_progress(job: Transcode) -> None:
+    job.progress.update(job.time)
+
+
+FRAME_STEPS: tuple[Step, ...] = (
+    timestamp,
+    turn_upright,
+    check_length,
+    cap_rate,
+    cut_keyframes,
+    encode_held,
+    take_thumbnail,
+    report_progress,
+)
+
+
+def transcode(source: Path, out: Path, limits: VideoLimits,
+              steps: tuple[Step, ...] = PIPELINE) -> float:
+    """Transcode ``source`` into HLS under ``out``; returns the seconds of video encoded."""
+    container = open_source(source)
+    try:
+        job = Transcode(container, source, out, limits)
+        for step in steps:
+            step(job)
+        return job.end
+    finally:
+        container.close()
+
+
+# ---------------------------------------------------------------------------- the pieces
+
+
+def segment_written(job: Transcode) -> None:
+    """After each segment of any rendition. The master playlist appears with the first:
+    by then the first second has decoded, which is where most corrupt files fail, before
+    any viewer got a 200."""
+    master = job.out / hls.MASTER_PLAYLIST
+    if not master.exists():
+        write_atomic(master, hls.master_playlist(job.renditions, job.info.has_audio))
+    job.progress.update(job.held_time, force=True)
+
+
+def encode_audio(job: Transcode, frame: AudioFrame | None) -> None:
+    """Resample to 48 kHz stereo once; every rendition muxes the same AAC packets."""
+    if frame is not None:
+        frame.pts = None
+    for chunk in job.resampler.resample(frame):
+        chunk.pts = job.audio_samples
+        chunk.time_base = Fraction(1, AUDIO_RATE)
+        job.audio_samples += chunk.samples
+        job.writers[0].encode_audio(chunk, job.writers[1:])
+
+
+def _end(last: float, info: Probe) -> float:
+    """When the last frame stops showing: the source's duration when it says so (a
+    one-frame video may last a second), else one frame after the last one."""
+    frame_time = min(1 / info.fps if info.fps else 1 / 30, 0.1)
+    if info.duration and last < info.duration < last + 10:
+        return max(info.duration, last + 0.001)
+    return last + frame_time
+
+
+def save_thumbnail(out: Path, frame: VideoFrame, top: hls.Rendition) -> None:
+    image = frame.reformat(top.width, top.height, "rgb24").to_image()
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    write_atomic(out / THUMBNAIL_NAME, buffer.getvalue())
+
+
 # ---------------------------------------------------------------------------- probe
 
 
 def open_source(path: Path) -> av.container.InputContainer:
+    """Open a container; 415 when FFmpeg cannot and the bytes are no known media type at
+    all (text, HTML, an archive: as /img answers), 422 for broken media."""
     try:
         return av.open(str(path), metadata_errors="ignore")
     except av.FFmpegError as exc:
         reason = getattr(exc, "strerror", None) or type(exc).__name__  # no server paths
+        with open(path, "rb") as fh:
+            kind = sniff(fh.read(SNIFF_BYTES))
+        if not kind.startswith(("video/", "audio/", "image/")):
+            raise VideoError(415, "UnsupportedMedia",
+                             f"not a video: the bytes look like {kind}") from None
         raise VideoError(422, "UndecodableMedia",
                          f"not a readable video container: {reason}") from None
 
@@ -127,7 +399,7 @@ def _matrix_of(frame: VideoFrame) -> list[int] | None:
     return None
 
 
-def probe(container: av.container.InputContainer, path: Path, limits: Limits) -> Probe:
+def probe(container: av.container.InputContainer, path: Path, limits: VideoLimits) -> Probe:
     """Check the source against the limits and describe it; raise VideoError otherwise."""
     size = path.stat().st_size
     if size > limits.max_bytes:
@@ -172,22 +444,17 @@ def _duration(container: av.container.InputContainer, vstream) -> float | None:
 
 
 class Upright:
-    """Turns decoded frames upright with the rotation of the display matrix."""
+    """Turns decoded frames upright with the display matrix of the first frame."""
 
-    def __init__(self) -> None:
+    def __init__(self, first: VideoFrame) -> None:
         self.graph: av.filter.Graph | None = None
-        self.chain: str | None = None
-        self.ready = False
-
-    def setup(self, frame: VideoFrame) -> None:
-        self.ready = True
-        rotation = getattr(frame, "rotation", 0) or 0
-        self.chain = rotation_filter(rotation, _matrix_of(frame))
+        rotation = getattr(first, "rotation", 0) or 0
+        self.chain = rotation_filter(rotation, _matrix_of(first))
         if self.chain is None:
             return
         graph = av.filter.Graph()
-        src = graph.add_buffer(width=frame.width, height=frame.height, format=frame.format.name,
-                               time_base=frame.time_base or Fraction(1, 90_000))
+        src = graph.add_buffer(width=first.width, height=first.height, format=first.format.name,
+                               time_base=first.time_base or Fraction(1, 90_000))
         last = src
         for step in self.chain.split(","):
             name, _, args = step.partition("=")
@@ -200,14 +467,13 @@ class Upright:
         self.graph = graph
 
     def __call__(self, frame: VideoFrame) -> VideoFrame:
-        if not self.ready:
-            self.setup(frame)
         if self.graph is None:
             return frame
         self.graph.push(frame)
         return self.graph.pull()
 
     def size(self, width: int, height: int) -> tuple[int, int]:
+        """The size of a ``width`` x ``height`` frame once upright."""
         if self.chain and "transpose" in self.chain:
             return height, width
         return width, height
@@ -283,7 +549,7 @@ class SegmentSink:
 class RenditionWriter:
     """One rung: libx264 + AAC into a fragmented MP4 cut into segments, plus its playlist."""
 
-    def __init__(self, root: Path, rendition: hls.Rendition, probe: Probe, limits: Limits,
+    def __init__(self, root: Path, rendition: hls.Rendition, probe: Probe, limits: VideoLimits,
                  boundaries: list[float], on_segment: Callable[[], None]) -> None:
         self.rendition = rendition
         self.folder = root / rendition.name
@@ -376,6 +642,42 @@ class RenditionWriter:
         write_atomic(self.folder / hls.MEDIA_PLAYLIST, hls.media_playlist(durations[:count], ended))
 
 
+class Encoders:
+    """Feeds every rendition the same frames, the lowest one first at the start.
+
+    Fast start: until the lowest rendition has its first segment on disk, the other
+    renditions' frames wait in memory (bounded), so the first playable segment costs
+    decoding one second plus the cheapest encode; then they catch up. Keyframe decisions
+    are made per frame before this point, so alignment does not depend on the order.
+    """
+
+    def __init__(self, writers: list[RenditionWriter], budget: int) -> None:
+        self.lead, self.rest = writers[0], writers[1:]
+        self.budget = budget  # bytes of held frames before giving up on the head start
+        self.held: list[tuple[VideoFrame, bool]] = []
+        self.held_bytes = 0
+        self.holding = bool(self.rest)
+
+    def encode(self, frame: VideoFrame, key: bool, duration: int) -> None:
+        frame.duration = max(1, duration)
+        self.lead.encode_video(frame, key)
+        if not self.holding:
+            for writer in self.rest:
+                writer.encode_video(frame, key)
+            return
+        self.held.append((frame, key))
+        self.held_bytes += frame.width * frame.height * 3 // 2
+        if self.lead.sink.count > 0 or self.held_bytes > self.budget:
+            self.release()
+
+    def release(self) -> None:
+        self.holding = False
+        for frame, key in self.held:
+            for writer in self.rest:
+                writer.encode_video(frame, key)
+        self.held.clear()
+
+
 class Progress:
     """state.json: what /status reports, rewritten at most a few times a second."""
 
@@ -399,201 +701,11 @@ class Progress:
         return max(0, min(99, int(100 * self.seconds / self.duration)))
 
 
-# ---------------------------------------------------------------------------- story
-
-
-def transcode(source: Path, out: Path, limits: Limits) -> float:
-    """Transcode ``source`` into HLS under ``out``; returns the seconds of video encoded."""
-    container = open_source(source)
-    try:
-        return _transcode(container, source, out, limits)
-    finally:
-        container.close()
-
-
-def _transcode(container, source: Path, out: Path, limits: Limits) -> float:
-    info = probe(container, source, limits)
-    progress = Progress(out, info.duration)
-    progress.update(0, force=True)
-    upright = Upright()
-    resampler = av.AudioResampler(format="fltp", layout="stereo", rate=AUDIO_RATE)
-    boundaries: list[float] = []
-    writers: list[RenditionWriter] = []
-    first_pts: float | None = None
-    last_video = -1.0
-    next_cut = 0.0
-    audio_samples = 0
-    thumb_at = min(1.0, (info.duration or 0) / 4)
-    thumb_done = False
-    min_interval = 1 / hls.MAX_FPS * 0.9
-    pending_audio: list[AudioFrame] = []
-    last_frame: VideoFrame | None = None
-    held: tuple[VideoFrame, bool] | None = None
-
-    def on_segment() -> None:
-        # The master playlist appears with the first segment: by then the first second has
-        # decoded, which is where most corrupt files fail, before any viewer got a 200.
-        master = out / hls.MASTER_PLAYLIST
-        if not master.exists():
-            renditions = [w.rendition for w in writers]
-            write_atomic(master, hls.master_playlist(renditions, info.has_audio))
-        progress.update(last_video, force=True)
-
-    for frame in decoded(container):
-        if isinstance(frame, VideoFrame):
-            if frame.pts is None or frame.time_base is None:
-                continue
-            t = float(frame.pts * frame.time_base)
-            if first_pts is None:
-                first_pts = t
-                frame = upright(frame)
-                width, height = frame.width, frame.height
-                writers = _start(out, width, height, info, limits, boundaries, on_segment)
-                encoders = Encoders(writers)
-            else:
-                frame = upright(frame)
-            t -= first_pts
-            if t > limits.max_seconds + 0.5:
-                raise VideoError(422, "TooLong", f"video is longer than {limits.max_seconds:.0f} s")
-            if t < last_video + (min_interval if last_video >= 0 else 0) or t < 0:
-                continue  # duplicate/out-of-order timestamp, or above 60 fps
-            key = t >= next_cut
-            if key:
-                boundaries.append(t)
-                next_cut = hls.next_boundary(t, 0.0)
-            frame.pts = round(t / VIDEO_TIME_BASE)
-            frame.time_base = VIDEO_TIME_BASE
-            if held is not None:  # a frame lasts until the next one: VFR kept exactly
-                encoders.encode(held[0], held[1], frame.pts - held[0].pts)
-            held = (frame, key)
-            last_video = t
-            last_frame = frame
-            if not thumb_done and t >= thumb_at:
-                _thumbnail(out, frame, writers[-1].rendition)
-                thumb_done = True
-            for audio in pending_audio:
-                audio_samples = _audio(writers, resampler, audio, audio_samples)
-            pending_audio.clear()
-            progress.update(t)
-        elif isinstance(frame, AudioFrame) and info.has_audio:
-            if not writers:
-                pending_audio.append(frame)  # audio demuxed before the first video frame
-            else:
-                audio_samples = _audio(writers, resampler, frame, audio_samples)
-    if first_pts is None or last_frame is None or held is None:
-        raise VideoError(422, "UndecodableMedia", "no video frame could be decoded")
-    if info.has_audio and audio_samples == 0 and pending_audio:
-        for audio in pending_audio:
-            audio_samples = _audio(writers, resampler, audio, audio_samples)
-    if info.has_audio:
-        audio_samples = _audio(writers, resampler, None, audio_samples)
-        writers[0].encode_audio(None, writers[1:])
-    end = _end(last_video, info)
-    encoders.encode(held[0], held[1], round((end - last_video) / VIDEO_TIME_BASE))
-    encoders.release()
-    if not thumb_done:
-        _thumbnail(out, last_frame, writers[-1].rendition)
-    for writer in writers:
-        writer.close(end)
-    write_json(out / STATE_NAME,
-               {"state": "done", "progress": 100, "encoded_seconds": round(end, 3)})
-    return end
-
-
-def _start(out: Path, width: int, height: int, info: Probe, limits: Limits,
-           boundaries: list[float], on_segment: Callable[[], None]) -> list[RenditionWriter]:
-    """Choose the ladder from the upright size, write meta.json, open the encoders."""
-    info.width, info.height = width, height
-    renditions = hls.ladder(width, height, info.fps)
-    meta = {"width": width, "height": height, "fps": hls.output_fps(info.fps),
-            "duration": info.duration, "has_audio": info.has_audio, "loop": info.loop,
-            "renditions": [asdict(r) | {"name": r.name} for r in renditions]}
-    write_json(out / META_NAME, meta)
-    return [RenditionWriter(out, r, info, limits, boundaries, on_segment) for r in renditions]
-
-
-class Encoders:
-    """Feeds every rendition the same frames, the lowest one first at the start.
-
-    Fast start: until the lowest rendition has its first segment on disk, the other
-    renditions' frames wait in memory (bounded), so the first playable segment costs
-    decoding one second plus the cheapest encode; then they catch up. Keyframe decisions
-    are made per frame before this point, so alignment does not depend on the order.
-    """
-
-    BUDGET = 256 * 1024 * 1024  # bytes of held frames before giving up on the head start
-
-    def __init__(self, writers: list[RenditionWriter]) -> None:
-        self.lead, self.rest = writers[0], writers[1:]
-        self.held: list[tuple[VideoFrame, bool]] = []
-        self.held_bytes = 0
-        self.holding = bool(self.rest)
-
-    def encode(self, frame: VideoFrame, key: bool, duration: int) -> None:
-        frame.duration = max(1, duration)
-        self.lead.encode_video(frame, key)
-        if not self.holding:
-            for writer in self.rest:
-                writer.encode_video(frame, key)
-            return
-        self.held.append((frame, key))
-        self.held_bytes += frame.width * frame.height * 3 // 2
-        if self.lead.sink.count > 0 or self.held_bytes > self.BUDGET:
-            self.release()
-
-    def release(self) -> None:
-        self.holding = False
-        for frame, key in self.held:
-            for writer in self.rest:
-                writer.encode_video(frame, key)
-        self.held.clear()
-
-
-def _end(last: float, info: Probe) -> float:
-    """When the last frame stops showing: the source's duration when it says so (a
-    one-frame video may last a second), else one frame after the last one."""
-    frame_time = min(1 / info.fps if info.fps else 1 / 30, 0.1)
-    if info.duration and last < info.duration < last + 10:
-        return max(info.duration, last + 0.001)
-    return last + frame_time
-
-
-def _audio(writers: list[RenditionWriter], resampler: av.AudioResampler,
-           frame: AudioFrame | None, samples: int) -> int:
-    """Resample to 48 kHz stereo once; every rendition encodes the same samples."""
-    if frame is not None:
-        frame.pts = None
-    for chunk in resampler.resample(frame):
-        chunk.pts = samples
-        chunk.time_base = Fraction(1, AUDIO_RATE)
-        samples += chunk.samples
-        writers[0].encode_audio(chunk, writers[1:])
-    return samples
-
-
-def _thumbnail(out: Path, frame: VideoFrame, top: hls.Rendition) -> None:
-    image = frame.reformat(top.width, top.height, "rgb24").to_image()
-    import io
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=85)
-    write_atomic(out / THUMBNAIL_NAME, buffer.getvalue())
-
 
 # ---------------------------------------------------------------------------- child process
 
 
-def clear(out: Path) -> None:
-    """Remove what an interrupted transcode left (everything but the lock file)."""
-    for child in out.iterdir():
-        if child.name == LOCK_NAME:
-            continue
-        if child.is_dir():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
-
-
-def run(source: Path, out: Path, limits: Limits) -> int:
+def run(source: Path, out: Path, limits: VideoLimits) -> int:
     """Child-process entry: lock, start clean, transcode, mark done or refused."""
     out.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(out / LOCK_NAME))
@@ -624,15 +736,10 @@ def run(source: Path, out: Path, limits: Limits) -> int:
         lock.release()
 
 
-def _limit_memory(limit: int) -> None:
-    if limit > 0:
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-
 def main(argv: list[str]) -> int:
     source, out, limits_json = argv
-    limits = Limits(**json.loads(limits_json))
-    _limit_memory(limits.memory_bytes)
+    limits = VideoLimits(**json.loads(limits_json))
+    confine(limits.memory_bytes)
     # No PyAV log callback (its default): a callback needs the GIL from codec threads,
     # which deadlocks when a failed decoder is freed. FFmpeg logs to our stderr instead.
     av.logging.set_level(None)

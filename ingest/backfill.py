@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 from atcdn.core import did as dids
-from atcdn.core.errors import BlockedAddress, EdgeError
+from atcdn.core.errors import BlockedAddress, AtcdnError
 from atcdn.core.settings import IngestSettings
 from atcdn.ingest.blobrefs import BlobRef
 from atcdn.ingest.context import IngestContext
@@ -108,7 +108,7 @@ class Backfill:
                 await asyncio.gather(*(self._blob(did, pds, cid) for cid in found))
                 cursor = page.get("cursor") if isinstance(page.get("cursor"), str) else found[-1]
                 self.ctx.state.save_blob_position(did, cursor, done=False)
-        except (ListingFailed, EdgeError) as exc:
+        except (ListingFailed, AtcdnError) as exc:
             self.tally.accounts_failed += 1
             log.warning("backfill: account %s: %s", did, exc)
         self.ctx.state.save_blob_position(did, cursor, done=True)

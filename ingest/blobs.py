@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 from atcdn.core import cid as cids
-from atcdn.core.errors import BlockedAddress, EdgeError
+from atcdn.core.errors import BlockedAddress, AtcdnError
 from atcdn.core.resolver import Resolver
 from atcdn.ingest.blobrefs import BlobRef, mime_allowed
 from atcdn.ingest.metrics import SKIPS, IngestMetrics
@@ -158,7 +158,7 @@ class BlobIngester:
     async def _pds_of(self, did: str) -> str:
         try:
             return await self.resolver.pds(did)
-        except EdgeError as exc:
+        except AtcdnError as exc:
             if exc.error == "ForbiddenAddress":
                 raise GiveUp("blocked_address", exc.message) from None
             if exc.status == 404:

@@ -38,7 +38,7 @@ class IngestContext:
     def open(cls, settings: IngestSettings) -> IngestContext:
         data = settings.data_dir
         metrics = IngestMetrics()
-        origin = OriginClient(settings.origin, settings.origin_token)
+        origin = OriginClient(settings.origin, settings.origin_token, settings.origin_admin_token)
         public = public_client(
             allow_private_networks=settings.allow_private_networks,
             timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),

@@ -1,5 +1,6 @@
 """The origin, as ingest sees it: its HTTP API (``HEAD``/``PUT /blob/{cid}``,
-``POST /admin/takedown`` and ``/admin/restore``), with the write token.
+``POST /admin/takedown`` and ``/admin/restore``), with the write token for blobs and the
+admin token for account actions.
 
 The origin is the operator's own service, so an outage is waited out (retried with
 backoff, forever) rather than turned into lost work: the follower's cursor simply does not
@@ -29,13 +30,15 @@ class OriginRefused(Exception):
 
 
 class OriginAuthError(OriginRefused):
-    """401/403: the write token is missing or wrong."""
+    """401/403: a token is missing or wrong."""
 
 
 class OriginClient:
-    def __init__(self, base_url: str, token: str | None, *, timeout: float = 60.0) -> None:
+    def __init__(self, base_url: str, token: str | None, admin_token: str | None = None, *,
+                 timeout: float = 60.0) -> None:
         self.base = base_url.rstrip("/")
         headers = {"authorization": f"Bearer {token}"} if token else {}
+        self.admin_headers = {"authorization": f"Bearer {admin_token}"} if admin_token else {}
         self.client = httpx.AsyncClient(timeout=timeout, headers=headers, trust_env=False)
         self._down = False
 
@@ -74,8 +77,8 @@ class OriginClient:
         return bool((await self._admin("restore", did)).get("wasTakenDown", False))
 
     async def _admin(self, action: str, did: str) -> dict[str, Any]:
-        res = await self._send(lambda: self.client.post(f"{self.base}/admin/{action}",
-                                                        json={"did": did}))
+        res = await self._send(lambda: self.client.post(
+            f"{self.base}/admin/{action}", json={"did": did}, headers=self.admin_headers))
         if res.status_code != 200:
             raise self._refusal(res)
         try:

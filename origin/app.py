@@ -1,8 +1,11 @@
 """The origin HTTP API: a content-addressed blob store over HTTP.
 
-Reads are public and immutable (the URL names the bytes); writes need the bearer token
-and are verified against the CID before anything is stored. ``create_app`` is the factory
-the servers run (``atcdn origin serve``); it reads ``OriginSettings`` from the environment.
+Reads are public and immutable (the URL names the bytes); writes need the write token
+(``ATCDN_ORIGIN_TOKEN``) and are verified against the CID before anything is stored (by the
+store itself, origin/store.py); takedown and restore need the admin token
+(``ATCDN_ORIGIN_ADMIN_TOKEN``), which edges never hold. Neither token opens the other's
+routes. Errors are ``AtcdnError``s (atcdn.core.errors). ``create_app`` is the factory the
+servers run (``atcdn origin serve``); it reads the settings from the environment.
 """
 
 from __future__ import annotations
@@ -13,43 +16,24 @@ from collections.abc import AsyncIterator
 
 from atcdn.core import cid as cids
 from atcdn.core import did as dids
+from atcdn.core.accesslog import AccessLog
+from atcdn.core.errors import AtcdnError, error_handlers, invalid
 from atcdn.core.feed import Event, start_follower
 from atcdn.core.mime import is_active, sniff
-from atcdn.core.ranges import RangeNotSatisfiable, etag_matches, parse_range
-from atcdn.core.settings import OriginSettings
+from atcdn.core.ranges import IMMUTABLE, RangeNotSatisfiable, etag_matches, parse_range
+from atcdn.core.settings import ControlSettings, LogSettings, OriginSettings
+from atcdn.core.staging import Staging
 from atcdn.origin.index import BlobMeta, Index
 from atcdn.origin.metrics import Metrics, MetricsMiddleware
-from atcdn.origin.store import BlobStore, Staging, open_store
+from atcdn.origin.store import BlobStore, open_store
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import Lifespan
+from starlette.types import ASGIApp, Lifespan
 
-IMMUTABLE = "public, max-age=31536000, immutable"
 SANDBOX = "default-src 'none'; sandbox"
-ERROR_NAMES = {400: "BadRequest", 401: "AuthRequired", 404: "NotFound",
-               405: "MethodNotAllowed", 413: "PayloadTooLarge", 416: "RangeNotSatisfiable",
-               422: "CidMismatch", 451: "TakenDown", 500: "InternalServerError",
-               503: "Unavailable"}
-
-
-class ApiError(Exception):
-    """An error answered as ``{"error", "message"}`` with an honest status."""
-
-    def __init__(self, status: int, message: str, error: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error = error or ERROR_NAMES.get(status, "Error")
-        self.message = message
-        self.headers = headers
-
-
-def error_response(status: int, error: str, message: str,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": error, "message": message}, status, headers=headers)
+AUTH_REQUIRED = {"WWW-Authenticate": "Bearer"}
 
 
 class Origin:
@@ -64,17 +48,26 @@ class Origin:
 
     # -- request parts -------------------------------------------------------------
 
-    def require_token(self, request: Request) -> None:
-        token = self.settings.token
-        given = request.headers.get("authorization", "")
-        scheme, _, value = given.partition(" ")
-        if not token:
-            raise ApiError(401, "writes are disabled: no ATCDN_ORIGIN_TOKEN is configured",
-                           headers={"WWW-Authenticate": "Bearer"})
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(),
-                                                                  token.encode()):
-            raise ApiError(401, "a valid 'Authorization: Bearer <token>' header is required",
-                           headers={"WWW-Authenticate": "Bearer"})
+    def require_token(self, request: Request, role: str = "write") -> None:
+        """The bearer must be the token of ``role`` ("write" or "admin"): 401 when it is
+        no token of ours, 403 when it is the other role's or the role has none."""
+        tokens = {"write": self.settings.token, "admin": self.settings.admin_token}
+        variable = {"write": "ATCDN_ORIGIN_TOKEN", "admin": "ATCDN_ORIGIN_ADMIN_TOKEN"}[role]
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        given = value.strip().encode() if scheme.lower() == "bearer" else b""
+        matches = {name for name, token in tokens.items()
+                   if token and given and hmac.compare_digest(given, token.encode())}
+        if role in matches:
+            return
+        if not tokens[role]:
+            raise AtcdnError(403, "Forbidden", f"{role} routes are disabled: no {variable} is"
+                             " configured")
+        if matches:
+            raise AtcdnError(403, "Forbidden",
+                             f"the {next(iter(matches))} token cannot use {role} routes")
+        raise AtcdnError(401, "AuthRequired",
+                         "a valid 'Authorization: Bearer <token>' header is required",
+                         headers=AUTH_REQUIRED)
 
     @staticmethod
     def parse_cid(text: str) -> str:
@@ -82,7 +75,7 @@ class Origin:
             cids.parse(text)
             return text
         except cids.CIDError as exc:
-            raise ApiError(400, str(exc), "InvalidCid") from None
+            raise invalid(str(exc), "InvalidCid") from None
 
     @staticmethod
     def parse_did(text: str | None) -> str | None:
@@ -91,7 +84,12 @@ class Origin:
         try:
             return dids.parse(text)
         except dids.DIDError as exc:
-            raise ApiError(400, f"not a DID: {text[:100]!r}: {exc}", "InvalidDid") from None
+            raise invalid(f"not a DID: {text[:100]!r}: {exc}", "InvalidDid") from None
+
+    def require_writable(self) -> None:
+        if self.store.read_only:
+            raise AtcdnError(405, "ReadOnlyStore", self.store.read_only,
+                             headers={"Allow": "GET, HEAD"})
 
     async def receive(self, request: Request) -> Staging:
         """Stream the body into a staging file, refusing oversized bodies early."""
@@ -99,16 +97,16 @@ class Origin:
         declared = request.headers.get("content-length")
         if declared is not None:
             if not declared.isdigit():
-                raise ApiError(400, "invalid Content-Length")
+                raise invalid("invalid Content-Length", "BadRequest")
             if int(declared) > limit:
-                raise ApiError(413, f"blob is {declared} bytes; the limit is {limit}",
-                               "BlobTooLarge")
+                raise AtcdnError(413, "BlobTooLarge",
+                                 f"blob is {declared} bytes; the limit is {limit}")
         staging = self.store.stage()
         try:
             async for chunk in request.stream():
                 if staging.size + len(chunk) > limit:
-                    raise ApiError(413, f"blob exceeds the limit of {limit} bytes",
-                                   "BlobTooLarge")
+                    raise AtcdnError(413, "BlobTooLarge",
+                                     f"blob exceeds the limit of {limit} bytes")
                 await staging.write(chunk)
             await staging.finish()
         except BaseException:
@@ -130,7 +128,7 @@ class Origin:
         # Stored without the index knowing (e.g. a bucket filled by other means).
         size = await self.store.size(cid)
         if size is None:
-            raise ApiError(404, f"blob {cid} is not stored", "BlobNotFound")
+            raise AtcdnError(404, "BlobNotFound", f"blob {cid} is not stored")
         head = await self.store.head(cid) if size else b""
         return self.index.record(cid, size, sniff(head))
 
@@ -143,13 +141,16 @@ class Origin:
     async def get_blob_xrpc(self, request: Request) -> Response:
         cid = request.query_params.get("cid")
         if cid is None:
-            raise ApiError(400, "query parameter 'cid' is required", "InvalidRequest")
+            raise invalid("query parameter 'cid' is required")
         did = self.parse_did(request.query_params.get("did"))
         return await self.serve(request, self.parse_cid(cid), did)
 
     async def serve(self, request: Request, cid: str, did: str | None) -> Response:
         if self.index.blocked(cid, did):
-            raise ApiError(451, f"blob {cid} is taken down", "TakenDown")
+            raise AtcdnError(451, "TakenDown", f"blob {cid} is taken down")
+        if not await self.store.holds(cid, did):
+            raise AtcdnError(404, "BlobNotFound",
+                             f"blob {cid} is not held for {did or 'any account'}")
         meta = await self.lookup(cid)
         etag = f'"{cid}"'
         headers = {"ETag": etag, "Cache-Control": IMMUTABLE, "Accept-Ranges": "bytes",
@@ -163,8 +164,9 @@ class Origin:
         try:
             byte_range = parse_range(request.headers.get("range"), meta.size)
         except RangeNotSatisfiable:
-            raise ApiError(416, f"range not satisfiable for a blob of {meta.size} bytes",
-                           headers={"Content-Range": f"bytes */{meta.size}"}) from None
+            raise AtcdnError(416, "RangeNotSatisfiable",
+                             f"range not satisfiable for a blob of {meta.size} bytes",
+                             headers={"Content-Range": f"bytes */{meta.size}"}) from None
         start, end, status = 0, meta.size, 200
         if byte_range is not None:
             start, end = byte_range
@@ -179,20 +181,21 @@ class Origin:
         return StreamingResponse(self.store.read(cid, start, end), status, headers=headers)
 
     async def put_blob(self, request: Request) -> Response:
+        self.require_writable()
         self.require_token(request)
         cid = self.parse_cid(request.path_params["cid"])
         did = self.parse_did(request.query_params.get("did"))
         staging = await self.receive(request)
-        if not staging.verifier.matches(cid):
-            actual = staging.verifier.cid
-            staging.discard()
-            self.metrics.verification_failures.inc()
-            raise ApiError(422, f"body hashes to {actual}, not {cid}; nothing stored",
-                           "CidMismatch")
-        meta, created = await self.store_staged(staging, cid, did)
+        try:
+            meta, created = await self.store_staged(staging, cid, did)
+        except AtcdnError as exc:
+            if exc.error == "CidMismatch":
+                self.metrics.verification_failures.inc()
+            raise
         return JSONResponse(self.describe(meta), 201 if created else 200)
 
     async def post_blob(self, request: Request) -> Response:
+        self.require_writable()
         self.require_token(request)
         did = self.parse_did(request.query_params.get("did"))
         staging = await self.receive(request)
@@ -206,20 +209,34 @@ class Origin:
                 "blob": {"$type": "blob", "ref": {"$link": meta.cid},
                          "mimeType": meta.mime, "size": meta.size}}
 
+    def pds_blob_changed(self, did: str, cid: str, taken_down: bool) -> None:
+        """An adopted PDS moved ``did``'s copy of ``cid`` to quarantine (or back): the one
+        place where that becomes a takedown (or a restore) at this origin.
+
+        A PDS takes down one account's copy: the (DID, CID) scope of DESIGN.md section 8,
+        which this index does not have yet (with it: ``take_down(Target(did, cid))``). The
+        CID scope stands in: stricter (other accounts' copies stop too), never laxer; a
+        restore waits until no account's copy is quarantined. Edges hear of it through
+        the takedown feed the origin serves (not on this branch: see docs/adopt.md).
+        """
+        if taken_down:
+            self.index.take_down(cid)
+        elif not self.store.quarantined(cid):
+            self.index.restore(cid)
+
     async def subject(self, request: Request) -> str:
-        self.require_token(request)
+        self.require_token(request, "admin")
         try:
             body = await request.json()
         except ValueError:
-            raise ApiError(400, "body must be JSON: {\"cid\": ...} or {\"did\": ...}",
-                           "InvalidRequest") from None
+            raise invalid("body must be JSON: {\"cid\": ...} or {\"did\": ...}") from None
         if not isinstance(body, dict) or len({"cid", "did"} & body.keys()) != 1:
-            raise ApiError(400, "give exactly one of \"cid\" or \"did\"", "InvalidRequest")
+            raise invalid("give exactly one of \"cid\" or \"did\"")
         if "cid" in body:
             return self.parse_cid(body["cid"])
         did = body["did"]
         if not isinstance(did, str):
-            raise ApiError(400, "\"did\" must be a string", "InvalidDid")
+            raise invalid("\"did\" must be a string", "InvalidDid")
         return self.parse_did(did)  # type: ignore[return-value]
 
     async def takedown(self, request: Request) -> Response:
@@ -237,30 +254,17 @@ class Origin:
             await self.store.check()
             self.index.is_taken_down("health-probe")
         except Exception as exc:  # noqa: BLE001 - any failure means unhealthy
-            raise ApiError(503, f"store or index unavailable: {exc}") from None
-        return JSONResponse({"status": "ok", "store": self.settings.store})
+            raise AtcdnError(503, "Unavailable", f"store or index unavailable: {exc}") from None
+        return JSONResponse({"status": "ok", "store": self.settings.store,
+                             **self.store.status()})
 
     async def metrics_text(self, request: Request) -> Response:
         body, content_type = self.metrics.render()
         return Response(body, headers={"Content-Type": content_type})
 
 
-async def api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.error, exc.message, exc.headers)
-
-
-async def http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    return error_response(exc.status_code, ERROR_NAMES.get(exc.status_code, "Error"),
-                          exc.detail, exc.headers)
-
-
-async def server_error(request: Request, exc: Exception) -> Response:
-    return error_response(500, "InternalServerError", "unexpected error; see the server log")
-
-
-def follow_takedowns(index: Index, settings: OriginSettings) -> Lifespan[Starlette]:
+def follow_takedowns(index: Index, settings: OriginSettings,
+                     control: ControlSettings) -> Lifespan[Starlette]:
     """Apply the AWS takedown feed to the index while the app runs (if configured)."""
 
     def apply(event: Event) -> None:
@@ -273,7 +277,7 @@ def follow_takedowns(index: Index, settings: OriginSettings) -> Lifespan[Starlet
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        follower = start_follower(apply, settings.data_dir / "takedown-position")
+        follower = start_follower(apply, control, settings.data_dir / "takedown-position")
         yield
         if follower is not None:
             follower.stop()
@@ -281,8 +285,29 @@ def follow_takedowns(index: Index, settings: OriginSettings) -> Lifespan[Starlet
     return lifespan
 
 
-def create_app(settings: OriginSettings | None = None) -> Starlette:
+def run_store(origin: Origin, inner: Lifespan[Starlette]) -> Lifespan[Starlette]:
+    """Run the store's background work (an adopted PDS blobstore's scanner) around
+    ``inner``."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        origin.store.start(origin.pds_blob_changed)
+        try:
+            async with inner(app):
+                yield
+        finally:
+            origin.store.stop()
+
+    return lifespan
+
+
+def create_app(settings: OriginSettings | None = None, control: ControlSettings | None = None,
+               logs: LogSettings | None = None) -> ASGIApp:
+    """The app factory servers call in every worker: the one place settings are read
+    from ``ATCDN_*`` (when not given) and everything is built."""
     settings = settings or OriginSettings()
+    control = control or ControlSettings()
+    logs = logs or LogSettings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     metrics = Metrics()
     origin = Origin(settings, open_store(settings), Index(settings.data_dir / "index.sqlite"),
@@ -297,8 +322,7 @@ def create_app(settings: OriginSettings | None = None) -> Starlette:
         Route("/health", origin.health, methods=["GET", "HEAD"]),
         Route("/metrics", origin.metrics_text, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=follow_takedowns(origin.index, settings),
-                    exception_handlers={
-                        ApiError: api_error, HTTPException: http_error, Exception: server_error})
+    lifespan = run_store(origin, follow_takedowns(origin.index, settings, control))
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=error_handlers())
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    return app
+    return AccessLog(app, logs)  # outermost: it also logs what Starlette's 500 handler answered

@@ -12,11 +12,11 @@ references is only withheld by a CID takedown. Bytes are never deleted.
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from atcdn.origin.database import Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (
@@ -46,31 +46,9 @@ class BlobMeta:
     first_seen: float
 
 
-class Index:
+class Index(Database):
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute("PRAGMA busy_timeout = 30000")
-        # Switching to WAL takes a lock; several workers start at once, so retry.
-        for attempt in range(50):
-            try:
-                self._db.execute("PRAGMA journal_mode = WAL")
-                self._db.executescript(SCHEMA)
-                break
-            except sqlite3.OperationalError:
-                if attempt == 49:
-                    raise
-                time.sleep(0.1)
-        self._db.execute("PRAGMA synchronous = NORMAL")
-
-    def close(self) -> None:
-        self._db.close()
-
-    def _run(self, sql: str, params: tuple = ()) -> list[tuple]:
-        with self._lock:
-            return self._db.execute(sql, params).fetchall()
+        super().__init__(path, SCHEMA)
 
     def get(self, cid: str) -> BlobMeta | None:
         rows = self._run("SELECT cid, size, mime, first_seen FROM blobs WHERE cid = ?", (cid,))

@@ -15,6 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
+from atcdn.core.accesslog import Tally
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -79,28 +80,16 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 500
-        declared = 0
-        sent = 0
+        tally = Tally()
 
         async def counting_send(message: Message) -> None:
-            nonlocal status, declared, sent
-            kind = message["type"]
-            if kind == "http.response.start":
-                status = message["status"]
-                for name, value in message.get("headers", ()):
-                    if name.lower() == b"content-length":
-                        declared = int(value)
-            elif kind == "http.response.body":
-                sent += len(message.get("body", b""))
-            elif kind == "http.response.pathsend":
-                sent += declared  # the server sends the file itself
+            tally.see(message)
             await send(message)
 
         try:
             await self.app(scope, receive, counting_send)
         finally:
             self.metrics.requests.labels(scope["method"], route_of(scope["path"]),
-                                         str(status)).inc()
-            if sent:
-                self.metrics.bytes_out.inc(sent)
+                                         str(tally.status or 500)).inc()
+            if tally.sent:
+                self.metrics.bytes_out.inc(tally.sent)

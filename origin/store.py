@@ -1,183 +1,37 @@
 """Blob stores: CID -> bytes, on a local filesystem or in any S3-compatible bucket.
 
 Both backends receive a blob the same way: the body streams into a ``Staging`` temp file
-on local disk while it is hashed, and only a verified blob is ``commit``-ted (an atomic
-link into place for the filesystem, an upload for S3). So a crash, a mismatched body or
-an oversized one never leaves a partial blob where a reader could find it.
+on local disk while it is hashed (atcdn.core.staging), and ``commit`` itself checks the
+hash against the CID before anything is stored (an atomic link into place for the
+filesystem, an upload for S3), as a blockstore does: no caller can store bytes under a
+CID they do not hash to. So a crash, a mismatched body or an oversized one never leaves
+a partial or wrong blob where a reader could find it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno
-import fcntl
 import os
-import tempfile
-import threading
-import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio.to_thread
-from atcdn.core.cid import Verifier
+from atcdn.core.errors import AtcdnError
 from atcdn.core.mime import SNIFF_BYTES
+from atcdn.core.staging import Staging, sweep
 
 if TYPE_CHECKING:
     from atcdn.core.settings import OriginSettings
 
 CHUNK = 1024 * 1024  # read unit: big enough that thread hops are cheap
-BATCH = 1024 * 1024  # bytes hashed and written per hand-off to the worker threads
-IOV_MAX = 512  # buffers per writev (the kernel limit is 1024)
-
-
-class Staging:
-    """A blob being received: appended to a locked temp file and hashed on the way.
-
-    Network chunks are gathered into batches of about ``BATCH`` bytes; each batch is
-    hashed in one worker thread and written (``writev``, no copy) in another, both
-    releasing the GIL, while the event loop receives the next batch. Only one batch is
-    in flight, which keeps the hash in order and memory bounded.
-
-    The temp file holds an exclusive ``flock`` while it lives: a process that dies
-    mid-upload releases it, which is how ``sweep`` knows a temp file is orphaned.
-    """
-
-    def __init__(self, tmp_dir: Path) -> None:
-        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="upload-", suffix=".part")
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self.path = Path(name)
-        self.verifier = Verifier()
-        self.head = b""  # first bytes, for MIME sniffing
-        self.size = 0  # bytes received so far
-        self._fd: int | None = fd
-        self._batch: list[bytes] = []
-        self._batched = 0
-        self._jobs: list[Future] = []
-
-    async def write(self, chunk: bytes) -> None:
-        if len(self.head) < SNIFF_BYTES:
-            self.head += chunk[: SNIFF_BYTES - len(self.head)]
-        self.size += len(chunk)
-        self._batch.append(chunk)
-        self._batched += len(chunk)
-        if self._batched >= BATCH:
-            await self._flush()
-
-    async def finish(self) -> None:
-        """Hash and write everything received: then ``verifier`` knows the whole body."""
-        await self._flush()
-        await self._wait()
-
-    def sync_and_close(self) -> None:
-        """Make the bytes durable before they are committed."""
-        os.fsync(self._fd)  # type: ignore[arg-type]
-        self._close()
-
-    def discard(self) -> None:
-        """Remove the temp file, once any batch still being written is done with it."""
-        running = [job for job in self._jobs if not job.done()]
-        self._jobs = []
-        if not running:
-            self._remove()
-            return
-        lock = threading.Lock()
-        left = [len(running)]
-
-        def done(_: Future) -> None:
-            with lock:
-                left[0] -= 1
-                last = left[0] == 0
-            if last:
-                self._remove()
-
-        for job in running:
-            job.add_done_callback(done)
-
-    async def _flush(self) -> None:
-        if not self._batch:
-            return
-        batch, self._batch, self._batched = self._batch, [], 0
-        await self._wait()
-        executor = _executor()
-        self._jobs = [executor.submit(self._hash, batch), executor.submit(self._write, batch)]
-
-    async def _wait(self) -> None:
-        if self._jobs:
-            await asyncio.gather(*(asyncio.wrap_future(job) for job in self._jobs))
-            self._jobs = []
-
-    def _hash(self, batch: list[bytes]) -> None:
-        for chunk in batch:
-            self.verifier.update(chunk)
-
-    def _write(self, batch: list[bytes]) -> None:
-        fd = self._fd
-        assert fd is not None
-        for i in range(0, len(batch), IOV_MAX):
-            group = batch[i:i + IOV_MAX]
-            written = os.writev(fd, group)
-            total = sum(map(len, group))
-            if written < total:  # short write: finish the group the slow way
-                view = memoryview(b"".join(group))[written:]
-                while view:
-                    view = view[os.write(fd, view):]
-
-    def _close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def _remove(self) -> None:
-        self._close()
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
-
-
-_EXECUTOR: ThreadPoolExecutor | None = None
-
-
-def _executor() -> ThreadPoolExecutor:
-    """The threads that hash and write staged batches (one pool per process)."""
-    global _EXECUTOR
-    if _EXECUTOR is None:
-        _EXECUTOR = ThreadPoolExecutor(max_workers=16, thread_name_prefix="atcdn-staging")
-    return _EXECUTOR
-
-
-def sweep(tmp_dir: Path, min_age: float = 60.0) -> int:
-    """Delete temp files whose writer died (their lock is free); return how many.
-
-    Files younger than ``min_age`` seconds are left alone: one may be between its
-    creation and its ``flock``.
-    """
-    removed = 0
-    now = time.time()
-    for path in tmp_dir.glob("upload-*.part"):
-        try:
-            if now - path.stat().st_mtime < min_age:
-                continue
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            continue  # a live upload in some worker
-        else:
-            path.unlink(missing_ok=True)
-            removed += 1
-        finally:
-            os.close(fd)
-    return removed
 
 
 class BlobStore(ABC):
     """Where verified blobs live. Readers only ever see whole, verified blobs."""
+
+    read_only: str | None = None  # why writes are refused (adopted PDS blobstores)
 
     def __init__(self, tmp_dir: Path) -> None:
         self.tmp_dir = tmp_dir
@@ -188,12 +42,16 @@ class BlobStore(ABC):
         return Staging(self.tmp_dir)
 
     async def commit(self, staging: Staging, cid: str) -> bool:
-        """Store a finished, verified staging under ``cid``; True if it was new.
+        """Store a staging under ``cid``, if its bytes hash to ``cid``; True if it was new.
 
-        The staging is consumed (its temp file removed) whatever happens.
+        Raises AtcdnError 422 ``CidMismatch`` (nothing stored) otherwise. The staging is
+        consumed (its temp file removed) whatever happens.
         """
         try:
             await staging.finish()
+            if not staging.matches(cid):
+                raise AtcdnError(422, "CidMismatch",
+                                 f"body hashes to {staging.verifier.cid}, not {cid}; nothing stored")
             await anyio.to_thread.run_sync(staging.sync_and_close)
             return await anyio.to_thread.run_sync(self._commit, staging.path, cid)
         finally:
@@ -221,6 +79,27 @@ class BlobStore(ABC):
     @abstractmethod
     async def check(self) -> None:
         """Raise if the store cannot be used (for /health)."""
+
+    async def holds(self, cid: str, did: str | None) -> bool:
+        """Whether ``cid`` may be served to a request naming ``did``. The origin's own
+        stores hold blobs by CID alone: ``size`` decides. (Adopted blobstores hold them per
+        account: origin/adopted.py.)"""
+        return True
+
+    def quarantined(self, cid: str) -> list[str]:
+        """DIDs whose copy of ``cid`` the blobstore's owner took down (adopted stores)."""
+        return []
+
+    def start(self, report: Callable[[str, str, bool], None]) -> None:
+        """Begin background work; ``report(did, cid, taken_down)`` hears of takedowns
+        the store finds on its own (an adopted PDS quarantining a blob)."""
+
+    def stop(self) -> None:
+        """End background work."""
+
+    def status(self) -> dict:
+        """Facts for /health."""
+        return {}
 
 
 class FileStore(BlobStore):
@@ -365,9 +244,7 @@ class S3Store(BlobStore):
 
         byte_range = f"bytes={start}-" + ("" if end is None else str(end - 1))
         try:
-            response = await anyio.to_thread.run_sync(
-                lambda: self.client.get_object(Bucket=self.bucket, Key=self.key(cid),
-                                               Range=byte_range))
+            response = await anyio.to_thread.run_sync(self._get_object, cid, byte_range)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "InvalidRange":
                 return  # reading from the end of the object (or an empty one): no bytes
@@ -382,19 +259,32 @@ class S3Store(BlobStore):
         finally:
             body.close()
 
+    def _get_object(self, cid: str, byte_range: str) -> dict:
+        return self.client.get_object(Bucket=self.bucket, Key=self.key(cid), Range=byte_range)
+
     async def check(self) -> None:
         await anyio.to_thread.run_sync(lambda: self.client.head_bucket(Bucket=self.bucket))
 
 
 def open_store(settings: OriginSettings) -> BlobStore:
-    """The store the settings name: ``fs`` (default) or ``s3``."""
+    """The store the settings name: ``fs`` (default) or ``s3``, or a PDS's own blobstore
+    adopted read-only: ``pds-disk`` or ``pds-s3`` (origin/adopted.py)."""
+    s3 = dict(endpoint=settings.s3_endpoint, bucket=settings.s3_bucket,
+              region=settings.s3_region, access_key=settings.s3_access_key,
+              secret_key=settings.s3_secret_key, path_style=settings.s3_path_style)
+    if settings.store in ("pds-disk", "pds-s3"):
+        from atcdn.origin.adopted import PdsDiskStore, PdsS3Store
+
+        intervals = dict(scan_interval=settings.pds_scan_interval,
+                         rescan_interval=settings.pds_rescan_interval)
+        if settings.store == "pds-s3":
+            return PdsS3Store(settings.data_dir, **intervals, **s3)
+        if settings.pds_blobstore is None:
+            raise ValueError("store pds-disk needs ATCDN_ORIGIN_PDS_BLOBSTORE: the PDS's"
+                             " PDS_BLOBSTORE_DISK_LOCATION (e.g. /pds/blocks)")
+        return PdsDiskStore(settings.pds_blobstore, settings.data_dir, **intervals)
     if settings.store == "s3":
-        store = S3Store(
-            settings.data_dir / "tmp", endpoint=settings.s3_endpoint, bucket=settings.s3_bucket,
-            region=settings.s3_region, access_key=settings.s3_access_key,
-            secret_key=settings.s3_secret_key, path_style=settings.s3_path_style,
-            prefix=settings.s3_prefix,
-        )
+        store = S3Store(settings.data_dir / "tmp", prefix=settings.s3_prefix, **s3)
         store.ensure_bucket()
         return store
     return FileStore(settings.data_dir)

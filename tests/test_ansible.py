@@ -121,8 +121,8 @@ def changed_tasks(output: str) -> list[str]:
 
 
 def stop_pid_file(path: Path) -> None:
-    """SIGTERM the PID in ``path`` (granian and nginx masters stop their workers), wait,
-    then SIGKILL whatever is left of its process group."""
+    """SIGTERM the PID in ``path`` (uvicorn, granian and nginx masters stop their
+    workers), wait, then SIGKILL whatever is left of its process group."""
     if not path.exists():
         return
     pid = int(path.read_text().strip())
@@ -180,6 +180,7 @@ def install() -> Iterator[Install]:
         "edge_tls_certificate_src": str(cert), "edge_tls_key_src": str(key),
         "edge_nginx_disable_distro_service": False, "edge_pds_fallback": False,
         "edge_allow_private_networks": True, "edge_token": TOKEN, "edge_origin_token": TOKEN,
+        "edge_nginx_user": user + "w", "common_firewall_ssh_from_anywhere": True,
     }
     extra = work / "vars.json"
     extra.write_text(json.dumps(variables))
@@ -193,8 +194,9 @@ def install() -> Iterator[Install]:
         run_dir = prefix / "run" / "atcdn"
         for name in ("nginx", "atcdn-edge", "atcdn-origin"):
             stop_pid_file(run_dir / f"{name}.pid")
-        subprocess.run(["userdel", user], capture_output=True)
-        subprocess.run(["groupdel", user], capture_output=True)  # if userdel left it
+        for name in (user, user + "w"):
+            subprocess.run(["userdel", name], capture_output=True)
+            subprocess.run(["groupdel", name], capture_output=True)  # if userdel left it
         shutil.rmtree(prefix, ignore_errors=True)
 
 
@@ -250,13 +252,41 @@ def test_services_run_as_the_system_user_with_a_hardened_unit(install: Install) 
         unit = (install.prefix / f"etc/systemd/system/{name}.service").read_text()
         for line in ("NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes",
                      "Restart=on-failure", "LimitNOFILE=", f"User={install.user}",
-                     "ReadWritePaths="):
+                     "ReadWritePaths=", "MemoryMax=", "TasksMax=",
+                     "IPAddressDeny=link-local multicast"):
             assert line in unit, (name, line)
     env = install.prefix / "etc/atcdn/origin.env"
     assert env.stat().st_mode & 0o777 == 0o640 and TOKEN in env.read_text()
     assert (install.prefix / "etc/atcdn/tls/edge.key").stat().st_mode & 0o777 == 0o600
     ruleset = (install.prefix / "etc/nftables.conf").read_text()
     assert "policy drop" in ruleset and "tcp dport { 22 }" in ruleset
+    # Its own table, others' rules untouched; the services' user has restricted egress.
+    assert not re.search(r"^\s*flush ruleset", ruleset, re.M)
+    assert "delete table inet atcdn" in ruleset
+    assert f'meta skuid "{install.user}" drop' in ruleset
+    assert f'meta skuid "{install.user}" ip daddr 169.254.0.0/16 drop' in ruleset
+
+
+def test_nginx_workers_cannot_read_the_edge_secrets(install: Install) -> None:
+    import grp
+    import pwd
+
+    nginx_user = pwd.getpwnam(install.user + "w")
+    service_group = grp.getgrnam(install.user)
+    master = install.pid("nginx")
+    workers = [int(p) for p in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+    assert workers
+    for pid in workers:
+        status = Path(f"/proc/{pid}/status").read_text()
+        assert re.search(rf"^Uid:\s+{nginx_user.pw_uid}\b", status, re.M), status
+    env = install.prefix / "etc/atcdn/edge.env"
+    stat = env.stat()
+    assert stat.st_mode & 0o007 == 0 and stat.st_gid == service_group.gr_gid
+    assert nginx_user.pw_gid != service_group.gr_gid
+    assert nginx_user.pw_name not in service_group.gr_mem
+    # /metrics through nginx: only from edge_metrics_allow (loopback here).
+    conf = (install.prefix / "etc/atcdn/nginx.conf").read_text()
+    assert "location = /metrics" in conf
     sysctl = (install.prefix / "etc/sysctl.d/60-atcdn.conf").read_text()
     assert "net.core.somaxconn = 65535" in sysctl
 

@@ -4,13 +4,17 @@ handing blobs on to the origin, and the SSRF guard."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 from atcdn.core.cid import compute
-from atcdn.core.errors import EdgeError
+from atcdn.core.errors import AtcdnError, BlockedAddress
 from atcdn.core.resolver import Resolver
 from atcdn.core.ssrf import public_client
 
@@ -109,18 +113,76 @@ def test_ssrf_guard_refuses_loopback_did_web(world, edge_factory) -> None:
     assert len(pds.requests()) == seen
 
 
-def test_guarded_client_checks_the_resolved_address() -> None:
-    """https to a name that resolves to loopback is refused at connect time."""
-    async def resolve() -> None:
-        client = public_client(allow_private_networks=False, timeout=httpx.Timeout(5.0))
+@contextmanager
+def connection_counter() -> Iterator[tuple[int, list[str]]]:
+    """A bare TCP port on 127.0.0.1 that accepts, records and closes every connection:
+    the stand-in for a host behind a private address."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, peer = listener.accept()
+            except TimeoutError:
+                continue
+            seen.append(peer[0])
+            conn.close()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1], seen
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+
+
+def guarded_get(url: str) -> None:
+    async def get() -> None:
+        client = public_client(allow_private_networks=False, timeout=httpx.Timeout(3.0))
         try:
-            await Resolver(client, "https://localhost:1").pds(DID)
+            await client.get(url)
         finally:
             await client.aclose()
 
-    with pytest.raises(EdgeError) as caught:
+    asyncio.run(get())
+
+
+def resolve_error(plc_url: str, *, allow_private_networks: bool = False) -> AtcdnError:
+    """The AtcdnError of resolving DID through ``plc_url`` (fails the test if none)."""
+    async def resolve() -> None:
+        client = public_client(allow_private_networks=allow_private_networks,
+                               timeout=httpx.Timeout(5.0))
+        try:
+            await Resolver(client, plc_url).pds(DID)
+        finally:
+            await client.aclose()
+
+    with pytest.raises(AtcdnError) as caught:
         asyncio.run(resolve())
-    assert caught.value.status == 502
+    return caught.value
+
+
+def test_guarded_client_checks_the_resolved_address() -> None:
+    """https to a name that resolves to loopback is refused before connecting."""
+    with connection_counter() as (port, seen):
+        error = resolve_error(f"https://localhost:{port}")
+        assert (error.status, error.error) == (502, "ForbiddenAddress")
+        assert "non-public address" in error.message
+        # An unguarded client would have connected (and failed the TLS handshake).
+        with pytest.raises(BlockedAddress):
+            guarded_get(f"https://127.0.0.1:{port}/")
+        assert seen == []
+
+
+def test_guarded_client_refuses_plain_http() -> None:
+    """http is refused before any connection, even to a public address."""
+    with pytest.raises(BlockedAddress, match="refusing http URL"):
+        guarded_get("http://1.1.1.1/xrpc/com.atproto.sync.getBlob")
 
 
 def test_pds_blob_lands_in_the_real_origin(origin: str, tmp_path: Path, edge_factory) -> None:
@@ -135,3 +197,24 @@ def test_pds_blob_lands_in_the_real_origin(origin: str, tmp_path: Path, edge_fac
         assert httpx.get(f"{origin}/blob/{cid}").content == data
     finally:
         pds.proc.stop()
+
+
+def test_dns_failure_is_an_upstream_failure_not_a_crash() -> None:
+    """No DNS for the PLC host (a machine without DNS, or a dead name) under the SSRF
+    guard: 502, never a raw socket.gaierror (which the edge answered 500)."""
+    error = resolve_error("https://plc.invalid")
+    assert error.status == 502 and "plc.invalid" in error.message
+
+
+def test_guarded_client_raises_httpx_errors_for_dns_failures() -> None:
+    with pytest.raises(httpx.ConnectError):
+        guarded_get("https://pds.invalid/xrpc/com.atproto.sync.getBlob")
+
+
+def test_tls_failure_is_502(tmp_path: Path) -> None:
+    """https to a server that speaks plain HTTP: a TLS failure, answered 502."""
+    from tests.helpers.servers import static_server
+
+    with static_server(tmp_path) as url:
+        error = resolve_error(url.replace("http://", "https://"), allow_private_networks=True)
+    assert error.status == 502

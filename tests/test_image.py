@@ -12,9 +12,10 @@ import zlib
 from collections.abc import Iterator
 
 import pytest
-from atcdn.edge.image import ImageLimits, MediaError, plan, render, sniff, strip_jpeg
+from atcdn.core.limits import ImageLimits, WorkerLimits
+from atcdn.edge.image import MediaError, plan, render, sniff, strip_jpeg
 from atcdn.edge.presets import DEFAULT_PRESETS, Preset
-from atcdn.edge.transform import PoolSettings, Rendered, Transformer
+from atcdn.edge.transform import Rendered, Transformer
 from PIL import Image, ImageChops, ImageCms
 
 from tests.helpers.pictures import (
@@ -379,6 +380,16 @@ def test_limits_bytes_and_pixels():
     assert (caught.value.status, caught.value.error) == (422, "TooManyPixels")
 
 
+def test_bomb_error_cites_the_configured_limit():
+    """A 280 MP header trips Pillow's own guard first; the answer names our limit."""
+    for limit in (50_000_000, 20_000_000):
+        with pytest.raises(MediaError) as caught:
+            render(_png(20000, 14000), P["avatar"], "jpeg", ImageLimits(max_source_pixels=limit))
+        assert (caught.value.status, caught.value.error) == (422, "TooManyPixels")
+        assert str(limit) in caught.value.message, caught.value.message
+        assert "178956970" not in caught.value.message  # Pillow's default bomb limit
+
+
 def test_webp_size_limit_is_a_clear_422():
     source = encode(Image.new("L", (16400, 8)), "PNG")
     with pytest.raises(MediaError) as caught:
@@ -399,7 +410,7 @@ def test_media_error_pickles():
 
 @pytest.fixture(scope="module")
 def pool() -> Iterator[Transformer]:
-    transformer = Transformer(ImageLimits(), PoolSettings(workers=1, timeout=5, memory_mb=768))
+    transformer = Transformer(ImageLimits(), WorkerLimits(workers=1, timeout=5, memory_mb=768))
     yield transformer
     transformer.close()
 
@@ -449,16 +460,13 @@ def test_pool_memory_is_capped(pool):
     assert limit == 768 * 1024 * 1024 and peak < limit
 
 
-def test_module_transform_works_unconfigured():
-    from atcdn.edge import transform as module
-
-    async def both():
-        try:
-            return await module.transform(encode(marked(64, 64)), P["avatar"], "png")
-        finally:
-            module.shutdown()
-
-    assert decode(run(both()).body).size == (64, 64)
+def test_default_transformer_works():
+    transformer = Transformer()
+    try:
+        assert decode(run(transformer.transform(encode(marked(64, 64)), P["avatar"],
+                                                "png")).body).size == (64, 64)
+    finally:
+        transformer.close()
 
 
 def test_settings_feed_the_pool(monkeypatch):
@@ -470,7 +478,7 @@ def test_settings_feed_the_pool(monkeypatch):
     transformer = Transformer.from_settings(settings)
     try:
         assert transformer.limits.max_source_pixels == 1234
-        assert transformer.settings.workers == 1
+        assert transformer.pool_limits.workers == 1
         with pytest.raises(MediaError) as caught:
             run(transformer.transform(encode(marked(64, 64)), P["avatar"], "png"))
         assert caught.value.error == "TooManyPixels"

@@ -13,9 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from atcdn.edge.image import ImageLimits, MediaError, render
+from atcdn.core.limits import ImageLimits, WorkerLimits
+from atcdn.edge.image import MediaError, render
 from atcdn.edge.presets import DEFAULT_PRESETS, Preset
-from atcdn.edge.transform import PoolSettings, Transformer
+from atcdn.edge.transform import Transformer
 from PIL import Image, ImageChops, ImageOps
 
 from tests.helpers.env import CORPUS, corpus_files
@@ -148,8 +149,7 @@ def renderable(path: Path) -> bool:
 
 @pytest.fixture(scope="module")
 def pool() -> Iterator[Transformer]:
-    transformer = Transformer(ImageLimits(), PoolSettings(workers=1, timeout=10,
-                                                          memory_mb=768))
+    transformer = Transformer(ImageLimits(), WorkerLimits(workers=1, timeout=10, memory_mb=768))
     yield transformer
     transformer.close()
 

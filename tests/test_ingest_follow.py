@@ -21,7 +21,7 @@ import pytest
 from atcdn.ingest.records import RecordIndex
 
 from tests.helpers.clips import make_clip
-from tests.helpers.env import ROOT, TOKEN
+from tests.helpers.env import ADMIN_TOKEN, ROOT
 from tests.helpers.ingest import Follower, origin_status, wait_until
 from tests.helpers.nodes import Origin, start_edge
 from tests.helpers.pds import ReferencePDS
@@ -148,7 +148,7 @@ def test_an_operators_takedown_outlives_reactivation(pds: ReferencePDS, origin: 
     _, (cid,) = user.post_images(image(30))
     stored(origin, cid)
     res = httpx.post(f"{origin.url}/admin/takedown", json={"did": user.did},
-                     headers={"authorization": f"Bearer {TOKEN}"})
+                     headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
     assert res.status_code == 200
 
     pds.take_down_account(user.did)

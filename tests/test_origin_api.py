@@ -17,11 +17,12 @@ import pytest
 from atcdn.core.cid import compute
 from PIL import Image
 
-from tests.helpers.env import TOKEN
+from tests.helpers.env import ADMIN_TOKEN, TOKEN
 from tests.helpers.nodes import Origin, running_origin
 
 MAX = 4 * 1024 * 1024  # small limit so 413 is cheap to provoke
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @pytest.fixture(scope="module", params=["fs", "s3"])
@@ -213,16 +214,16 @@ def test_takedown_and_restore_by_cid(client: httpx.Client) -> None:
     data = os.urandom(100)
     cid = compute(data)
     put(client, data)
-    assert client.post("/admin/takedown", json={"cid": cid}, headers=AUTH).status_code == 200
+    assert client.post("/admin/takedown", json={"cid": cid}, headers=ADMIN).status_code == 200
     assert_error(client.get(f"/blob/{cid}"), 451)
     assert client.head(f"/blob/{cid}").status_code == 451
     assert_error(client.get("/xrpc/com.atproto.sync.getBlob",
                             params={"cid": cid, "did": "did:plc:" + "a" * 24}), 451)
-    assert client.post("/admin/restore", json={"cid": cid}, headers=AUTH).status_code == 200
+    assert client.post("/admin/restore", json={"cid": cid}, headers=ADMIN).status_code == 200
     assert client.get(f"/blob/{cid}").content == data  # bytes were kept
-    assert_error(client.post("/admin/takedown", json={"cid": "nope"}, headers=AUTH), 400)
-    assert_error(client.post("/admin/takedown", json={}, headers=AUTH), 400)
-    assert_error(client.post("/admin/takedown", content=b"{", headers=AUTH), 400)
+    assert_error(client.post("/admin/takedown", json={"cid": "nope"}, headers=ADMIN), 400)
+    assert_error(client.post("/admin/takedown", json={}, headers=ADMIN), 400)
+    assert_error(client.post("/admin/takedown", content=b"{", headers=ADMIN), 400)
 
 
 def test_takedown_by_did(client: httpx.Client) -> None:
@@ -231,7 +232,7 @@ def test_takedown_by_did(client: httpx.Client) -> None:
     put(client, shared, did=alice)
     put(client, shared, did=bob)
     put(client, only_alice, did=alice)
-    assert client.post("/admin/takedown", json={"did": alice}, headers=AUTH).status_code == 200
+    assert client.post("/admin/takedown", json={"did": alice}, headers=ADMIN).status_code == 200
     # Asked for through the taken-down DID: withheld.
     assert_error(client.get(f"/blob/{compute(shared)}", params={"did": alice}), 451)
     assert_error(client.get("/xrpc/com.atproto.sync.getBlob",
@@ -241,7 +242,7 @@ def test_takedown_by_did(client: httpx.Client) -> None:
     assert client.get(f"/blob/{compute(shared)}").status_code == 200
     # Without a DID, a blob whose every referrer is taken down: withheld.
     assert_error(client.get(f"/blob/{compute(only_alice)}"), 451)
-    client.post("/admin/restore", json={"did": alice}, headers=AUTH)
+    client.post("/admin/restore", json={"did": alice}, headers=ADMIN)
     assert client.get(f"/blob/{compute(only_alice)}").content == only_alice
 
 
@@ -280,8 +281,8 @@ def test_no_token_configured_refuses_every_write(tmp_path: Path) -> None:
     with running_origin(tmp_path, env={"ATCDN_ORIGIN_TOKEN": ""}) as origin:
         data = b"x"
         response = httpx.put(f"{origin.url}/blob/{compute(data)}", content=data, headers=AUTH)
-        assert_error(response, 401)
-        assert_error(httpx.post(f"{origin.url}/blob", content=data, headers=AUTH), 401)
+        assert_error(response, 403)
+        assert_error(httpx.post(f"{origin.url}/blob", content=data, headers=AUTH), 403)
 
 
 def test_metrics_sum_across_workers(tmp_path: Path) -> None:

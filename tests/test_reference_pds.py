@@ -18,7 +18,7 @@ from PIL import Image
 
 from tests.helpers.nodes import Origin, start_edge
 from tests.helpers.npm import npm_package
-from tests.helpers.pds import read_harness_info
+from tests.helpers.pds import read_harness_line, take_down_blob
 from tests.helpers.sample_images import (
     ALPHA,
     BLUE,
@@ -69,7 +69,7 @@ def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peers]:
     proc = Process(["node", str(folder / "harness.js"), str(tmp / "data"), *files],
                    log=log, cwd=folder)
     try:
-        yield Peers(read_harness_info(proc, log), files)
+        yield Peers(read_harness_line(proc, log), files)
     finally:
         proc.stop()
 
@@ -216,13 +216,7 @@ def test_blob_taken_down_on_the_pds_is_404(peers: Peers, edge_url: str) -> None:
     """A PDS takedown answers 400 like a missing blob; the edge, never having had the
     blob, says 404."""
     cid = peers.cid(TAKEN_DOWN)
-    res = httpx.post(
-        f"{peers.pds_url}/xrpc/com.atproto.admin.updateSubjectStatus",
-        auth=("admin", peers.admin_password),
-        json={"subject": {"$type": "com.atproto.admin.defs#repoBlobRef",
-                          "did": peers.did, "cid": cid},
-              "takedown": {"applied": True, "ref": "test"}})
-    assert res.status_code == 200, res.text
+    take_down_blob(peers.pds_url, peers.admin_password, peers.did, cid)
     res = httpx.get(f"{peers.pds_url}/xrpc/com.atproto.sync.getBlob",
                     params={"did": peers.did, "cid": cid})
     assert res.status_code == 400

@@ -104,6 +104,24 @@ def test_discarded_staging_leaves_nothing(store: BlobStore) -> None:
     assert tmp_files(store) == []
 
 
+def test_commit_verifies_the_bytes_itself(store: BlobStore) -> None:
+    """The store, not its caller, checks the CID: wrong bytes are never stored."""
+    from atcdn.core.errors import AtcdnError
+
+    claimed = compute(b"what the caller says it is")
+
+    async def main() -> None:
+        staging = store.stage()
+        await staging.write(b"something else entirely")
+        with pytest.raises(AtcdnError) as caught:
+            await store.commit(staging, claimed)
+        assert (caught.value.status, caught.value.error) == (422, "CidMismatch")
+
+    anyio.run(main)
+    assert anyio.run(store.size, claimed) is None
+    assert tmp_files(store) == []
+
+
 def test_concurrent_writers_of_one_cid(store: BlobStore) -> None:
     data = os.urandom(2 * 1024 * 1024)
     results: list[bool] = []

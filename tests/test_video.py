@@ -115,6 +115,15 @@ def _expect_refusal(server: WatchServer, client: httpx.Client, data: bytes) -> N
     assert client.get(server.url + "/health").status_code == 200  # the edge stays up
 
 
+def test_text_is_415_on_watch_as_on_img(server: WatchServer, client: httpx.Client) -> None:
+    """Not media at all: the same 415 on /watch as on /img; a broken video stays 422."""
+    cid = server.add(b"hello, this is not a video\n" * 10)
+    watch = client.get(server.video_url(cid) + "/playlist.m3u8")
+    img = client.get(f"{server.url}/img/avatar/plain/{DID}/{cid}@jpeg")
+    assert watch.status_code == img.status_code == 415, (watch.text, img.text)
+    assert watch.json()["error"] == "UnsupportedMedia"
+
+
 @pytest.mark.parametrize("name", ["truncated.mp4", "garbage.mp4", "text.txt", "image.png"])
 def test_bad_generated_input(server: WatchServer, client: httpx.Client, tmp_path: Path,
                              name: str) -> None:
@@ -329,3 +338,30 @@ def test_takedown_reaches_a_finished_transcode(server: WatchServer, client: http
     assert restored.status_code == 200
     assert client.get(server.video_url(cid) + "/playlist.m3u8").status_code == 200
     assert server.starts(cid) == 2  # transcoded again, not resurrected from a cache
+
+
+def test_takedown_stops_a_transcode_in_flight(server: WatchServer, client: httpx.Client,
+                                              tmp_path: Path) -> None:
+    """A takedown that arrives mid-transcode stops it: nothing of the video is on disk
+    when the takedown answers, nothing appears after, and a restore transcodes anew."""
+    from tests.helpers.env import TOKEN
+
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    path = make_clip(tmp_path / "long.mp4", width=1280, height=720, seconds=16, audio=False)
+    cid = server.add(path.read_bytes())
+    folder = server.cache / "video" / cid
+    assert client.get(server.video_url(cid) + "/360p/index.m3u8").status_code == 200
+    assert client.get(server.video_url(cid) + "/status").json()["state"] == "running"
+    taken = client.post(server.url + "/admin/takedown", json={"cid": cid}, headers=admin)
+    assert taken.status_code == 200
+    assert not folder.exists()
+    time.sleep(1.0)  # the killed transcoder, and its worker, leave nothing behind
+    assert not folder.exists()
+    restored = client.post(server.url + "/admin/takedown", json={"cid": cid, "restore": True},
+                           headers=admin)
+    assert restored.status_code == 200
+    assert client.get(server.video_url(cid) + "/playlist.m3u8").status_code == 200
+    assert server.starts(cid) == 2
+    # Taken down again, so the module's other tests do not wait behind this transcode.
+    client.post(server.url + "/admin/takedown", json={"cid": cid}, headers=admin)
+    assert not folder.exists()

@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CORPUS = Path(os.environ.get("ATCDN_CORPUS", ROOT.parent / "shared" / "corpus"))
 # CI sets ATCDN_TEST_STRICT=1: what would be skipped on a bare machine must run there.
 STRICT = os.environ.get("ATCDN_TEST_STRICT") == "1"
-TOKEN = "test-token"
+TOKEN = "test-token"  # the origin's write token (hand-offs, pushes)
+ADMIN_TOKEN = "test-admin-token"  # the origin's admin token (takedown, restore)
 
 
 def need(condition: bool, reason: str) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers.env import ROOT, TOKEN
+from tests.helpers.env import ADMIN_TOKEN, ROOT, TOKEN
 from tests.helpers.servers import Process, atcdn, free_port
 
 # Quick to give up, so attack tests finish fast; polite limits stay at their defaults.
@@ -27,7 +27,8 @@ class Follower:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {"ATCDN_ORIGIN_TOKEN": TOKEN, "ATCDN_PLC_URL": plc_url,
+        self.env = {"ATCDN_ORIGIN_TOKEN": TOKEN, "ATCDN_ORIGIN_ADMIN_TOKEN": ADMIN_TOKEN,
+                    "ATCDN_PLC_URL": plc_url,
                     "ATCDN_ALLOW_PRIVATE_NETWORKS": "1", **FAST, **(env or {})}
         self.log = data_dir.parent / f"{data_dir.name}.log"
         self.proc: Process | None = None

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers.env import ROOT, TOKEN
+from tests.helpers.env import ADMIN_TOKEN, ROOT, TOKEN
 from tests.helpers.servers import Process, atcdn, free_port
 
 
@@ -20,7 +20,7 @@ class Origin:
 
     def __init__(self, data_dir: Path, env: Mapping[str, str], log: Path) -> None:
         self.data_dir = data_dir
-        self.env = {"ATCDN_ORIGIN_TOKEN": TOKEN, **env}
+        self.env = {"ATCDN_ORIGIN_TOKEN": TOKEN, "ATCDN_ORIGIN_ADMIN_TOKEN": ADMIN_TOKEN, **env}
         self.log = log
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -73,20 +73,22 @@ class Edge:
 
 
 def start_edge(origin_url: str, cache_dir: Path, log: Path, *, workers: int = 1,
-               server: str = "granian", env: dict[str, str] | None = None) -> Edge:
-    """Start an edge on a free port (private networks allowed, test tokens set)."""
-    port = free_port()
+               server: str | None = None, env: dict[str, str] | None = None,
+               port: int | None = None) -> Edge:
+    """Start an edge on ``port`` or a free one (private networks allowed, test tokens set),
+    under ``server`` or else the default server."""
+    port = port or free_port()
     proc = Process(
         atcdn("edge", "serve", "--host", "127.0.0.1", "--port", str(port),
               "--origin", origin_url, "--cache-dir", str(cache_dir),
-              "--workers", str(workers), "--server", server),
+              "--workers", str(workers), *(["--server", server] if server else [])),
         env={"ATCDN_ALLOW_PRIVATE_NETWORKS": "1", "ATCDN_EDGE_ORIGIN_TOKEN": TOKEN,
              "ATCDN_EDGE_PURGE_TOKEN": TOKEN, **(env or {})},
         log=log, cwd=ROOT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        proc.wait_http(url + "/health")
+        proc.wait_http(url + "/health/live")  # started; /health is readiness (origin up)
     except BaseException:
         proc.stop()
         raise
@@ -114,6 +116,11 @@ class Upstream:
                                        "serviceEndpoint": pds_url}]}
         (self.root / "dids").mkdir(exist_ok=True)
         (self.root / "dids" / f"{name or did}.json").write_text(json.dumps(doc))
+
+    def stall_did(self, did: str, seconds: float) -> None:
+        """Make the PLC directory answer for ``did`` only after ``seconds``."""
+        (self.root / "dids").mkdir(exist_ok=True)
+        (self.root / "dids" / f"{did}.stall").write_text(str(seconds))
 
     def requests(self) -> list[str]:
         from tests.helpers.standins import requests

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,6 +49,14 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _extra_listeners_off(weed: str) -> list[str]:
+    """Newer weed (4.x) also opens Iceberg (8181) and Lance (9101) catalog listeners on
+    fixed ports, so two clusters on one machine collide: switch off the ones it has."""
+    usage = subprocess.run([weed, "server", "-h"], capture_output=True, text=True).stderr
+    return [f"-{flag}=0" for flag in ("s3.port.iceberg", "s3.port.lance")
+            if f"-{flag} " in usage]
+
+
 def run_seaweed(weed: str, workdir: Path, timeout: float = 60.0) -> Iterator[Seaweed]:
     (workdir / "data").mkdir(parents=True, exist_ok=True)
     (master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc,
@@ -61,6 +70,7 @@ def run_seaweed(weed: str, workdir: Path, timeout: float = 60.0) -> Iterator[Sea
         "-filer", "-filer.port", str(filer), "-filer.port.grpc", str(filer_grpc),
         "-s3", "-s3.port", str(s3), "-s3.port.grpc", str(s3_grpc),
         "-metricsPort", str(metrics), "-iam=false",
+        *_extra_listeners_off(weed),
     ]
     proc = Process(argv, log=workdir / "weed.log", cwd=workdir)
     endpoint = f"http://127.0.0.1:{s3}"

@@ -7,7 +7,17 @@ a directory of files named by CID or DID. Every request is appended to
 ``STANDIN_FLIP=1`` it flips one byte of every blob it serves (a corrupting origin);
 ``STANDIN_FAIL_FIRST=N`` answers the first N origin GETs of each stored blob with 503;
 ``STANDIN_DELAY=S`` waits S seconds before answering an origin GET; a file
-``hang/<cid>`` makes getBlob of that CID never answer.
+``hang/<cid>`` makes getBlob of that CID never answer. A file
+``dids/{name}.stall`` holding a number makes the PLC directory wait that many seconds
+before answering for that DID (a hostile, slow PLC entry).
+
+Hostile PDS and DID-host modes (the attacks of issue 9): ``STANDIN_GZIP=1`` sends blobs and
+DID documents with ``Content-Encoding: gzip`` whatever the client asked for;
+``STANDIN_BOMB=N`` answers every getBlob with N zero bytes, gzipped (a decompression bomb,
+~1000:1); ``STANDIN_DRIP=S`` sends blobs and DID documents 1 KiB at a time, S seconds
+apart (a stalling host); ``STANDIN_STALL_AFTER=B`` sends the first B bytes of a blob, then
+stalls for ``STANDIN_STALL`` seconds (default 30) before the rest. The headers of every
+request are appended to ``headers.log`` (one JSON object a line).
 
     python -m tests.standins --port P --dir D
 """
@@ -16,13 +26,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 TOKEN = "test-token"
@@ -32,11 +44,41 @@ def build(root: Path) -> Starlette:
     flip = os.environ.get("STANDIN_FLIP") == "1"
     fail_first = int(os.environ.get("STANDIN_FAIL_FIRST", "0"))
     delay = float(os.environ.get("STANDIN_DELAY", "0"))
+    gzipped = os.environ.get("STANDIN_GZIP") == "1"
+    bomb_size = int(os.environ.get("STANDIN_BOMB", "0"))
+    drip = float(os.environ.get("STANDIN_DRIP", "0"))
+    stall_after = int(os.environ.get("STANDIN_STALL_AFTER", "-1"))
+    stall = float(os.environ.get("STANDIN_STALL", "30"))
     failures: dict[str, int] = {}
+    bomb: list[bytes] = []  # compressed once, on first use
 
     def log(request: Request) -> None:
         with open(root / "requests.log", "a") as fh:
             fh.write(f"{request.method} {request.url.path}?{request.url.query}\n")
+        with open(root / "headers.log", "a") as fh:
+            fh.write(json.dumps(dict(request.headers)) + "\n")
+
+    async def pieces(data: bytes) -> AsyncIterator[bytes]:
+        for start in range(0, len(data), 1024):
+            if start:
+                await asyncio.sleep(drip)
+            yield data[start:start + 1024]
+
+    async def stalled(data: bytes) -> AsyncIterator[bytes]:
+        yield data[:stall_after]
+        await asyncio.sleep(stall)
+        yield data[stall_after:]
+
+    def hostile(data: bytes, media_type: str, headers: dict[str, str]) -> Response:
+        """``data`` as the hostile modes send it (gzipped, dripped, stalled), else plain."""
+        if gzipped:
+            data = gzip.compress(data, compresslevel=1)
+            headers = {**headers, "content-encoding": "gzip"}
+        if drip:
+            return StreamingResponse(pieces(data), media_type=media_type, headers=headers)
+        if stall_after >= 0:
+            return StreamingResponse(stalled(data), media_type=media_type, headers=headers)
+        return Response(data, media_type=media_type, headers=headers)
 
     def blob_bytes(cid: str) -> bytes | None:
         path = root / "blobs" / cid
@@ -73,22 +115,29 @@ def build(root: Path) -> Starlette:
 
     async def get_blob(request: Request) -> Response:
         log(request)
+        if bomb_size:
+            if not bomb:
+                bomb.append(gzip.compress(bytes(bomb_size), compresslevel=9))
+            return Response(bomb[0], media_type="application/octet-stream",
+                            headers={"content-encoding": "gzip"})
         cid = request.query_params.get("cid", "")
         if (root / "hang" / cid).exists():  # a PDS that never answers for this blob
             await asyncio.sleep(3600)
         data = blob_bytes(cid)
         if data is None:
             return JSONResponse({"error": "InvalidRequest", "message": "Blob not found"}, 400)
-        return Response(data, media_type="application/octet-stream",
-                        headers={"cache-control": "private"})
+        return hostile(data, "application/octet-stream", {"cache-control": "private"})
 
     async def did_doc(request: Request) -> Response:
         log(request)
         name = request.path_params.get("did", "did-web")
+        stall = root / "dids" / f"{name}.stall"
+        if stall.is_file():
+            await asyncio.sleep(float(stall.read_text()))
         path = root / "dids" / f"{name}.json"
         if not path.is_file():
             return JSONResponse({"message": "DID not registered"}, 404)
-        return JSONResponse(json.loads(path.read_text()))
+        return hostile(path.read_bytes(), "application/json", {})
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})

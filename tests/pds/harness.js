@@ -1,15 +1,21 @@
 // The reference PDS (0.4 line) and a PLC directory, as real peers for atcdn's tests.
 //
-//   node harness.js DATA_DIR IMAGE_FILE...
+//   node harness.js DATA_DIR MEDIA_FILE...
 //
 // Starts a PLC directory (did-method-plc's server on its in-memory database) and a PDS
-// (SQLite + disk blobstore under DATA_DIR) on free 127.0.0.1 ports, creates an account,
-// uploads each image with com.atproto.repo.uploadBlob, references every blob from a post
-// (an unreferenced blob is garbage-collected by the PDS), then prints one JSON line
+// (SQLite under DATA_DIR) on free 127.0.0.1 ports, creates an account, uploads each file
+// with com.atproto.repo.uploadBlob, references every blob from a post (images as
+// app.bsky.embed.images, .mp4 files as app.bsky.embed.video; an unreferenced blob is
+// garbage-collected by the PDS), then prints one JSON line
 //   {"plcUrl", "pdsUrl", "adminPassword", "did", "handle",
 //    "blobs": [{"cid", "mimeType", "size", "file"}]}
 // on stdout and keeps running until it is killed. Each getBlob the PDS answers in full
 // then adds a line {"getBlob": {"did", "cid", "status"}}.
+//
+// The blobstore is the PDS's own choice from its usual variables: the disk at
+// PDS_BLOBSTORE_DISK_LOCATION (default DATA_DIR/blobs), or S3 when PDS_BLOBSTORE_S3_BUCKET
+// is set (with PDS_BLOBSTORE_S3_{REGION,ENDPOINT,FORCE_PATH_STYLE,ACCESS_KEY_ID,
+// SECRET_ACCESS_KEY}).
 'use strict'
 
 const fs = require('node:fs')
@@ -29,7 +35,23 @@ net.Server.prototype.listen = function (...args) {
 
 const ADMIN_PASSWORD = 'test-admin-password'
 const MIME_TYPES = { '.jpg': 'image/jpeg', '.jpeg': 'image/jpeg', '.png': 'image/png',
-  '.webp': 'image/webp', '.gif': 'image/gif' }
+  '.webp': 'image/webp', '.gif': 'image/gif', '.mp4': 'video/mp4' }
+
+// The blobstore settings of the PDS's own environment variables (see the top).
+function blobstoreEnv (dataDir) {
+  const e = process.env
+  if (e.PDS_BLOBSTORE_S3_BUCKET) {
+    return {
+      blobstoreS3Bucket: e.PDS_BLOBSTORE_S3_BUCKET,
+      blobstoreS3Region: e.PDS_BLOBSTORE_S3_REGION || 'us-east-1',
+      blobstoreS3Endpoint: e.PDS_BLOBSTORE_S3_ENDPOINT,
+      blobstoreS3ForcePathStyle: e.PDS_BLOBSTORE_S3_FORCE_PATH_STYLE === 'true',
+      blobstoreS3AccessKeyId: e.PDS_BLOBSTORE_S3_ACCESS_KEY_ID,
+      blobstoreS3SecretAccessKey: e.PDS_BLOBSTORE_S3_SECRET_ACCESS_KEY
+    }
+  }
+  return { blobstoreDiskLocation: e.PDS_BLOBSTORE_DISK_LOCATION || path.join(dataDir, 'blobs') }
+}
 
 async function startPlc () {
   const plc = PlcServer.create({ db: PlcDatabase.mock(), port: 0 })
@@ -45,7 +67,7 @@ async function startPds (dataDir, plcUrl) {
     port,
     hostname: 'localhost', // dev mode: plain http
     dataDirectory: dataDir,
-    blobstoreDiskLocation: path.join(dataDir, 'blobs'),
+    ...blobstoreEnv(dataDir),
     didPlcUrl: plcUrl,
     serviceHandleDomains: ['.test'],
     inviteRequired: false,
@@ -127,6 +149,10 @@ async function main () {
       token, body: fs.readFileSync(file), contentType: mimeType
     })
     // One post per blob: posts hold at most 4 images, and each must be referenced.
+    const name = path.basename(file)
+    const embed = blob.mimeType.startsWith('video/')
+      ? { $type: 'app.bsky.embed.video', video: blob, alt: name }
+      : { $type: 'app.bsky.embed.images', images: [{ alt: name, image: blob }] }
     await xrpc(base, 'com.atproto.repo.createRecord', {
       token,
       json: {
@@ -134,9 +160,9 @@ async function main () {
         collection: 'app.bsky.feed.post',
         record: {
           $type: 'app.bsky.feed.post',
-          text: path.basename(file),
+          text: name,
           createdAt: new Date().toISOString(),
-          embed: { $type: 'app.bsky.embed.images', images: [{ alt: path.basename(file), image: blob }] }
+          embed
         }
       }
     })

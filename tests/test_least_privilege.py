@@ -1,0 +1,151 @@
+"""Processes that decode hostile files hold no secrets, and an edge's write token cannot
+take anything down (issue 9, hole 6).
+
+The attack was: a decoder exploit reads the origin token from its own
+``/proc/<pid>/environ`` and lifts a takedown. Here the environments of the real
+processes are read the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from atcdn.core.cid import compute
+from atcdn.core.environment import without_secrets
+from atcdn.core.settings import EdgeSettings
+from PIL import Image
+
+from tests.helpers.env import ADMIN_TOKEN, TOKEN
+from tests.helpers.nodes import running_origin
+
+DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
+SECRETS = {
+    "ATCDN_EDGE_ORIGIN_TOKEN": "secret-origin-write-token",
+    "ATCDN_EDGE_PURGE_TOKEN": "secret-purge-token",
+    "ATCDN_ORIGIN_ADMIN_TOKEN": "secret-admin-token",
+    "ATCDN_ORIGIN_S3_SECRET_KEY": "secret-s3-key",
+    "AWS_ACCESS_KEY_ID": "AKIASECRETSECRET",
+    "AWS_SECRET_ACCESS_KEY": "secret-aws-key",
+    "GITHUB_TOKEN": "secret-github-token",
+    "DATABASE_PASSWORD": "secret-password",
+}
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0")
+                if "=" in item)
+
+
+def cmdline_of(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+
+
+def session_processes(sid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[3]) == sid:  # field 6 of stat: session id
+            pids.append(int(entry.name))
+    return pids
+
+
+def leaked(pid: int) -> list[str]:
+    values = set(environ_of(pid).values())
+    return [name for name, secret in SECRETS.items() if secret in values]
+
+
+def test_without_secrets_is_pure() -> None:
+    env = {**SECRETS, "PATH": "/usr/bin", "HOME": "/home/x", "LANG": "C.UTF-8",
+           "PYTHONPATH": "/src", "ATCDN_EDGE_CACHE_DIR": "/var/cache", "TZ": "UTC"}
+    assert without_secrets(env) == {"PATH": "/usr/bin", "HOME": "/home/x",
+                                    "LANG": "C.UTF-8", "PYTHONPATH": "/src", "TZ": "UTC"}
+
+
+def test_image_workers_hold_no_secrets(origin: str, edge_factory) -> None:
+    out = io.BytesIO()
+    Image.new("RGB", (64, 48), (1, 2, 3)).save(out, "JPEG")
+    data = out.getvalue()
+    cid = compute(data)
+    httpx.put(f"{origin}/blob/{cid}", content=data, params={"did": DID},
+              headers={"authorization": f"Bearer {TOKEN}"}).raise_for_status()
+    edge = edge_factory(origin, env=SECRETS)
+    r = httpx.get(f"{edge.url}/img/avatar/plain/{DID}/{cid}@jpeg", timeout=30)
+    assert r.status_code == 200
+    pids = session_processes(edge.proc.pid)
+    decoders = [p for p in pids if "multiprocessing.forkserver" in cmdline_of(p)]
+    servers = [p for p in pids if p not in decoders and "multiprocessing" not in cmdline_of(p)]
+    assert decoders, [cmdline_of(p) for p in pids]  # the fork server and its workers
+    assert len(decoders) >= 2
+    for pid in decoders:
+        assert leaked(pid) == [], cmdline_of(pid)
+    assert servers and all(leaked(p) for p in servers)  # the server itself holds them
+
+
+def test_transcoder_holds_no_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child transcoder reads its source from a FIFO nobody writes: it blocks, alive,
+    while its environment is read."""
+    from atcdn.edge.transcodes import Transcodes
+
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    fifo = tmp_path / "source.mp4"
+    os.mkfifo(fifo)
+    transcodes = Transcodes(EdgeSettings(cache_dir=tmp_path / "cache"))
+    cid = compute(b"a video")
+    (transcodes.folder(cid)).mkdir(parents=True)
+
+    async def run() -> list[str]:
+        task = asyncio.create_task(transcodes._child(cid, fifo))
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                children = [p for p in session_processes(os.getsid(0))
+                            if "atcdn.edge.video" in cmdline_of(p) and str(fifo) in cmdline_of(p)]
+                if children:
+                    return leaked(children[0])
+                await asyncio.sleep(0.05)
+            raise AssertionError("the transcoder did not start")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    assert asyncio.run(run()) == []
+
+
+def test_write_token_cannot_take_down(tmp_path: Path) -> None:
+    write = {"Authorization": f"Bearer {TOKEN}"}
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with running_origin(tmp_path) as origin, httpx.Client(base_url=origin.url) as client:
+        data = os.urandom(100)
+        cid = compute(data)
+        assert client.put(f"/blob/{cid}", content=data, headers=write).status_code == 201
+        assert client.put(f"/blob/{cid}", content=data, headers=admin).status_code == 403
+        for route in ("/admin/takedown", "/admin/restore"):
+            r = client.post(route, json={"cid": cid}, headers=write)
+            assert r.status_code == 403 and r.json()["error"] == "Forbidden", r.text
+        assert client.post("/admin/takedown", json={"cid": cid}, headers=admin).status_code == 200
+        assert client.get(f"/blob/{cid}").status_code == 451
+        assert client.post("/admin/restore", json={"cid": cid}, headers=write).status_code == 403
+        assert client.get(f"/blob/{cid}").status_code == 451
+        assert client.post("/admin/restore", json={"cid": cid}, headers=admin).status_code == 200
+        assert client.get(f"/blob/{cid}").content == data
+
+
+def test_admin_routes_refuse_without_an_admin_token(tmp_path: Path) -> None:
+    with running_origin(tmp_path, env={"ATCDN_ORIGIN_ADMIN_TOKEN": ""}) as origin:
+        r = httpx.post(f"{origin.url}/admin/takedown", json={"cid": compute(b"x")},
+                       headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 403 and "ATCDN_ORIGIN_ADMIN_TOKEN" in r.json()["message"]
