@@ -155,6 +155,122 @@ def _add_control(roles: argparse._SubParsersAction) -> None:
     feed.set_defaults(func=_feed)
 
 
+INGEST_FLAGS = ["firehose", "origin", "data_dir", "status_port", "pds_concurrency", "pds_rate",
+                "workers", "mime_types", "max_blob_bytes"]
+
+
+def _ingest_settings(args: argparse.Namespace):
+    import logging
+
+    from atcdn.core.settings import IngestSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is too many
+    _export("ATCDN_INGEST_", args, INGEST_FLAGS)
+    return IngestSettings()
+
+
+def _ingest_follow(args: argparse.Namespace) -> None:
+    import asyncio
+    import signal
+
+    from atcdn.ingest.follow import Fatal, Follower
+
+    settings = _ingest_settings(args)
+    if not settings.firehose:
+        sys.exit("atcdn ingest follow: give --from ws(s)://host (or ATCDN_INGEST_FIREHOSE)")
+
+    async def follow() -> None:
+        follower = Follower(settings, settings.firehose)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, follower.stop)
+        await follower.run()
+
+    try:
+        asyncio.run(follow())
+    except (Fatal, ValueError) as exc:
+        sys.exit(f"atcdn ingest follow: {exc}")
+
+
+def _ingest_backfill(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from atcdn.ingest.backfill import Backfill, ListingFailed
+    from atcdn.ingest.origin_api import OriginAuthError
+    from atcdn.ingest.progress import make_reporter
+
+    settings = _ingest_settings(args)
+
+    async def backfill() -> dict[str, int]:
+        job = Backfill(settings, make_reporter(), pds=args.pds, accounts=args.did,
+                       page_size=args.page_size)
+        return await job.run()
+
+    try:
+        summary = asyncio.run(backfill())
+    except (ListingFailed, OriginAuthError, ValueError) as exc:
+        sys.exit(f"atcdn ingest backfill: {exc} (state kept: run again to resume)")
+    _print_json(summary)
+    if summary["failed"] or summary["accounts_failed"]:
+        sys.exit(1)
+
+
+def _ingest_status(args: argparse.Namespace) -> None:
+    from atcdn.ingest.report import status
+
+    report, healthy = status(_ingest_settings(args), args.url)
+    _print_json(report)
+    if not healthy:
+        sys.exit(1)
+
+
+def _add_ingest(roles: argparse._SubParsersAction) -> None:
+    ingest = roles.add_parser(
+        "ingest", help="follow a firehose or backfill PDSes: their blobs into the origin")
+    cmds = ingest.add_subparsers(dest="command", required=True)
+
+    def common(cmd: argparse.ArgumentParser) -> None:
+        cmd.add_argument("--origin", help="origin base URL (ATCDN_INGEST_ORIGIN; "
+                         "default http://127.0.0.1:8100; token from ATCDN_ORIGIN_TOKEN)")
+        cmd.add_argument("--data-dir", help="cursor, record index, backfill state, spool "
+                         "(ATCDN_INGEST_DATA_DIR; default atcdn-data/ingest)")
+        cmd.add_argument("--pds-concurrency", type=int, help="getBlob requests at once per PDS "
+                         "(ATCDN_INGEST_PDS_CONCURRENCY; default 4)")
+        cmd.add_argument("--pds-rate", type=float, help="getBlob requests per second per PDS "
+                         "(ATCDN_INGEST_PDS_RATE; default 10)")
+        cmd.add_argument("--workers", type=int, help="blobs handled at once "
+                         "(ATCDN_INGEST_WORKERS; default 16)")
+        cmd.add_argument("--mime-types", help="MIME patterns to fetch "
+                         "(ATCDN_INGEST_MIME_TYPES; default 'image/*,video/*')")
+        cmd.add_argument("--max-blob-bytes", type=int, help="larger blobs are skipped "
+                         "(ATCDN_INGEST_MAX_BLOB_BYTES; default 300 MiB)")
+
+    follow = cmds.add_parser("follow", help="subscribe to subscribeRepos and store new blobs")
+    follow.add_argument("--from", dest="firehose", metavar="WS_URL",
+                        help="ws(s)://host[:port] of a relay or PDS (ATCDN_INGEST_FIREHOSE)")
+    follow.add_argument("--status-port", type=int, help="port of /health and /metrics on "
+                        "127.0.0.1, 0 for none (ATCDN_INGEST_STATUS_PORT; default 8300)")
+    common(follow)
+    follow.set_defaults(func=_ingest_follow)
+
+    backfill = cmds.add_parser("backfill", help="store every blob of a PDS or of some accounts")
+    target = backfill.add_mutually_exclusive_group(required=True)
+    target.add_argument("--pds", help="PDS base URL: every account it lists (listRepos)")
+    target.add_argument("--did", nargs="+", help="these accounts (their PDS from their DID)")
+    backfill.add_argument("--page-size", type=int, default=1000,
+                          help="listRepos/listBlobs page size (default 1000)")
+    common(backfill)
+    backfill.set_defaults(func=_ingest_backfill)
+
+    status = cmds.add_parser("status", help="print the saved cursor and state (and a running "
+                             "follower's health with --url); exit 1 if unhealthy")
+    status.add_argument("--data-dir", help="as given to follow/backfill")
+    status.add_argument("--url", help="a running follower's status URL, e.g. "
+                        "http://127.0.0.1:8300")
+    status.set_defaults(func=_ingest_status)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atcdn", description=__doc__.splitlines()[0])
     roles = parser.add_subparsers(dest="role", required=True)
@@ -188,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     up_cmd.set_defaults(func=_up)
 
     _add_control(roles)
+    _add_ingest(roles)
     return parser
 
 

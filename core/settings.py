@@ -140,3 +140,56 @@ class ControlSettings(BaseSettings):
         description="seconds between feed polls: the bound on takedown delay")
     takedown_state_file: Path | None = Field(
         default=None, description="where a follower keeps its feed position")
+
+
+class IngestSettings(BaseSettings):
+    """The network follower and backfiller (``atcdn ingest``). Variables ``ATCDN_INGEST_*``,
+    plus ``ATCDN_ORIGIN_TOKEN`` (the origin's write token), ``ATCDN_PLC_URL`` and
+    ``ATCDN_ALLOW_PRIVATE_NETWORKS`` shared with the edge."""
+
+    model_config = SettingsConfigDict(env_prefix="ATCDN_INGEST_", populate_by_name=True)
+
+    firehose: str | None = Field(
+        default=None, description="ws(s):// URL of a relay or PDS (subscribeRepos)")
+    origin: str = "http://127.0.0.1:8100"
+    origin_token: str | None = Field(
+        default=None, validation_alias=AliasChoices("ATCDN_ORIGIN_TOKEN", "origin_token"),
+        description="bearer token for the origin's writes (PUT /blob, /admin/*)")
+    data_dir: Path = Field(default=Path("atcdn-data/ingest"),
+                           description="cursor, record index, backfill state, download spool")
+    plc_url: str = Field(
+        default="https://plc.directory",
+        validation_alias=AliasChoices("ATCDN_PLC_URL", "plc_url"),
+    )
+    allow_private_networks: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("ATCDN_ALLOW_PRIVATE_NETWORKS", "allow_private_networks"),
+    )
+    # Politeness towards each PDS.
+    pds_concurrency: int = Field(default=4, ge=1, description="getBlob requests at once per PDS")
+    pds_rate: float = Field(default=10.0, gt=0, description="getBlob requests per second per PDS")
+    workers: int = Field(default=16, ge=1, description="blobs handled at once, all PDSes")
+    queue_size: int = Field(
+        default=256, ge=1, description="blobs waiting for a worker before reading pauses")
+    retries: int = Field(default=3, ge=0, description="retries of a failed getBlob")
+    retry_backoff: float = Field(default=1.0, ge=0, description="first retry delay, doubled")
+    max_blob_bytes: int = Field(default=300 * 1024 * 1024, description="larger blobs are skipped")
+    mime_types: str = Field(
+        default="image/*,video/*",
+        description="comma-separated MIME patterns to fetch ('*' for every blob)")
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    fetch_deadline: float = Field(default=600.0, description="seconds one blob download may take")
+    # The firehose connection.
+    ping_interval: float = Field(default=20.0, gt=0, description="websocket ping every N s")
+    ping_timeout: float = Field(default=20.0, gt=0, description="reconnect if no pong within")
+    reconnect_max_backoff: float = Field(default=60.0, gt=0)
+    cursor_flush_interval: float = Field(
+        default=1.0, gt=0, description="seconds between cursor writes (a replay, never a gap)")
+    max_frame_bytes: int = Field(default=8 * 1024 * 1024, description="larger frames are dropped")
+    # Status.
+    status_host: str = "127.0.0.1"
+    status_port: int = Field(default=8300, description="/health and /metrics; 0 turns it off")
+    publish_feed: bool = Field(
+        default=False,
+        description="also publish account takedowns/restores to the AWS takedown feed")

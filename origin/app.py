@@ -224,8 +224,8 @@ class Origin:
 
     async def takedown(self, request: Request) -> Response:
         subject = await self.subject(request)
-        self.index.take_down(subject)
-        return JSONResponse({"subject": subject, "takenDown": True})
+        was = self.index.take_down(subject)
+        return JSONResponse({"subject": subject, "takenDown": True, "wasTakenDown": was})
 
     async def restore(self, request: Request) -> Response:
         subject = await self.subject(request)

@@ -99,8 +99,11 @@ class Index:
         return [row[0] for row in self._run(
             "SELECT did FROM refs WHERE cid = ? ORDER BY did", (cid,))]
 
-    def take_down(self, subject: str) -> None:
-        self._run("INSERT OR IGNORE INTO takedowns VALUES (?, ?)", (subject, time.time()))
+    def take_down(self, subject: str) -> bool:
+        """Take ``subject`` down; True if it was taken down already."""
+        with self._lock:
+            return self._db.execute("INSERT OR IGNORE INTO takedowns VALUES (?, ?)",
+                                    (subject, time.time())).rowcount == 0
 
     def restore(self, subject: str) -> bool:
         with self._lock:
