@@ -193,6 +193,22 @@ def _ingest_follow(args: argparse.Namespace) -> None:
         sys.exit(f"atcdn ingest follow: {exc}")
 
 
+LABEL_FLAGS = ["labeler", "labeler_did", "origin", "data_dir", "label_values",
+               "labels_status_port"]
+
+
+def _ingest_labels(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from atcdn.ingest.labels import Fatal, follow_labels
+
+    _export("ATCDN_INGEST_", args, LABEL_FLAGS)
+    try:
+        asyncio.run(follow_labels(_ingest_settings(args)))
+    except (Fatal, ValueError) as exc:
+        sys.exit(f"atcdn ingest labels: {exc}")
+
+
 def _ingest_backfill(args: argparse.Namespace) -> None:
     import asyncio
 
@@ -253,6 +269,23 @@ def _add_ingest(roles: argparse._SubParsersAction) -> None:
                         "127.0.0.1, 0 for none (ATCDN_INGEST_STATUS_PORT; default 8300)")
     common(follow)
     follow.set_defaults(func=_ingest_follow)
+
+    labels = cmds.add_parser("labels", help="follow a labeler (subscribeLabels) and take down "
+                             "what its signed takedown labels name")
+    labels.add_argument("--from", dest="labeler", metavar="WS_URL",
+                        help="ws(s)://host[:port] of the labeler (ATCDN_INGEST_LABELER)")
+    labels.add_argument("--labeler-did", help="the labeler's DID; its #atproto_label key must "
+                        "sign every label (ATCDN_INGEST_LABELER_DID)")
+    labels.add_argument("--label-values", help="comma-separated values that take a subject "
+                        "down (ATCDN_INGEST_LABEL_VALUES; default '!takedown')")
+    labels.add_argument("--status-port", dest="labels_status_port", type=int,
+                        help="port of /health and /metrics on 127.0.0.1, 0 for none "
+                        "(ATCDN_INGEST_LABELS_STATUS_PORT; default 8301)")
+    labels.add_argument("--origin", help="origin base URL (ATCDN_INGEST_ORIGIN; "
+                        "default http://127.0.0.1:8100; token from ATCDN_ORIGIN_TOKEN)")
+    labels.add_argument("--data-dir", help="cursor, label state; the record index of "
+                        "`ingest follow` when shared (ATCDN_INGEST_DATA_DIR)")
+    labels.set_defaults(func=_ingest_labels)
 
     backfill = cmds.add_parser("backfill", help="store every blob of a PDS or of some accounts")
     target = backfill.add_mutually_exclusive_group(required=True)
