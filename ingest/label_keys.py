@@ -52,16 +52,33 @@ def parse_multikey(text: str) -> LabelKey:
         raise LabelKeyError(f"label key is not a point on its curve: {exc}") from None
 
 
+# Legacy verification method types (PLC documents still use them): the multibase value
+# is the bare point, compressed or not, with no multicodec prefix.
+_LEGACY_TYPES = {"EcdsaSecp256k1VerificationKey2019": "secp256k1-pub",
+                 "EcdsaSecp256r1VerificationKey2019": "p256-pub"}
+
+
 def label_key(doc: Any, did: str) -> LabelKey:
-    """The ``#atproto_label`` key of ``did``'s document (pure)."""
+    """The ``#atproto_label`` key of ``did``'s document (pure), read as
+    ``@atproto/identity`` reads it: ``Multikey`` or one of the legacy types."""
     if not isinstance(doc, dict) or doc.get("id") != did:
         raise LabelKeyError(f"DID document is not {did}'s")
     for method in doc.get("verificationMethod") or ():
         if (isinstance(method, dict)
                 and method.get("id") in ("#atproto_label", f"{did}#atproto_label")
                 and isinstance(method.get("publicKeyMultibase"), str)):
-            return parse_multikey(method["publicKeyMultibase"])
+            value = method["publicKeyMultibase"]
+            codec = _LEGACY_TYPES.get(method.get("type"))  # type: ignore[arg-type]
+            return parse_multikey(value) if codec is None else _point(codec, value)
     raise LabelKeyError(f"{did} has no #atproto_label key")
+
+
+def _point(codec: str, text: str) -> LabelKey:
+    try:
+        raw = multibase.decode(text) if len(text) <= 200 else b""
+        return ec.EllipticCurvePublicKey.from_encoded_point(_CURVES[codec][0], bytes(raw))
+    except (ValueError, KeyError) as exc:
+        raise LabelKeyError(f"legacy label key does not decode: {exc}") from None
 
 
 def signed_bytes(label: dict[str, Any]) -> bytes:

@@ -94,3 +94,22 @@ def test_expired_labels_count_as_negated() -> None:
     assert isinstance(live, Labels) and live.labels[0].active(now)
     assert isinstance(gone, Labels) and not gone.labels[0].active(now)
     assert isinstance(neg, Labels) and not neg.labels[0].active(now)
+
+
+def test_legacy_key_types_in_plc_documents() -> None:
+    """PLC documents list keys as ``EcdsaSecp256k1VerificationKey2019`` with the bare
+    (uncompressed) point, as the reference network's Ozone DID shows."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    from multiformats import multibase
+
+    signer = Signer()
+    point = signer.key.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    doc = signer.did_document(LABELER)
+    doc["verificationMethod"] = [{"id": "#atproto_label",
+                                  "type": "EcdsaSecp256k1VerificationKey2019",
+                                  "controller": LABELER,
+                                  "publicKeyMultibase": multibase.encode(point, "base58btc")}]
+    assert verify(label_key(doc, LABELER), signer.label(LABELER, POST))
+    doc["verificationMethod"][0]["publicKeyMultibase"] = "z111"
+    with pytest.raises(LabelKeyError):
+        label_key(doc, LABELER)

@@ -1,0 +1,137 @@
+"""``atcdn ingest labels`` against the REAL reference moderation service: Ozone, with PLC,
+PDS, AppView and bsync, assembled by ``@atproto/dev-env`` (tests/ozone/harness.js) on a
+throwaway PostgreSQL. A moderator's record takedown in Ozone makes the post's image
+unavailable (451) on the edge within 30 s, its reversal brings it back, and an account
+takedown takes all the account's blobs down.
+
+Real processes: the whole reference network, the origin, the edge, ``atcdn ingest
+follow`` on the PDS's firehose (it fills the record index the label follower reads),
+``atcdn ingest labels`` on Ozone's subscribeLabels, moto_server (the AWS stand-in
+carrying the takedown feed to the edge). No stand-in speaks for Ozone.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from atcdn.core import cid as cids
+from PIL import Image
+
+from tests.helpers.env import ROOT, TOKEN
+from tests.helpers.ingest import Follower, origin_status, wait_until
+from tests.helpers.labeler import LabelFollower
+from tests.helpers.nodes import Origin, start_edge
+from tests.helpers.ozone import Moderation, reference_moderation
+from tests.helpers.servers import atcdn
+
+pytestmark = pytest.mark.timeout(1500)  # the first run installs tests/ozone (minutes)
+
+WITHIN = 30.0  # the promise: every edge stops serving within 30 s
+
+
+def jpeg(seed: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (320, 240), (seed * 40 % 256, 120, 60)).save(out, "JPEG", quality=80)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Moderation, bytes]]:
+    tmp = tmp_path_factory.mktemp("ozone")
+    data = jpeg(7)
+    (tmp / "image.jpg").write_bytes(data)
+    started = time.monotonic()
+    with reference_moderation(tmp, tmp / "image.jpg") as moderation:
+        print(f"reference network up in {time.monotonic() - started:.1f}s "
+              f"(harness: {moderation.startSeconds:.1f}s)")
+        yield moderation, data
+
+
+def test_ozone_takedowns_reach_the_edge(network: tuple[Moderation, bytes], tmp_path: Path,
+                                        moto: dict[str, str]) -> None:
+    net, data = network
+    did, blob = net.did, net.blobCid
+    assert cids.compute(data) == blob  # the PDS keeps the uploaded bytes as they are
+    feed = {**moto, "ATCDN_TAKEDOWN_FOLLOW": "1", "ATCDN_TAKEDOWN_POLL_INTERVAL": "0.5",
+            "ATCDN_TAKEDOWN_TABLE": f"atcdn-takedowns-{uuid.uuid4().hex}"}
+    done = subprocess.run(atcdn("control", "init-feed"), env={**os.environ, **feed}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    origin = Origin(tmp_path / "origin", feed, tmp_path / "origin.log")
+    origin.start()
+    edge = start_edge(origin.url, tmp_path / "edge", tmp_path / "edge.log",
+                      env={**feed, "ATCDN_PDS_FALLBACK": "0"})
+    data_dir = tmp_path / "ingest"
+    common = {**feed, "ATCDN_INGEST_PUBLISH_FEED": "1"}
+    # The firehose follower fills the record index (and would fetch the blob itself);
+    # the post was made before it started, so it replays the PDS's firehose from 0.
+    follower = Follower(net.pdsUrl.replace("http", "ws", 1), origin.url, data_dir,
+                        plc_url=net.plcUrl, env=common)
+    labels = LabelFollower(net.ozoneUrl.replace("http", "ws", 1), net.ozoneDid, origin.url,
+                           data_dir, plc_url=net.plcUrl, env=common)
+    try:
+        r = httpx.put(f"{origin.url}/blob/{blob}", params={"did": did}, content=data,
+                      headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code in (200, 201), r.text
+        image = f"{edge.url}/img/feed_thumbnail/plain/{did}/{blob}@jpeg"
+        raw = f"{edge.url}/blob/{did}/{blob}"
+        assert httpx.get(image, timeout=30).status_code == 200  # now cached on the edge
+        assert httpx.get(raw, timeout=30).status_code == 200
+
+        # Cursor 0: the follower replays the PDS's whole firehose, this post included.
+        _set_firehose_cursor(data_dir, follower.source, 0)
+        follower.start()
+        labels.start()
+
+        # 1. A record takedown by a moderator in Ozone.
+        net.command("takedown-record")
+        took = wait_until(lambda: httpx.get(image, timeout=30).status_code == 451, WITHIN,
+                          "the post's image refused on the edge after Ozone's takedown")
+        assert httpx.get(raw, timeout=30).status_code == 451
+        assert origin_status(origin.url, blob, did) == 451
+        print(f"record takedown -> edge 451 in {took:.1f}s")
+        assert labels.metric("atcdn_ingest_labels_total", outcome="applied") >= 1
+        assert labels.metric("atcdn_ingest_labels_total", outcome="bad_signature") == 0
+
+        # 2. Its reversal.
+        net.command("reverse-record")
+        back = wait_until(lambda: httpx.get(image, timeout=30).status_code == 200, WITHIN,
+                          "the image served again after the reversal")
+        assert origin_status(origin.url, blob, did) == 200
+        print(f"reversal -> edge 200 in {back:.1f}s")
+
+        # 3. An account takedown: every blob of the account.
+        net.command("takedown-account")
+        took = wait_until(lambda: httpx.get(raw, timeout=30).status_code == 451, WITHIN,
+                          "the account's blobs refused after Ozone's account takedown")
+        assert httpx.get(image, timeout=30).status_code == 451
+        assert labels.health()["actions"].get("account_takedown") == 1  # by the label
+        print(f"account takedown -> edge 451 in {took:.1f}s")
+
+        net.command("reverse-account")
+        wait_until(lambda: httpx.get(image, timeout=30).status_code == 200, WITHIN,
+                   "the account's image served again after the reversal")
+    finally:
+        print(labels.tail())
+        labels.stop()
+        follower.stop()
+        edge.proc.stop()
+        origin.stop()
+
+
+def _set_firehose_cursor(data_dir: Path, source: str, seq: int) -> None:
+    from atcdn.ingest.state import State
+
+    state = State(data_dir)
+    try:
+        state.save_cursor(source, seq)
+    finally:
+        state.close()
