@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from atcdn.core import did as dids
-from atcdn.ingest.frames import ErrorFrame, FrameError, Info
+from atcdn.ingest import frames
+from atcdn.ingest.frames import ErrorFrame, FrameError, Info, Other
 from libipld import decode_dag_cbor_multi
 
 MAX_LABELS = 1000  # per frame; more is malformed (Ozone sends one label per frame)
@@ -59,25 +60,16 @@ LabelEvent = Labels | Info | ErrorFrame
 
 
 def decode(frame: bytes) -> LabelEvent:
-    """The event in one binary frame; ``FrameError`` for anything malformed."""
-    if not isinstance(frame, bytes):
-        raise FrameError("not_binary", "text frame on a binary stream")
-    try:
-        parts = decode_dag_cbor_multi(frame)
-    except (ValueError, RecursionError, OverflowError) as exc:
-        raise FrameError("bad_cbor", f"frame is not DAG-CBOR: {exc}") from None
-    if len(parts) != 2 or not isinstance(parts[0], dict) or not isinstance(parts[1], dict):
-        raise FrameError("bad_shape", f"frame has {len(parts)} objects, not header + body maps")
-    header, body = parts
-    if header.get("op") == -1:
-        return ErrorFrame(_text(body, "error") or "Unknown", _text(body, "message"))
-    if header.get("op") != 1:
-        raise FrameError("bad_header", f"unknown frame op {header.get('op')!r}")
-    kind = header.get("t")
-    if kind == "#info":
-        return Info(_text(body, "name") or "Unknown", _text(body, "message"))
-    if kind != "#labels":
-        raise FrameError("unknown_kind", f"unknown message type {str(kind)[:50]!r}")
+    """The event in one binary frame; ``FrameError`` for anything malformed.
+
+    The header, error frames and ``#info`` are the firehose's (frames.py decodes them);
+    only the ``#labels`` body is read here."""
+    event = frames.decode(frame)
+    if isinstance(event, Info | ErrorFrame):
+        return event
+    if not isinstance(event, Other) or event.kind != "#labels":
+        raise FrameError("unknown_kind", "not a #labels, #info or error frame")
+    body = decode_dag_cbor_multi(frame)[1]  # valid: frames.decode read it
     seq = body.get("seq")
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise FrameError("bad_seq", f"#labels has no valid seq: {seq!r}"[:200])
@@ -132,7 +124,3 @@ def parse_time(text: str) -> datetime:
     when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
-
-def _text(body: dict, key: str) -> str | None:
-    value = body.get(key)
-    return value[:1000] if isinstance(value, str) else None

@@ -19,10 +19,8 @@ import logging
 import time
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import httpx
-import websockets
 from atcdn.core import did as dids
 from atcdn.core.errors import BlockedAddress
 from atcdn.core.resolver import document_url
@@ -35,36 +33,24 @@ from atcdn.ingest.label_keys import LabelKey, LabelKeyError, label_key, verify
 from atcdn.ingest.label_metrics import LabelMetrics
 from atcdn.ingest.label_state import LabelState
 from atcdn.ingest.origin_api import OriginAuthError, OriginClient, OriginRefused
-from atcdn.ingest.politeness import backoff
 from atcdn.ingest.quietlog import QuietLog
 from atcdn.ingest.records import RecordIndex
 from atcdn.ingest.status import serve_status, status_app
+from atcdn.ingest.stream import StreamError, Subscription, stream_url
 
 log = logging.getLogger("atcdn.ingest.labels")
 
-SUBSCRIBE = "/xrpc/com.atproto.label.subscribeLabels"
+SUBSCRIBE = "com.atproto.label.subscribeLabels"
 KEY_REFRESH_EVERY = 60.0  # seconds: at most one DID document refetch per minute
 MAX_DOCUMENT_BYTES = 64 * 1024
 
 
 def subscribe_url(source: str, cursor: int | None) -> str:
-    """The subscribeLabels URL of ``source``, resuming after ``cursor`` (pure)."""
-    parts = urlsplit(source)
-    if parts.scheme not in ("ws", "wss"):
-        raise ValueError(f"a labeler URL is ws:// or wss://, not {source!r}")
-    path = parts.path if parts.path.endswith(SUBSCRIBE) else parts.path.rstrip("/") + SUBSCRIBE
-    query = urlencode({"cursor": cursor}) if cursor is not None else ""
-    return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
+    return stream_url(source, SUBSCRIBE, cursor)
 
 
 def acting_values(text: str) -> frozenset[str]:
     return frozenset(v.strip() for v in text.split(",") if v.strip())
-
-
-class StreamError(Exception):
-    def __init__(self, frame: ErrorFrame) -> None:
-        super().__init__(f"{frame.error}: {frame.message or ''}")
-        self.error = frame.error
 
 
 class KeyUnavailable(Exception):
@@ -184,44 +170,22 @@ class LabelFollower:
                 self.quiet.warning("sweep", "label sweep failed: %s", exc)
 
     async def _read_forever(self) -> None:
-        attempt = 0
-        while True:
-            url = subscribe_url(self.source, self.cursor)
-            handled = 0
-            try:
-                async with websockets.connect(
-                        url, ping_interval=self.settings.ping_interval,
-                        ping_timeout=self.settings.ping_timeout,
-                        open_timeout=self.settings.connect_timeout * 2, close_timeout=5,
-                        max_size=self.settings.max_frame_bytes, max_queue=4,
-                        user_agent_header="atcdn-ingest-labels") as ws:
-                    self.connected = True
-                    self.metrics.connected.set(1)
-                    log.info("subscribed to %s", url)
-                    async for message in ws:
-                        await self.handle(message)
-                        handled += 1
-                log.warning("%s closed the stream", self.source)
-            except StreamError as exc:
-                log.warning("%s sent an error frame: %s", self.source, exc)
-                if exc.error == "FutureCursor":
-                    log.error("cursor %s is ahead of %s; following from the start",
-                              self.cursor, self.source)
-                    self.cursor = None
-            except KeyUnavailable as exc:
-                self.quiet.warning("key", "cannot check labels: %s", exc)
-            except websockets.ConnectionClosed as exc:
-                log.warning("label stream from %s ended: %s", self.source, exc)
-            except (OSError, TimeoutError, websockets.InvalidHandshake,
-                    websockets.InvalidURI) as exc:
-                self.quiet.warning("connect", "cannot subscribe to %s: %s: %s", url,
-                                   type(exc).__name__, exc)
-            finally:
-                self.connected = False
-                self.metrics.connected.set(0)
-            attempt = 1 if handled else attempt + 1
-            self.metrics.reconnects.inc()
-            await asyncio.sleep(backoff(attempt, 0.5, cap=self.settings.reconnect_max_backoff))
+        await Subscription(
+            self.source, lambda: subscribe_url(self.source, self.cursor), self.handle,
+            self.settings, self.quiet, user_agent="atcdn-ingest-labels",
+            retry_on=(KeyUnavailable,), on_connected=self._connected,
+            on_reconnect=self.metrics.reconnects.inc, on_error_frame=self._error_frame,
+        ).run_forever()
+
+    def _connected(self, up: bool) -> None:
+        self.connected = up
+        self.metrics.connected.set(int(up))
+
+    def _error_frame(self, exc: StreamError) -> None:
+        if exc.error == "FutureCursor":
+            log.error("cursor %s is ahead of %s; following from the start", self.cursor,
+                      self.source)
+            self.cursor = None
 
     async def handle(self, message: bytes | str) -> None:
         """One frame. Raises only for an error frame (the stream ends) or an unreachable

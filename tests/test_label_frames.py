@@ -78,7 +78,7 @@ def test_decode_labels_info_and_errors() -> None:
                           (encode_dag_cbor({"op": 1, "t": "#labels"}), "bad_shape"),
                           (encode_dag_cbor({"op": 1, "t": "#labels"}) + encode_dag_cbor(
                               {"seq": -1, "labels": []}), "bad_seq"),
-                          (encode_dag_cbor({"op": 1, "t": "#commit"}) + encode_dag_cbor(
+                          (encode_dag_cbor({"op": 1, "t": "#future"}) + encode_dag_cbor(
                               {"seq": 1}), "unknown_kind")]:
         with pytest.raises(FrameError) as info:
             decode(frame)  # type: ignore[arg-type]

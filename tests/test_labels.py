@@ -12,26 +12,28 @@ follower (``ingest follow``) would. The real labeler, Ozone: tests/test_labels_o
 
 from __future__ import annotations
 
-import io
 import json
-import os
-import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from atcdn.core import cid as cids
 from atcdn.ingest.records import RecordIndex
-from PIL import Image
 
-from tests.helpers.env import ROOT, TOKEN
 from tests.helpers.firehose import StandinFirehose
 from tests.helpers.ingest import origin_status, wait_until
-from tests.helpers.labeler import LabelFollower, Signer, info_frame, labels_frame, now_iso
+from tests.helpers.labeler import (
+    LabelFollower,
+    Signer,
+    info_frame,
+    jpeg,
+    labels_frame,
+    now_iso,
+    push,
+    takedown_feed,
+)
 from tests.helpers.nodes import Origin, start_edge
-from tests.helpers.servers import atcdn, static_server
+from tests.helpers.servers import static_server
 
 LABELER = "did:plc:labelerlabelerlabelerlab"
 ALICE = "did:plc:aliceaaaaaaaaaaaaaaaaaaa"
@@ -43,20 +45,10 @@ POST_C = f"at://{CAROL}/app.bsky.feed.post/3kccc"
 WITHIN = 15.0  # seconds; the feed is polled every 0.5 s here (30 s is the promise)
 
 
-def jpeg(seed: int) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (64, 48), (seed * 40 % 256, 90, 160)).save(out, "JPEG",
-                                                                 comment=f"{seed}".encode())
-    return out.getvalue()
-
 
 @pytest.fixture
 def world(tmp_path: Path, moto: dict[str, str]) -> Iterator[dict]:
-    feed = {**moto, "ATCDN_TAKEDOWN_FOLLOW": "1", "ATCDN_TAKEDOWN_POLL_INTERVAL": "0.5",
-            "ATCDN_TAKEDOWN_TABLE": f"atcdn-takedowns-{uuid.uuid4().hex}"}
-    done = subprocess.run(atcdn("control", "init-feed"), env={**os.environ, **feed}, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    feed = takedown_feed(moto)
     origin = Origin(tmp_path / "origin", feed, tmp_path / "origin.log")
     origin.start()
     edge = start_edge(origin.url, tmp_path / "edge", tmp_path / "edge.log",
@@ -74,20 +66,13 @@ def world(tmp_path: Path, moto: dict[str, str]) -> Iterator[dict]:
         origin.stop()
 
 
-def put(origin: Origin, did: str, data: bytes) -> str:
-    cid = cids.compute(data)
-    r = httpx.put(f"{origin.url}/blob/{cid}", params={"did": did}, content=data,
-                  headers={"Authorization": f"Bearer {TOKEN}"})
-    assert r.status_code in (200, 201), r.text
-    return cid
-
 
 def test_labels_from_a_standin_labeler(world: dict) -> None:
     origin, edge, signer, stream = (world["origin"], world["edge"], world["signer"],
                                     world["labeler"])
     data_dir = world["tmp"] / "ingest"
-    a1, a2, b1 = (put(origin, ALICE, jpeg(n)) for n in (1, 2, 3))
-    bob1, c1 = put(origin, BOB, jpeg(4)), put(origin, CAROL, jpeg(5))
+    a1, a2, b1 = (push(origin.url, ALICE, jpeg(n)) for n in (1, 2, 3))
+    bob1, c1 = push(origin.url, BOB, jpeg(4)), push(origin.url, CAROL, jpeg(5))
     index = RecordIndex(data_dir)  # what `ingest follow` writes
     index.put(POST_A, ALICE, [a1, a2])
     index.put(POST_C, CAROL, [c1])

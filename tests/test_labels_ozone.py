@@ -12,41 +12,28 @@ carrying the takedown feed to the edge). No stand-in speaks for Ozone.
 
 from __future__ import annotations
 
-import io
-import os
-import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from atcdn.core import cid as cids
-from PIL import Image
 
-from tests.helpers.env import ROOT, TOKEN
 from tests.helpers.ingest import Follower, origin_status, wait_until
-from tests.helpers.labeler import LabelFollower
+from tests.helpers.labeler import LabelFollower, jpeg, push, takedown_feed
 from tests.helpers.nodes import Origin, start_edge
 from tests.helpers.ozone import Moderation, reference_moderation
-from tests.helpers.servers import atcdn
 
 pytestmark = pytest.mark.timeout(1500)  # the first run installs tests/ozone (minutes)
 
 WITHIN = 30.0  # the promise: every edge stops serving within 30 s
 
 
-def jpeg(seed: int) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (320, 240), (seed * 40 % 256, 120, 60)).save(out, "JPEG", quality=80)
-    return out.getvalue()
-
-
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Moderation, bytes]]:
     tmp = tmp_path_factory.mktemp("ozone")
-    data = jpeg(7)
+    data = jpeg(7, (320, 240))
     (tmp / "image.jpg").write_bytes(data)
     started = time.monotonic()
     with reference_moderation(tmp, tmp / "image.jpg") as moderation:
@@ -60,11 +47,7 @@ def test_ozone_takedowns_reach_the_edge(network: tuple[Moderation, bytes], tmp_p
     net, data = network
     did, blob = net.did, net.blobCid
     assert cids.compute(data) == blob  # the PDS keeps the uploaded bytes as they are
-    feed = {**moto, "ATCDN_TAKEDOWN_FOLLOW": "1", "ATCDN_TAKEDOWN_POLL_INTERVAL": "0.5",
-            "ATCDN_TAKEDOWN_TABLE": f"atcdn-takedowns-{uuid.uuid4().hex}"}
-    done = subprocess.run(atcdn("control", "init-feed"), env={**os.environ, **feed}, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    feed = takedown_feed(moto)
     origin = Origin(tmp_path / "origin", feed, tmp_path / "origin.log")
     origin.start()
     edge = start_edge(origin.url, tmp_path / "edge", tmp_path / "edge.log",
@@ -78,9 +61,7 @@ def test_ozone_takedowns_reach_the_edge(network: tuple[Moderation, bytes], tmp_p
     labels = LabelFollower(net.ozoneUrl.replace("http", "ws", 1), net.ozoneDid, origin.url,
                            data_dir, plc_url=net.plcUrl, env=common)
     try:
-        r = httpx.put(f"{origin.url}/blob/{blob}", params={"did": did}, content=data,
-                      headers={"Authorization": f"Bearer {TOKEN}"})
-        assert r.status_code in (200, 201), r.text
+        assert push(origin.url, did, data) == blob
         image = f"{edge.url}/img/feed_thumbnail/plain/{did}/{blob}@jpeg"
         raw = f"{edge.url}/blob/{did}/{blob}"
         assert httpx.get(image, timeout=30).status_code == 200  # now cached on the edge

@@ -6,19 +6,26 @@ tested in tests/test_labels_ozone.py."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
+from atcdn.core import cid as cids
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from libipld import encode_dag_cbor
 from multiformats import multibase, multicodec
+from PIL import Image
 
-from tests.helpers.env import ROOT
+from tests.helpers.env import ROOT, TOKEN
 from tests.helpers.ingest import Follower
+from tests.helpers.pictures import encode
 from tests.helpers.servers import Process, atcdn
 
 ORDERS = {"secp256k1": 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141,
@@ -104,3 +111,28 @@ class LabelFollower(Follower):
         if wait_subscribed:
             self.proc.wait_http(self.url + "/metrics")
         return self
+
+
+def takedown_feed(moto: dict[str, str]) -> dict[str, str]:
+    """A fresh AWS takedown feed on moto_server (polled every 0.5 s): the env for the
+    origin, the edge and the followers that publish to it."""
+    env = {**moto, "ATCDN_TAKEDOWN_FOLLOW": "1", "ATCDN_TAKEDOWN_POLL_INTERVAL": "0.5",
+           "ATCDN_TAKEDOWN_TABLE": f"atcdn-takedowns-{uuid.uuid4().hex}"}
+    done = subprocess.run(atcdn("control", "init-feed"), env={**os.environ, **env}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return env
+
+
+def jpeg(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:
+    """A small JPEG, different for each seed."""
+    return encode(Image.new("RGB", size, (seed * 40 % 256, 90, 160)), quality=80)
+
+
+def push(origin_url: str, did: str, data: bytes) -> str:
+    """Store a blob in the origin for ``did`` (as an operator's PUT ?did= does); its CID."""
+    cid = cids.compute(data)
+    r = httpx.put(f"{origin_url}/blob/{cid}", params={"did": did}, content=data,
+                  headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code in (200, 201), r.text
+    return cid
