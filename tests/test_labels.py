@@ -20,6 +20,7 @@ import httpx
 import pytest
 from atcdn.ingest.records import RecordIndex
 
+from tests.helpers.env import TOKEN
 from tests.helpers.firehose import StandinFirehose
 from tests.helpers.ingest import origin_status, wait_until
 from tests.helpers.labeler import (
@@ -39,6 +40,7 @@ LABELER = "did:plc:labelerlabelerlabelerlab"
 ALICE = "did:plc:aliceaaaaaaaaaaaaaaaaaaa"
 BOB = "did:plc:bobbbbbbbbbbbbbbbbbbbbbb"
 CAROL = "did:plc:carolccccccccccccccccccc"
+DAVE = "did:plc:davedddddddddddddddddddd"
 POST_A = f"at://{ALICE}/app.bsky.feed.post/3kaaa"
 POST_B = f"at://{ALICE}/app.bsky.feed.post/3kbbb"
 POST_C = f"at://{CAROL}/app.bsky.feed.post/3kccc"
@@ -73,6 +75,10 @@ def test_labels_from_a_standin_labeler(world: dict) -> None:
     data_dir = world["tmp"] / "ingest"
     a1, a2, b1 = (push(origin.url, ALICE, jpeg(n)) for n in (1, 2, 3))
     bob1, c1 = push(origin.url, BOB, jpeg(4)), push(origin.url, CAROL, jpeg(5))
+    dave1 = push(origin.url, DAVE, jpeg(6))
+    r = httpx.post(f"{origin.url}/admin/takedown", json={"did": DAVE},  # an operator's own
+                   headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 200, r.text
     index = RecordIndex(data_dir)  # what `ingest follow` writes
     index.put(POST_A, ALICE, [a1, a2])
     index.put(POST_C, CAROL, [c1])
@@ -90,7 +96,8 @@ def test_labels_from_a_standin_labeler(world: dict) -> None:
                                sign("did:plc:otherlabelerotherlabeler", CAROL),  # foreign
                                {"src": LABELER, "uri": CAROL}))  # malformed
     stream.add(6, labels_frame(6, sign(LABELER, BOB)))  # an account
-    stream.add(7, labels_frame(7, sign(LABELER, POST_B)))  # before its record
+    stream.add(7, labels_frame(7, sign(LABELER, POST_B),  # before its record
+                               sign(LABELER, DAVE)))  # down already, by the operator
     stream.add(8, labels_frame(8, sign(LABELER, POST_C, "porn"),  # a value that does not act
                                sign(LABELER, CAROL, exp=now_iso(-60))))  # expired
     follower = LabelFollower(stream.url, LABELER, origin.url, data_dir,
@@ -118,7 +125,8 @@ def test_labels_from_a_standin_labeler(world: dict) -> None:
 
         follower.kill()  # kill -9; the reversals arrive while it is down
         stream.add(9, labels_frame(9, sign(LABELER, POST_A, neg=True)))
-        stream.add(10, labels_frame(10, sign(LABELER, BOB, neg=True)))
+        stream.add(10, labels_frame(10, sign(LABELER, BOB, neg=True),
+                                    sign(LABELER, DAVE, neg=True)))
         follower.start()
         wait_until(lambda: follower.health()["cursor"] == 10, WITHIN, "cursor at 10")
         assert stream.cursors[-1] == 8  # resumed where it was, nothing replayed twice
@@ -126,6 +134,7 @@ def test_labels_from_a_standin_labeler(world: dict) -> None:
             assert origin_status(origin.url, cid, ALICE) == 200
         assert origin_status(origin.url, bob1, BOB) == 200
         assert origin_status(origin.url, b1, ALICE) == 451  # its label still holds
+        assert origin_status(origin.url, dave1, DAVE) == 451  # not ours to lift
         wait_until(lambda: httpx.get(image, timeout=30).status_code == 200, WITHIN,
                    "the edge serves the image again after neg")
     finally:
