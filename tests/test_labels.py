@@ -87,24 +87,26 @@ def test_labels_from_a_standin_labeler(world: dict) -> None:
 
     sign = signer.label
     stream.add(1, labels_frame(1, sign(LABELER, POST_A)))
-    stream.add(2, b"\xff\xfe not cbor")
-    stream.add(3, "a text frame")
-    stream.add(4, info_frame("OutdatedCursor", "stand-in says hello"))
-    stream.add(5, labels_frame(5, sign(LABELER, POST_C, tamper=True),  # bad signature
+    stream.add(2, b"\x00" * 100_000)  # over the frame limit: the connection closes (1009)
+    stream.add(3, b"\xff\xfe not cbor")
+    stream.add(4, "a text frame")
+    stream.add(5, info_frame("OutdatedCursor", "stand-in says hello"))
+    stream.add(6, labels_frame(6, sign(LABELER, POST_C, tamper=True),  # bad signature
                                sign(LABELER, CAROL, high_s=True),  # malleated: refused
                                Signer().label(LABELER, CAROL),  # another key
                                sign("did:plc:otherlabelerotherlabeler", CAROL),  # foreign
                                {"src": LABELER, "uri": CAROL}))  # malformed
-    stream.add(6, labels_frame(6, sign(LABELER, BOB)))  # an account
-    stream.add(7, labels_frame(7, sign(LABELER, POST_B),  # before its record
+    stream.add(7, labels_frame(7, sign(LABELER, BOB)))  # an account
+    stream.add(8, labels_frame(8, sign(LABELER, POST_B),  # before its record
                                sign(LABELER, DAVE)))  # down already, by the operator
-    stream.add(8, labels_frame(8, sign(LABELER, POST_C, "porn"),  # a value that does not act
+    stream.add(9, labels_frame(9, sign(LABELER, POST_C, "porn"),  # a value that does not act
                                sign(LABELER, CAROL, exp=now_iso(-60))))  # expired
     follower = LabelFollower(stream.url, LABELER, origin.url, data_dir,
                              plc_url=world["plc_url"],
-                             env={**world["feed"], "ATCDN_INGEST_PUBLISH_FEED": "1"}).start()
+                             env={**world["feed"], "ATCDN_INGEST_PUBLISH_FEED": "1",
+                                  "ATCDN_INGEST_MAX_FRAME_BYTES": "65536"}).start()
     try:
-        wait_until(lambda: follower.health()["cursor"] == 8, WITHIN, "cursor at 8")
+        wait_until(lambda: follower.health()["cursor"] == 9, WITHIN, "cursor at 9")
         for cid in (a1, a2):
             assert origin_status(origin.url, cid, ALICE) == 451
         assert origin_status(origin.url, bob1, BOB) == 451
@@ -116,7 +118,7 @@ def test_labels_from_a_standin_labeler(world: dict) -> None:
         assert follower.metric("atcdn_ingest_labels_total", outcome="foreign_source") == 1
         assert follower.metric("atcdn_ingest_labels_total", outcome="bad_label") == 1
         assert follower.metric("atcdn_ingest_labels_total", outcome="other_value") == 1
-        assert follower.metric("atcdn_ingest_label_malformed_frames_total") == 2
+        assert follower.metric("atcdn_ingest_label_malformed_frames_total") == 3
         assert follower.metric("atcdn_ingest_label_info_frames_total") == 1
 
         index.put(POST_B, ALICE, [b1])  # the record arrives: the waiting label applies
@@ -124,12 +126,12 @@ def test_labels_from_a_standin_labeler(world: dict) -> None:
                    "pending label applied once its record is indexed")
 
         follower.kill()  # kill -9; the reversals arrive while it is down
-        stream.add(9, labels_frame(9, sign(LABELER, POST_A, neg=True)))
-        stream.add(10, labels_frame(10, sign(LABELER, BOB, neg=True),
+        stream.add(10, labels_frame(10, sign(LABELER, POST_A, neg=True)))
+        stream.add(11, labels_frame(11, sign(LABELER, BOB, neg=True),
                                     sign(LABELER, DAVE, neg=True)))
         follower.start()
-        wait_until(lambda: follower.health()["cursor"] == 10, WITHIN, "cursor at 10")
-        assert stream.cursors[-1] == 8  # resumed where it was, nothing replayed twice
+        wait_until(lambda: follower.health()["cursor"] == 11, WITHIN, "cursor at 11")
+        assert stream.cursors[-1] == 9  # resumed where it was, nothing replayed twice
         for cid in (a1, a2):
             assert origin_status(origin.url, cid, ALICE) == 200
         assert origin_status(origin.url, bob1, BOB) == 200
