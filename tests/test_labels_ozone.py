@@ -1,7 +1,7 @@
 """``atcdn ingest labels`` against the REAL reference moderation service: Ozone, with PLC,
 PDS, AppView and bsync, assembled by ``@atproto/dev-env`` (tests/ozone/harness.js) on a
 throwaway PostgreSQL. A moderator's record takedown in Ozone makes the post's image
-unavailable (451) on the edge within 30 s, its reversal brings it back, and an account
+unavailable (451) on every edge within 30 s, its reversal brings it back, and an account
 takedown takes all the account's blobs down.
 
 Real processes: the whole reference network, the origin, the edge, ``atcdn ingest
@@ -42,7 +42,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Moderati
         yield moderation, data
 
 
-def test_ozone_takedowns_reach_the_edge(network: tuple[Moderation, bytes], tmp_path: Path,
+def test_ozone_takedowns_reach_every_edge(network: tuple[Moderation, bytes], tmp_path: Path,
                                         moto: dict[str, str]) -> None:
     net, data = network
     did, blob = net.did, net.blobCid
@@ -50,8 +50,8 @@ def test_ozone_takedowns_reach_the_edge(network: tuple[Moderation, bytes], tmp_p
     feed = takedown_feed(moto)
     origin = Origin(tmp_path / "origin", feed, tmp_path / "origin.log")
     origin.start()
-    edge = start_edge(origin.url, tmp_path / "edge", tmp_path / "edge.log",
-                      env={**feed, "ATCDN_PDS_FALLBACK": "0"})
+    edges = [start_edge(origin.url, tmp_path / f"edge{n}", tmp_path / f"edge{n}.log",
+                        env={**feed, "ATCDN_PDS_FALLBACK": "0"}) for n in (1, 2)]
     data_dir = tmp_path / "ingest"
     common = {**feed, "ATCDN_INGEST_PUBLISH_FEED": "1"}
     # The firehose follower fills the record index (and would fetch the blob itself);
@@ -62,10 +62,15 @@ def test_ozone_takedowns_reach_the_edge(network: tuple[Moderation, bytes], tmp_p
                            data_dir, plc_url=net.plcUrl, env=common)
     try:
         assert push(origin.url, did, data) == blob
-        image = f"{edge.url}/img/feed_thumbnail/plain/{did}/{blob}@jpeg"
-        raw = f"{edge.url}/blob/{did}/{blob}"
-        assert httpx.get(image, timeout=30).status_code == 200  # now cached on the edge
-        assert httpx.get(raw, timeout=30).status_code == 200
+        other = push(origin.url, did, jpeg(8))  # another blob of the account (not in the post)
+        image = [f"{e.url}/img/feed_thumbnail/plain/{did}/{blob}@jpeg" for e in edges]
+        raw = [f"{e.url}/blob/{did}/{blob}" for e in edges]
+        others = [f"{e.url}/blob/{did}/{other}" for e in edges]
+
+        def every(urls: list[str], status: int) -> bool:
+            return all(httpx.get(url, timeout=30).status_code == status for url in urls)
+
+        assert every(image + raw + others, 200)  # now cached on both edges
 
         # Cursor 0: the follower replays the PDS's whole firehose, this post included.
         _set_firehose_cursor(data_dir, follower.source, 0)
@@ -74,9 +79,9 @@ def test_ozone_takedowns_reach_the_edge(network: tuple[Moderation, bytes], tmp_p
 
         # 1. A record takedown by a moderator in Ozone.
         net.command("takedown-record")
-        took = wait_until(lambda: httpx.get(image, timeout=30).status_code == 451, WITHIN,
-                          "the post's image refused on the edge after Ozone's takedown")
-        assert httpx.get(raw, timeout=30).status_code == 451
+        took = wait_until(lambda: every(image + raw, 451), WITHIN,
+                          "the post's image refused on every edge after Ozone's takedown")
+        assert every(others, 200)  # the record's blobs only
         assert origin_status(origin.url, blob, did) == 451
         print(f"record takedown -> edge 451 in {took:.1f}s")
         assert labels.metric("atcdn_ingest_labels_total", outcome="applied") >= 1
@@ -84,27 +89,28 @@ def test_ozone_takedowns_reach_the_edge(network: tuple[Moderation, bytes], tmp_p
 
         # 2. Its reversal.
         net.command("reverse-record")
-        back = wait_until(lambda: httpx.get(image, timeout=30).status_code == 200, WITHIN,
+        back = wait_until(lambda: every(image + raw, 200), WITHIN,
                           "the image served again after the reversal")
         assert origin_status(origin.url, blob, did) == 200
         print(f"reversal -> edge 200 in {back:.1f}s")
 
         # 3. An account takedown: every blob of the account.
         net.command("takedown-account")
-        took = wait_until(lambda: httpx.get(raw, timeout=30).status_code == 451, WITHIN,
-                          "the account's blobs refused after Ozone's account takedown")
-        assert httpx.get(image, timeout=30).status_code == 451
+        took = wait_until(lambda: every(image + raw + others, 451), WITHIN,
+                          "the account's blobs refused on every edge after the takedown")
+        assert origin_status(origin.url, other, did) == 451
         assert labels.health()["actions"].get("account_takedown") == 1  # by the label
         print(f"account takedown -> edge 451 in {took:.1f}s")
 
         net.command("reverse-account")
-        wait_until(lambda: httpx.get(image, timeout=30).status_code == 200, WITHIN,
-                   "the account's image served again after the reversal")
+        wait_until(lambda: every(image + raw + others, 200), WITHIN,
+                   "the account's blobs served again after the reversal")
     finally:
         print(labels.tail())
         labels.stop()
         follower.stop()
-        edge.proc.stop()
+        for edge in edges:
+            edge.proc.stop()
         origin.stop()
 
 
