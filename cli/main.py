@@ -277,7 +277,7 @@ def _add_ingest(roles: argparse._SubParsersAction) -> None:
     labels.add_argument("--labeler-did", help="the labeler's DID; its #atproto_label key must "
                         "sign every label (ATCDN_INGEST_LABELER_DID)")
     labels.add_argument("--label-values", help="comma-separated values that take a subject "
-                        "down (ATCDN_INGEST_LABEL_VALUES; default '!takedown')")
+                        "down (ATCDN_INGEST_LABEL_VALUES; default '!takedown,!suspend')")
     labels.add_argument("--status-port", dest="labels_status_port", type=int,
                         help="port of /health and /metrics on 127.0.0.1, 0 for none "
                         "(ATCDN_INGEST_LABELS_STATUS_PORT; default 8301)")

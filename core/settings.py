@@ -199,8 +199,9 @@ class IngestSettings(BaseSettings):
     labeler_did: str | None = Field(
         default=None, description="the labeler's DID: its #atproto_label key signs the labels")
     label_values: str = Field(
-        default="!takedown",
-        description="comma-separated label values that take a subject down (e.g. !suspend too)")
+        default="!takedown,!suspend",
+        description="comma-separated label values that take a subject down (Ozone labels a "
+                    "suspended account !suspend)")
     label_sweep_interval: float = Field(
         default=2.0, gt=0, description="seconds between checks for pending and expired labels")
     labels_status_port: int = Field(

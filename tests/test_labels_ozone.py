@@ -2,7 +2,7 @@
 PDS, AppView and bsync, assembled by ``@atproto/dev-env`` (tests/ozone/harness.js) on a
 throwaway PostgreSQL. A moderator's record takedown in Ozone makes the post's image
 unavailable (451) on every edge within 30 s, its reversal brings it back, and an account
-takedown takes all the account's blobs down.
+takedown (or a suspension, labelled ``!suspend``) takes all the account's blobs down.
 
 Real processes: the whole reference network, the origin, the edge, ``atcdn ingest
 follow`` on the PDS's firehose (it fills the record index the label follower reads),
@@ -105,6 +105,15 @@ def test_ozone_takedowns_reach_every_edge(network: tuple[Moderation, bytes], tmp
         net.command("reverse-account")
         wait_until(lambda: every(image + raw + others, 200), WITHIN,
                    "the account's blobs served again after the reversal")
+
+        # 4. A suspension (a takedown for 24 h): Ozone labels the DID !suspend.
+        net.command("suspend-account")
+        wait_until(lambda: every(image + raw + others, 451), WITHIN,
+                   "the account's blobs refused on every edge after a suspension")
+        assert labels.health()["actions"].get("account_takedown") == 2
+        net.command("reverse-account")
+        wait_until(lambda: every(image + raw + others, 200), WITHIN,
+                   "the account's blobs served again after the suspension is lifted")
     finally:
         print(labels.tail())
         labels.stop()

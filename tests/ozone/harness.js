@@ -10,6 +10,7 @@
 // and serves moderation commands on controlUrl (POST, answered with JSON) until killed:
 //   /takedown-record, /reverse-record     Ozone takedown of the post (with its blob)
 //   /takedown-account, /reverse-account   Ozone takedown of the account
+//   /suspend-account                      a 24 h takedown (a suspension; reversed likewise)
 // each an emitEvent by dev-env's moderator account (a service JWT signed by its key),
 // exactly as a human moderator's Ozone UI would send it.
 'use strict'
@@ -58,7 +59,9 @@ async function main () {
     '/takedown-record': () => mod.emitEvent({ event: takedown, subject: record, subjectBlobCids: [blobCid] }, 'moderator'),
     '/reverse-record': () => mod.emitEvent({ event: reverse, subject: record, subjectBlobCids: [blobCid] }, 'moderator'),
     '/takedown-account': () => mod.emitEvent({ event: takedown, subject: account }, 'moderator'),
-    '/reverse-account': () => mod.emitEvent({ event: reverse, subject: account }, 'moderator')
+    '/reverse-account': () => mod.emitEvent({ event: reverse, subject: account }, 'moderator'),
+    // A temporary takedown: Ozone labels the DID '!suspend' instead of '!takedown'.
+    '/suspend-account': () => mod.emitEvent({ event: { ...takedown, durationInHours: 24 }, subject: account }, 'moderator')
   }
   const control = http.createServer(async (req, res) => {
     const command = commands[req.url]
