@@ -247,6 +247,22 @@ def _ingest_follow(args: argparse.Namespace) -> None:
         sys.exit(f"atcdn ingest follow: {exc}")
 
 
+LABEL_FLAGS = ["labeler", "labeler_did", "origin", "data_dir", "label_values",
+               "labels_status_port"]
+
+
+def _ingest_labels(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from atcdn.ingest.labels import Fatal, follow_labels
+
+    _export("ATCDN_INGEST_", args, LABEL_FLAGS)
+    try:
+        asyncio.run(follow_labels(_ingest_settings(args)))
+    except (Fatal, ValueError) as exc:
+        sys.exit(f"atcdn ingest labels: {exc}")
+
+
 def _ingest_backfill(args: argparse.Namespace) -> None:
     import asyncio
 
@@ -296,6 +312,17 @@ def _add_ingest(roles: argparse._SubParsersAction) -> None:
     for name in (*polite, "status_port"):
         add_setting(follow, IngestSettings, name)
     follow.set_defaults(func=_ingest_follow)
+
+    labels = cmds.add_parser(
+        "labels", help="follow a labeler (subscribeLabels) and take down what its signed "
+                       "takedown labels name",
+        description="Follow a labeler's subscribeLabels: verify each label against the "
+                    "labeler's #atproto_label key and take down (or restore) the accounts and "
+                    "record blobs its takedown labels name, at the origin.")
+    add_setting(labels, IngestSettings, "labeler", "--from")
+    for name in ("labeler_did", "label_values", "labels_status_port", "origin", "data_dir"):
+        add_setting(labels, IngestSettings, name)
+    labels.set_defaults(func=_ingest_labels)
 
     backfill = cmds.add_parser(
         "backfill", help="store every blob of a PDS or of some accounts",

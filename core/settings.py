@@ -319,3 +319,16 @@ class IngestSettings(BaseSettings):
     publish_feed: bool = Field(
         default=False,
         description="also publish account takedowns/restores to the AWS takedown feed")
+    # The label follower (``atcdn ingest labels``).
+    labeler: str | None = Field(
+        default=None, description="ws(s):// URL of a labeler (subscribeLabels)")
+    labeler_did: str | None = Field(
+        default=None, description="the labeler's DID: its #atproto_label key signs the labels")
+    label_values: str = Field(
+        default="!takedown,!suspend",
+        description="comma-separated label values that take a subject down (Ozone labels a "
+                    "suspended account !suspend)")
+    label_sweep_interval: float = Field(
+        default=2.0, gt=0, description="seconds between checks for pending and expired labels")
+    labels_status_port: int = Field(
+        default=8301, description="/health and /metrics of ingest labels; 0 turns it off")
