@@ -247,18 +247,16 @@ def _ingest_follow(args: argparse.Namespace) -> None:
         sys.exit(f"atcdn ingest follow: {exc}")
 
 
-LABEL_FLAGS = ["labeler", "labeler_did", "origin", "data_dir", "label_values",
-               "labels_status_port"]
-
-
 def _ingest_labels(args: argparse.Namespace) -> None:
     import asyncio
 
     from atcdn.ingest.labels import Fatal, follow_labels
 
-    _export("ATCDN_INGEST_", args, LABEL_FLAGS)
+    settings = _ingest_settings(args, "atcdn ingest labels")
+    if not settings.labeler or not settings.labeler_did:
+        sys.exit("atcdn ingest labels: give --from ws(s)://labeler and --labeler-did DID")
     try:
-        asyncio.run(follow_labels(_ingest_settings(args)))
+        asyncio.run(follow_labels(settings))
     except (Fatal, ValueError) as exc:
         sys.exit(f"atcdn ingest labels: {exc}")
 

@@ -119,7 +119,7 @@ def numbers(kind: str, samples: list[Sample]) -> list[tuple[str, str]]:
         if budget:
             rows.append(("disk cache budget", human_bytes(budget)))
         for name, label in (("atcdn_edge_disk_cache_entries", "disk cache entries"),
-                            ("atcdn_edge_transcodes_queued", "transcodes queued"),
+                            ("atcdn_video_transcode_queue_length", "transcodes queued"),
                             ("atcdn_edge_verification_failures_total", "verification failures")):
             if any(s[0] == name for s in samples):
                 rows.append((label, f"{total(samples, name):,.0f}"))

@@ -52,7 +52,9 @@ def create_app(settings: EdgeSettings | None = None, control: ControlSettings | 
     use_dir(node.metrics_dir)  # before prometheus_client loads (edge/metrics.py)
     metrics = Metrics()
     disk = DiskTier(node.disk_dir, settings.cache_size, settings.memory_max_item)
-    memory = MemoryTier(settings.memory_cache_size, touch=disk.touch)
+    memory = MemoryTier(settings.memory_cache_size, touch=disk.touch,
+                        observe=lambda used, entries: (metrics.memory_bytes.set(used),
+                                                       metrics.memory_entries.set(entries)))
     takedowns = Takedowns(node.takedown_dir)
     purges = Purges(node.purge_dir)
     gate = Gate(takedowns, node.generation, memory, purges)

@@ -80,9 +80,11 @@ def entry_of(value: Value, etag: str, content_type: str, *, file_max: int,
 class MemoryTier:
     """A byte-budgeted LRU of entries, private to one worker process."""
 
-    def __init__(self, budget: int, touch: Callable[[str], None] = lambda key: None) -> None:
+    def __init__(self, budget: int, touch: Callable[[str], None] = lambda key: None,
+                 observe: Callable[[int, int], None] = lambda used, entries: None) -> None:
         self.budget = budget
         self.touch = touch  # keeps the disk tier's LRU clock of file entries current
+        self.observe = observe  # told (bytes, entries) after every change, for the gauges
         self.used = 0
         self._items: OrderedDict[str, Entry] = OrderedDict()
 
@@ -109,15 +111,18 @@ class MemoryTier:
         while self.used > self.budget:
             _, old = self._items.popitem(last=False)
             self.used -= old.cost
+        self.observe(self.used, len(self._items))
 
     def drop(self, key: str) -> None:
         old = self._items.pop(key, None)
         if old is not None:
             self.used -= old.cost
+            self.observe(self.used, len(self._items))
 
     def clear(self) -> None:
         self._items.clear()
         self.used = 0
+        self.observe(0, 0)
 
 
 DISK_SHARE = 0.85  # of the filesystem the tier may fill: SQLite and fetches need the rest
@@ -148,6 +153,15 @@ class DiskTier:
             tag_index=True,
             statistics=False,
         )
+
+    def readings(self) -> list[tuple[str, str, float]]:
+        """What the tier holds, for the gauges of /metrics."""
+        return [("atcdn_edge_disk_cache_bytes", "Bytes the disk tier holds",
+                 float(self.cache.volume())),
+                ("atcdn_edge_disk_cache_entries", "Entries in the disk tier", float(len(self.cache))),
+                ("atcdn_edge_disk_cache_budget_bytes",
+                 "The disk tier's budget (the configured size, fitted to its filesystem)",
+                 float(self.budget))]
 
     def get(self, key: str) -> Value | None:
         """The value's bytes when small, else the path of its file; None on a miss."""

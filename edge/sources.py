@@ -22,7 +22,6 @@ from atcdn.edge.fetch import Fetcher
 from atcdn.edge.flight import SingleFlight
 from atcdn.edge.gate import Gate
 
-
 log = logging.getLogger("atcdn.edge")
 UNCACHED_MAX = 64 * 1024 * 1024  # a source this small is still served when the disk is full
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 from atcdn.core import did as dids
-from atcdn.core.errors import BlockedAddress, AtcdnError
+from atcdn.core.errors import AtcdnError, BlockedAddress
 from atcdn.core.settings import IngestSettings
 from atcdn.ingest.blobrefs import BlobRef
 from atcdn.ingest.context import IngestContext

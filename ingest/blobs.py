@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 from atcdn.core import cid as cids
-from atcdn.core.errors import BlockedAddress, AtcdnError
+from atcdn.core.errors import AtcdnError, BlockedAddress
 from atcdn.core.resolver import Resolver
 from atcdn.ingest.blobrefs import BlobRef, mime_allowed
 from atcdn.ingest.metrics import SKIPS, IngestMetrics

@@ -10,6 +10,7 @@ servers run (``atcdn origin serve``); it reads the settings from the environment
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ from atcdn.core import did as dids
 from atcdn.core.accesslog import AccessLog
 from atcdn.core.errors import AtcdnError, error_handlers, invalid
 from atcdn.core.feed import Event, start_follower
+from atcdn.core.gauges import Gauges
 from atcdn.core.mime import is_active, sniff
 from atcdn.core.ranges import IMMUTABLE, RangeNotSatisfiable, etag_matches, parse_range
 from atcdn.core.settings import ControlSettings, LogSettings, OriginSettings
@@ -259,7 +261,8 @@ class Origin:
                              **self.store.status()})
 
     async def metrics_text(self, request: Request) -> Response:
-        body, content_type = self.metrics.render()
+        body, content_type = await asyncio.to_thread(self.metrics.render,
+                                                     Gauges(self.index.readings))
         return Response(body, headers={"Content-Type": content_type})
 
 

@@ -73,6 +73,12 @@ class Index(Database):
                 raise
         return BlobMeta(*row)
 
+    def readings(self) -> list[tuple[str, str, float]]:
+        """What the origin stores, for the gauges of /metrics."""
+        count, size = self._run("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs")[0]
+        return [("atcdn_origin_blobs", "Blobs the origin stores", float(count)),
+                ("atcdn_origin_blob_bytes", "Bytes of the blobs the origin stores", float(size))]
+
     def dids(self, cid: str) -> list[str]:
         return [row[0] for row in self._run(
             "SELECT did FROM refs WHERE cid = ? ORDER BY did", (cid,))]

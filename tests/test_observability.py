@@ -221,11 +221,18 @@ def test_a_real_prometheus_scrapes_the_nodes_and_loads_the_rules(nodes, tmp_path
             assert body["status"] == "success", (expr, body)
             return body["data"]["result"]
 
+        def ready() -> bool:
+            up = {r["metric"]["job"] for r in query("up == 1")}
+            return up == {"atcdn-origin", "atcdn-edge"} and bool(
+                query("atcdn_edge_bytes_served_total"))
+
         deadline = time.monotonic() + 30
-        while not query("atcdn_edge_bytes_served_total") and time.monotonic() < deadline:
+        while not ready() and time.monotonic() < deadline:
             time.sleep(0.5)
         assert query("atcdn_edge_bytes_served_total"), proc.tail()
-        assert {r["metric"]["job"] for r in query("up == 1")} == {"atcdn-origin", "atcdn-edge"}
+        targets = httpx.get(f"{api}/targets").json()["data"]["activeTargets"]
+        assert {r["metric"]["job"] for r in query("up == 1")} == {"atcdn-origin", "atcdn-edge"}, [
+            (t["labels"]["job"], t["health"], t["lastError"]) for t in targets]
         groups = httpx.get(f"{api}/rules").json()["data"]["groups"]
         assert [len(g["rules"]) for g in groups if g["name"] == "atcdn"] == [7]
         for expr in dashboard_exprs():  # every panel's query parses and runs
