@@ -54,6 +54,8 @@ class OriginSettings(BaseSettings):
         default=None, description="admin token: bearer of /admin/takedown and /admin/restore;"
                                   " never given to edges; unset: those routes answer 403")
     max_blob_bytes: Size = Field(default=300 * 1024 * 1024, description="largest blob accepted")
+    status_interval: float = Field(
+        default=10.0, gt=0, description="seconds between points of the /status page's history")
     store: Literal["fs", "s3", "pds-disk", "pds-s3"] = Field(
         default="fs",
         description="where blobs live: fs (data_dir) or s3 (a bucket); pds-disk / pds-s3 serve"
@@ -137,6 +139,8 @@ class EdgeSettings(BaseSettings):
     max_redirects: int = Field(
         default=FetchLimits.max_redirects, description="redirects followed from a PDS")
     retry_after: int = Field(default=5, description="Retry-After seconds on 502/503/504")
+    status_interval: float = Field(
+        default=10.0, gt=0, description="seconds between points of the /status page's history")
     presets: str | None = Field(
         default=None, description="JSON object of extra/overriding image presets")
     max_pending_misses: int = Field(

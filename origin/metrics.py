@@ -20,7 +20,7 @@ from atcdn.core.gauges import Gauges, mark_start
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-KNOWN_ROUTES = frozenset({"/health", "/metrics", "/blob", "/admin/takedown", "/admin/restore",
+KNOWN_ROUTES = frozenset({"/health", "/metrics", "/status", "/blob", "/admin/takedown", "/admin/restore",
                           "/xrpc/com.atproto.sync.getBlob"})
 
 
