@@ -239,6 +239,136 @@ def _add_control(roles: argparse._SubParsersAction) -> None:
     feed.set_defaults(func=_feed)
 
 
+def _ingest_settings(args: argparse.Namespace, command: str):
+    import logging
+
+    from atcdn.core.settings import IngestSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is too many
+    export(args)
+    return load(IngestSettings, command)
+
+
+def _ingest_follow(args: argparse.Namespace) -> None:
+    import asyncio
+    import signal
+
+    from atcdn.ingest.follow import Fatal, Follower
+
+    settings = _ingest_settings(args, "atcdn ingest follow")
+    if not settings.firehose:
+        sys.exit("atcdn ingest follow: give --from ws(s)://host (or ATCDN_INGEST_FIREHOSE)")
+
+    async def follow() -> None:
+        follower = Follower(settings, settings.firehose)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, follower.stop)
+        await follower.run()
+
+    try:
+        asyncio.run(follow())
+    except (Fatal, ValueError) as exc:
+        sys.exit(f"atcdn ingest follow: {exc}")
+
+
+def _ingest_labels(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from atcdn.ingest.labels import Fatal, follow_labels
+
+    settings = _ingest_settings(args, "atcdn ingest labels")
+    if not settings.labeler or not settings.labeler_did:
+        sys.exit("atcdn ingest labels: give --from ws(s)://labeler and --labeler-did DID")
+    try:
+        asyncio.run(follow_labels(settings))
+    except (Fatal, ValueError) as exc:
+        sys.exit(f"atcdn ingest labels: {exc}")
+
+
+def _ingest_backfill(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from atcdn.ingest.backfill import Backfill, ListingFailed
+    from atcdn.ingest.origin_api import OriginAuthError
+    from atcdn.ingest.progress import make_reporter
+
+    settings = _ingest_settings(args, "atcdn ingest backfill")
+
+    async def backfill() -> dict[str, int]:
+        job = Backfill(settings, make_reporter(), pds=args.pds, accounts=args.did,
+                       page_size=args.page_size)
+        return await job.run()
+
+    try:
+        summary = asyncio.run(backfill())
+    except (ListingFailed, OriginAuthError, ValueError) as exc:
+        sys.exit(f"atcdn ingest backfill: {exc} (state kept: run again to resume)")
+    _print_json(summary)
+    if summary["failed"] or summary["accounts_failed"]:
+        sys.exit(1)
+
+
+def _ingest_status(args: argparse.Namespace) -> None:
+    from atcdn.ingest.report import status
+
+    report, healthy = status(_ingest_settings(args, "atcdn ingest status"), args.url)
+    _print_json(report)
+    if not healthy:
+        sys.exit(1)
+
+
+def _add_ingest(roles: argparse._SubParsersAction) -> None:
+    from atcdn.core.settings import IngestSettings
+
+    ingest = roles.add_parser(
+        "ingest", help="follow a firehose or backfill PDSes: their blobs into the origin")
+    cmds = ingest.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    polite = ("origin", "data_dir", "pds_concurrency", "pds_rate", "workers", "mime_types",
+              "max_blob_bytes")
+
+    follow = cmds.add_parser(
+        "follow", help="subscribe to subscribeRepos and store new blobs",
+        description="Follow a relay's or PDS's firehose: store every new blob in the origin "
+                    "(write token: ATCDN_ORIGIN_TOKEN) and apply #account takedowns.")
+    add_setting(follow, IngestSettings, "firehose", "--from")
+    for name in (*polite, "status_port"):
+        add_setting(follow, IngestSettings, name)
+    follow.set_defaults(func=_ingest_follow)
+
+    labels = cmds.add_parser(
+        "labels", help="follow a labeler (subscribeLabels) and take down what its signed "
+                       "takedown labels name",
+        description="Follow a labeler's subscribeLabels: verify each label against the "
+                    "labeler's #atproto_label key and take down (or restore) the accounts and "
+                    "record blobs its takedown labels name, at the origin.")
+    add_setting(labels, IngestSettings, "labeler", "--from")
+    for name in ("labeler_did", "label_values", "labels_status_port", "origin", "data_dir"):
+        add_setting(labels, IngestSettings, name)
+    labels.set_defaults(func=_ingest_labels)
+
+    backfill = cmds.add_parser(
+        "backfill", help="store every blob of a PDS or of some accounts",
+        description="Store every blob a PDS (listRepos) or the given accounts hold "
+                    "(listBlobs); resumable, idempotent. Prints a JSON summary.")
+    target = backfill.add_mutually_exclusive_group(required=True)
+    target.add_argument("--pds", help=plain("PDS base URL: every account it lists"))
+    target.add_argument("--did", nargs="+", help=plain("these accounts (PDS from their DID)"))
+    backfill.add_argument("--page-size", type=int, default=1000,
+                          help=plain("listRepos/listBlobs page size", 1000))
+    for name in polite:
+        add_setting(backfill, IngestSettings, name)
+    backfill.set_defaults(func=_ingest_backfill)
+
+    status = cmds.add_parser("status", help="print the saved cursor and state (and a running "
+                             "follower's health with --url); exit 1 if unhealthy")
+    add_setting(status, IngestSettings, "data_dir")
+    status.add_argument("--url", help=plain("a running follower's status URL, e.g. "
+                                            "http://127.0.0.1:8300"))
+    status.set_defaults(func=_ingest_status)
+
+
 def _add_log_flags(parser: argparse.ArgumentParser) -> None:
     from atcdn.core.settings import LogSettings
 
@@ -326,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=_report)
 
     _add_control(roles)
+    _add_ingest(roles)
     return parser
 
 

@@ -87,6 +87,10 @@ class Resolver:
             raise AtcdnError(404, "BlobNotFound", f"{did} names no PDS")
         return endpoint
 
+    def forget(self, did: str) -> None:
+        """Drop the cached document of ``did`` (its identity changed: firehose #identity)."""
+        self._cache.pop(did, None)
+
     async def _fetch(self, did: str) -> str | None:
         url = document_url(did, self.plc_url)
         try:

@@ -54,6 +54,8 @@ class OriginSettings(BaseSettings):
         default=None, description="admin token: bearer of /admin/takedown and /admin/restore;"
                                   " never given to edges; unset: those routes answer 403")
     max_blob_bytes: Size = Field(default=300 * 1024 * 1024, description="largest blob accepted")
+    status_interval: float = Field(
+        default=10.0, gt=0, description="seconds between points of the /status page's history")
     store: Literal["fs", "s3", "pds-disk", "pds-s3"] = Field(
         default="fs",
         description="where blobs live: fs (data_dir) or s3 (a bucket); pds-disk / pds-s3 serve"
@@ -154,6 +156,8 @@ class EdgeSettings(BaseSettings):
     max_redirects: int = Field(
         default=FetchLimits.max_redirects, description="redirects followed from a PDS")
     retry_after: int = Field(default=5, description="Retry-After seconds on 502/503/504")
+    status_interval: float = Field(
+        default=10.0, gt=0, description="seconds between points of the /status page's history")
     presets: str | None = Field(
         default=None, description="JSON object of extra/overriding image presets")
     max_pending_misses: int = Field(
@@ -278,3 +282,74 @@ class ControlSettings(BaseSettings):
         description="seconds between feed polls: the bound on takedown delay")
     takedown_state_file: Path | None = Field(
         default=None, description="where a follower keeps its feed position")
+
+
+class IngestSettings(BaseSettings):
+    """The network follower and backfiller (``atcdn ingest``). Variables ``ATCDN_INGEST_*``,
+    plus ``ATCDN_ORIGIN_TOKEN`` and ``ATCDN_ORIGIN_ADMIN_TOKEN`` (the origin's write and
+    admin tokens), ``ATCDN_PLC_URL`` and
+    ``ATCDN_ALLOW_PRIVATE_NETWORKS`` shared with the edge."""
+
+    model_config = SettingsConfigDict(env_prefix="ATCDN_INGEST_", populate_by_name=True)
+
+    firehose: str | None = Field(
+        default=None, description="ws(s):// URL of a relay or PDS (subscribeRepos)")
+    origin: str = Field(default="http://127.0.0.1:8100", description="origin base URL")
+    origin_token: str | None = Field(
+        default=None, validation_alias=AliasChoices("ATCDN_ORIGIN_TOKEN", "origin_token"),
+        description="the origin's write token (PUT /blob)")
+    origin_admin_token: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ATCDN_ORIGIN_ADMIN_TOKEN", "origin_admin_token"),
+        description="the origin's admin token (#account takedowns and restores)")
+    data_dir: Path = Field(default=Path("atcdn-data/ingest"),
+                           description="cursor, record index, backfill state, download spool")
+    plc_url: str = Field(
+        default="https://plc.directory", description="PLC directory for did:plc documents",
+        validation_alias=AliasChoices("ATCDN_PLC_URL", "plc_url"),
+    )
+    allow_private_networks: bool = Field(
+        default=False, description="let PDS/DID fetches reach private addresses (tests only)",
+        validation_alias=AliasChoices("ATCDN_ALLOW_PRIVATE_NETWORKS", "allow_private_networks"),
+    )
+    # Politeness towards each PDS.
+    pds_concurrency: int = Field(default=4, ge=1, description="getBlob requests at once per PDS")
+    pds_rate: float = Field(default=10.0, gt=0, description="getBlob requests per second per PDS")
+    workers: int = Field(default=16, ge=1, description="blobs handled at once, all PDSes")
+    queue_size: int = Field(
+        default=256, ge=1, description="blobs waiting for a worker before reading pauses")
+    retries: int = Field(default=3, ge=0, description="retries of a failed getBlob")
+    retry_backoff: float = Field(default=1.0, ge=0, description="first retry delay, doubled")
+    max_blob_bytes: Size = Field(default=300 * 1024 * 1024, description="larger blobs are skipped")
+    mime_types: str = Field(
+        default="image/*,video/*",
+        description="comma-separated MIME patterns to fetch ('*' for every blob)")
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    fetch_deadline: float = Field(default=600.0, description="seconds one blob download may take")
+    # The firehose connection.
+    ping_interval: float = Field(default=20.0, gt=0, description="websocket ping every N s")
+    ping_timeout: float = Field(default=20.0, gt=0, description="reconnect if no pong within")
+    reconnect_max_backoff: float = Field(default=60.0, gt=0)
+    cursor_flush_interval: float = Field(
+        default=1.0, gt=0, description="seconds between cursor writes (a replay, never a gap)")
+    max_frame_bytes: Size = Field(default=8 * 1024 * 1024, description="larger frames are dropped")
+    # Status.
+    status_host: str = Field(default="127.0.0.1", description="address of /health and /metrics")
+    status_port: int = Field(default=8300, description="/health and /metrics; 0 turns it off")
+    publish_feed: bool = Field(
+        default=False,
+        description="also publish account takedowns/restores to the AWS takedown feed")
+    # The label follower (``atcdn ingest labels``).
+    labeler: str | None = Field(
+        default=None, description="ws(s):// URL of a labeler (subscribeLabels)")
+    labeler_did: str | None = Field(
+        default=None, description="the labeler's DID: its #atproto_label key signs the labels")
+    label_values: str = Field(
+        default="!takedown,!suspend",
+        description="comma-separated label values that take a subject down (Ozone labels a "
+                    "suspended account !suspend)")
+    label_sweep_interval: float = Field(
+        default=2.0, gt=0, description="seconds between checks for pending and expired labels")
+    labels_status_port: int = Field(
+        default=8301, description="/health and /metrics of ingest labels; 0 turns it off")

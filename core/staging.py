@@ -36,9 +36,15 @@ class Staging:
     mid-upload releases it, which is how ``sweep`` knows a temp file is orphaned.
     """
 
-    def __init__(self, tmp_dir: Path) -> None:
+    def __init__(self, tmp_dir: Path, reserve: int = 0) -> None:
+        """``reserve``: the expected size (a declared Content-Length). The temp file is
+        extended to it at once (sparse), so whoever sums the folder's file sizes counts
+        the bytes still to come from every process; ``finish`` cuts it to what came."""
         fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="upload-", suffix=".part")
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if reserve > 0:
+            os.ftruncate(fd, reserve)
+        self._reserved = reserve
         self.path = Path(name)
         self.verifier = Verifier()
         self.head = b""  # first bytes, for MIME sniffing
@@ -58,10 +64,19 @@ class Staging:
         if self._batched >= BATCH:
             await self._flush()
 
+    def reserve(self, size: int) -> None:
+        """Extend the reservation to ``size`` bytes (bodies of unknown length, as they
+        arrive); never shrinks it."""
+        if size > self._reserved and self._fd is not None:
+            os.ftruncate(self._fd, size)
+            self._reserved = size
+
     async def finish(self) -> None:
         """Hash and write everything received: then ``verifier`` knows the whole body."""
         await self._flush()
         await self._wait()
+        if self._reserved != self.size and self._reserved and self._fd is not None:
+            os.ftruncate(self._fd, self.size)
 
     def matches(self, cid: str) -> bool:
         """Whether everything received (after ``finish``) is the blob ``cid`` names."""

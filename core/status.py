@@ -119,7 +119,7 @@ def numbers(kind: str, samples: list[Sample]) -> list[tuple[str, str]]:
         if budget:
             rows.append(("disk cache budget", human_bytes(budget)))
         for name, label in (("atcdn_edge_disk_cache_entries", "disk cache entries"),
-                            ("atcdn_edge_transcodes_queued", "transcodes queued"),
+                            ("atcdn_video_transcode_queue_length", "transcodes queued"),
                             ("atcdn_edge_verification_failures_total", "verification failures")):
             if any(s[0] == name for s in samples):
                 rows.append((label, f"{total(samples, name):,.0f}"))
@@ -141,6 +141,10 @@ def numbers(kind: str, samples: list[Sample]) -> list[tuple[str, str]]:
     return rows
 
 
+def _ago(seconds: float) -> str:
+    return f"{seconds:.0f} s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago"
+
+
 def _chart(title: str, series: list[tuple[float, float]], fmt, width: int = 560,
            height: int = 140) -> str:
     """An inline SVG line chart of (time, value)."""
@@ -157,7 +161,7 @@ def _chart(title: str, series: list[tuple[float, float]], fmt, width: int = 560,
             f'<line x1="50" y1="20" x2="50" y2="{height - 20}" class="axis"/>'
             f'<text x="4" y="24">{html.escape(fmt(top))}</text>'
             f'<text x="4" y="{height - 20}">0</text>'
-            f'<text x="50" y="{height - 4}">{(t1 - t0) / 60:.0f} min ago</text>'
+            f'<text x="50" y="{height - 4}">{_ago(t1 - t0)}</text>'
             f'<text x="{width - 40}" y="{height - 4}">now</text>'
             f'<polyline points="{pts}" class="line"/></svg>')
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from atcdn.core.errors import AtcdnError, invalid
 from atcdn.core.feed import Event
+from atcdn.core.gauges import Gauges
 from atcdn.core.settings import EdgeSettings
 from atcdn.core.takedowns import Target
 from atcdn.edge import transcodes, urls
@@ -47,8 +48,9 @@ class Admin:
         ]
 
     async def metrics_page(self, request: Request) -> Response:
-        return Response(self.metrics.render(),
-                        media_type="text/plain; version=0.0.4; charset=utf-8")
+        gauges = Gauges(self.disk.readings)
+        body = await asyncio.to_thread(self.metrics.render, gauges)
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def purge(self, request: Request) -> Response:
         """Body: ``{"paths": [...]}`` and/or ``{"did": ..., "cid": ...}``."""

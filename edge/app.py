@@ -22,7 +22,9 @@ from collections.abc import AsyncIterator
 
 from atcdn.core.accesslog import AccessLog
 from atcdn.core.errors import error_handlers
+from atcdn.core.gauges import Gauges
 from atcdn.core.settings import ControlSettings, EdgeSettings, LogSettings
+from atcdn.core.status_route import StatusPage
 from atcdn.edge.admin import Admin
 from atcdn.edge.cache import DiskTier, MemoryTier
 from atcdn.edge.fetch import Fetcher
@@ -51,7 +53,9 @@ def create_app(settings: EdgeSettings | None = None, control: ControlSettings | 
     use_dir(node.metrics_dir)  # before prometheus_client loads (edge/metrics.py)
     metrics = Metrics()
     disk = DiskTier(node.disk_dir, settings.cache_size, settings.memory_max_item)
-    memory = MemoryTier(settings.memory_cache_size, touch=disk.touch)
+    memory = MemoryTier(settings.memory_cache_size, touch=disk.touch,
+                        observe=lambda used, entries: (metrics.memory_bytes.set(used),
+                                                       metrics.memory_entries.set(entries)))
     takedowns = Takedowns(node.takedown_dir)
     purges = Purges(node.purge_dir)
     gate = Gate(takedowns, node.generation, memory, purges)
@@ -64,10 +68,17 @@ def create_app(settings: EdgeSettings | None = None, control: ControlSettings | 
     transcodes = Transcodes(settings, purges)
     admin = Admin(settings, node, disk, takedowns, purges, metrics)
 
+    probe = OriginProbe(fetcher.origin, settings.health_probe_interval)
+    status = StatusPage("edge", settings.cache_dir,
+                        lambda: metrics.render(Gauges(disk.readings)),
+                        settings.model_dump(), probe.reasons, settings.status_interval)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         follower = follow_feed(admin.apply, settings, control)
+        recording = status.start()
         yield
+        recording.cancel()
         if follower is not None:
             follower.stop()
         await transcodes.close()
@@ -75,8 +86,8 @@ def create_app(settings: EdgeSettings | None = None, control: ControlSettings | 
         transformer.close()
         metrics.flush()
 
-    probe = OriginProbe(fetcher.origin, settings.health_probe_interval)
     router = Starlette(routes=[*health_routes(probe, settings.retry_after), *admin.routes(),
+                               status.route(),
                                *watch_routes(sources.file, transcodes)],
                        exception_handlers=error_handlers(retry_after=settings.retry_after),
                        lifespan=lifespan)

@@ -85,9 +85,11 @@ def entry_of(value: Value, etag: str, content_type: str, *, file_max: int,
 class MemoryTier:
     """A byte-budgeted LRU of entries, private to one worker process."""
 
-    def __init__(self, budget: int, touch: Callable[[str], None] = lambda key: None) -> None:
+    def __init__(self, budget: int, touch: Callable[[str], None] = lambda key: None,
+                 observe: Callable[[int, int], None] = lambda used, entries: None) -> None:
         self.budget = budget
         self.touch = touch  # keeps the disk tier's LRU clock of file entries current
+        self.observe = observe  # told (bytes, entries) after every change, for the gauges
         self.used = 0
         self._items: OrderedDict[str, Entry] = OrderedDict()
 
@@ -114,15 +116,30 @@ class MemoryTier:
         while self.used > self.budget:
             _, old = self._items.popitem(last=False)
             self.used -= old.cost
+        self.observe(self.used, len(self._items))
 
     def drop(self, key: str) -> None:
         old = self._items.pop(key, None)
         if old is not None:
             self.used -= old.cost
+            self.observe(self.used, len(self._items))
 
     def clear(self) -> None:
         self._items.clear()
         self.used = 0
+        self.observe(0, 0)
+
+
+DISK_SHARE = 0.85  # of the filesystem the tier may fill: SQLite and fetches need the rest
+
+
+def fit_to_disk(directory: Path, budget: int) -> int:
+    """The budget, lowered to what the filesystem under ``directory`` can hold (what the
+    tier holds already plus what is free, times DISK_SHARE): a cache that believes it has
+    more room than its disk fails its writes instead of evicting."""
+    stat = os.statvfs(directory)
+    held = sum(entry.stat().st_size for entry in directory.rglob("*") if entry.is_file())
+    return max(1, min(budget, int((held + stat.f_bavail * stat.f_frsize) * DISK_SHARE)))
 
 
 class Holders:
@@ -174,15 +191,27 @@ class DiskTier:
 
     def __init__(self, directory: Path, budget: int, min_file_size: int) -> None:
         self.min_file_size = min_file_size
+        directory.mkdir(parents=True, exist_ok=True)
+        self.configured = budget
+        self.budget = fit_to_disk(directory, budget)
         self.cache = diskcache.Cache(
             str(directory),
-            size_limit=budget,
+            size_limit=self.budget,
             eviction_policy="least-recently-used",
             disk_min_file_size=min_file_size,
             tag_index=True,
             statistics=False,
         )
         self.holders = Holders(directory / "holders.sqlite", self.has_cid)
+
+    def readings(self) -> list[tuple[str, str, float]]:
+        """What the tier holds, for the gauges of /metrics."""
+        return [("atcdn_edge_disk_cache_bytes", "Bytes the disk tier holds",
+                 float(self.cache.volume())),
+                ("atcdn_edge_disk_cache_entries", "Entries in the disk tier", float(len(self.cache))),
+                ("atcdn_edge_disk_cache_budget_bytes",
+                 "The disk tier's budget (the configured size, fitted to its filesystem)",
+                 float(self.budget))]
 
     def get(self, key: str) -> Value | None:
         """The value's bytes when small, else the path of its file; None on a miss."""

@@ -16,6 +16,8 @@ import functools
 import os
 from pathlib import Path
 
+from atcdn.core.gauges import Gauges
+
 FLUSH_EVERY = 1.0
 
 
@@ -28,6 +30,7 @@ def use_dir(path: Path) -> None:
 
 class Metrics:
     def __init__(self) -> None:
+        import prometheus_client
         from prometheus_client import Counter, Histogram
 
         # Values live in the multiprocess files; registering them in the default registry
@@ -55,6 +58,19 @@ class Metrics:
         self.fetch_seconds = Histogram(
             "atcdn_edge_fetch_seconds", "Time to fetch and verify a blob", ["source"])
         self.transform_seconds = Histogram("atcdn_edge_transform_seconds", "Transform time")
+        Gauge = functools.partial(prometheus_client.Gauge, registry=None,  # noqa: N806
+                                  multiprocess_mode="livesum")
+        self.memory_bytes = Gauge("atcdn_edge_memory_cache_bytes",
+                                  "Bytes held by the memory tiers of all workers")
+        self.memory_entries = Gauge("atcdn_edge_memory_cache_entries",
+                                    "Entries in the memory tiers of all workers")
+        # Series an alert or a rate() must see at 0 before their first increment.
+        for source in ("origin", "pds"):
+            self.verification_failures.labels(source)
+        self.pds_fetches.labels("200")
+        for route in ("img", "blob", "watch"):
+            for status in ("500", "502", "503", "504"):
+                self.errors.labels(route, status)
         self._hits: dict[str, int] = {"img": 0, "blob": 0}
         self._bytes: dict[str, int] = {"img": 0, "blob": 0}
         self._flusher: asyncio.TimerHandle | None = None
@@ -73,10 +89,12 @@ class Metrics:
                 self.bytes_served.labels(route).inc(self._bytes[route])
                 self._hits[route] = self._bytes[route] = 0
 
-    def render(self) -> bytes:
+    def render(self, gauges: Gauges | None = None) -> bytes:
         from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 
         self.flush()
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
+        if gauges is not None:
+            registry.register(gauges)
         return generate_latest(registry)

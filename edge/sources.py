@@ -10,6 +10,7 @@ down while it was being fetched does not stay in the cache (edge/gate.py).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from atcdn.edge.cache import DiskTier, Value
 from atcdn.edge.fetch import Fetcher
 from atcdn.edge.flight import SingleFlight
 from atcdn.edge.gate import Gate
+
+log = logging.getLogger("atcdn.edge")
+UNCACHED_MAX = 64 * 1024 * 1024  # a source this small is still served when the disk is full
 
 
 def purged_meanwhile(cid: str) -> AtcdnError:
@@ -52,16 +56,24 @@ class Sources:
         if value is not None:
             return value
         staging = await self.fetcher.fetch(did, cid)
+        uncached: bytes | None = None
         try:
             self.disk.put_source(key, staging, cid)
+        except OSError as exc:  # the cache's disk is full: serve it anyway, uncached
+            if staging.size > UNCACHED_MAX:
+                raise AtcdnError(507, "InsufficientStorage",
+                                 f"this edge's cache disk is full ({exc.strerror})") from None
+            log.warning("cache disk full: %s served without caching (%s)", cid, exc.strerror)
+            uncached = await asyncio.to_thread(staging.path.read_bytes)
         finally:
             staging.discard()
-        self.disk.remember_owner(did, cid)
+        if uncached is None:
+            self.disk.remember_owner(did, cid)
         if self.gate.purged_since(started, did, cid):
             self.disk.delete(key)
             self.gate.recheck(did, cid)
             raise purged_meanwhile(cid)
-        value = self.disk.get(key)
+        value = uncached if uncached is not None else self.disk.get(key)
         if value is None:
             raise AtcdnError(507, "CacheFull", "the blob does not fit this edge's cache")
         return value

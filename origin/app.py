@@ -15,6 +15,7 @@ servers run (``atcdn origin serve``); it reads the settings from the environment
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import time
@@ -26,10 +27,12 @@ from atcdn.core import did as dids
 from atcdn.core.accesslog import AccessLog
 from atcdn.core.errors import AtcdnError, error_handlers, invalid
 from atcdn.core.feed import Event, start_follower
+from atcdn.core.gauges import Gauges
 from atcdn.core.mime import is_active, sniff
 from atcdn.core.ranges import IMMUTABLE, RangeNotSatisfiable, etag_matches, parse_range
 from atcdn.core.settings import ControlSettings, LogSettings, OriginSettings
 from atcdn.core.staging import Staging
+from atcdn.core.status_route import StatusPage
 from atcdn.core.takedowns import Target
 from atcdn.origin.index import BlobMeta, Index, Via
 from atcdn.origin.metrics import Metrics, MetricsMiddleware
@@ -360,7 +363,8 @@ class Origin:
                              **self.store.status()})
 
     async def metrics_text(self, request: Request) -> Response:
-        body, content_type = self.metrics.render()
+        body, content_type = await asyncio.to_thread(self.metrics.render,
+                                                     Gauges(self.index.readings))
         return Response(body, headers={"Content-Type": content_type})
 
 
@@ -396,17 +400,20 @@ def follow_takedowns(index: Index, settings: OriginSettings,
     return lifespan
 
 
-def run_store(origin: Origin, inner: Lifespan[Starlette]) -> Lifespan[Starlette]:
-    """Run the store's background work (an adopted PDS blobstore's scanner) around
-    ``inner``."""
+def run_store(origin: Origin, status: StatusPage,
+              inner: Lifespan[Starlette]) -> Lifespan[Starlette]:
+    """Run the store's background work (an adopted PDS blobstore's scanner) and the status
+    page's history around ``inner``."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         origin.store.start(origin.pds_blob_changed)
+        recording = status.start()
         try:
             async with inner(app):
                 yield
         finally:
+            recording.cancel()
             origin.store.stop()
 
     return lifespan
@@ -435,7 +442,11 @@ def create_app(settings: OriginSettings | None = None, control: ControlSettings 
         Route("/health", origin.health, methods=["GET", "HEAD"]),
         Route("/metrics", origin.metrics_text, methods=["GET"]),
     ]
-    lifespan = run_store(origin, follow_takedowns(origin.index, settings, control))
+    status = StatusPage("origin", settings.data_dir,
+                        lambda: metrics.render(Gauges(origin.index.readings))[0],
+                        settings.model_dump(), interval=settings.status_interval)
+    routes.append(status.route())
+    lifespan = run_store(origin, status, follow_takedowns(origin.index, settings, control))
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=error_handlers())
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return AccessLog(app, logs)  # outermost: it also logs what Starlette's 500 handler answered

@@ -115,6 +115,18 @@ class Index:
                              "WHERE cid = ?", (cid,)).fetchone()
         return _meta(row)
 
+    def readings(self) -> list[tuple[str, str, float]]:
+        """What the origin stores, for the gauges of /metrics (pinned and pulled)."""
+        rows = dict((bool(pinned), (count, size)) for pinned, count, size in self._run(
+            "SELECT pinned, COUNT(*), COALESCE(SUM(size), 0) FROM blobs GROUP BY pinned"))
+        count = sum(c for c, _ in rows.values())
+        size = sum(s for _, s in rows.values())
+        pulled = rows.get(False, (0, 0))[1]
+        return [("atcdn_origin_blobs", "Blobs the origin stores", float(count)),
+                ("atcdn_origin_blob_bytes", "Bytes of the blobs the origin stores", float(size)),
+                ("atcdn_origin_pulled_bytes", "Bytes of the evictable pulled tier",
+                 float(pulled))]
+
     def add_holder(self, cid: str, did: str, via: Via) -> bool:
         """Record that ``did`` holds ``cid`` (bytes or not); True if it was new."""
         return self._database.change("INSERT OR IGNORE INTO holders VALUES (?, ?, ?, ?)",

@@ -16,17 +16,18 @@ import shutil
 from pathlib import Path
 
 from atcdn.core.accesslog import Tally
+from atcdn.core.gauges import Gauges, mark_start
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-KNOWN_ROUTES = frozenset({"/health", "/metrics", "/blob", "/admin/takedown", "/admin/restore",
-                          "/admin/feed",
-                          "/xrpc/com.atproto.sync.getBlob"})
+KNOWN_ROUTES = frozenset({"/health", "/metrics", "/status", "/blob", "/admin/takedown",
+                          "/admin/restore", "/admin/feed", "/xrpc/com.atproto.sync.getBlob"})
 
 
 def prepare_multiprocess_dir(directory: Path) -> None:
     """Start a server's metrics afresh in ``directory`` (call in the server's parent
     process, before workers start). The origin and the edge both use it."""
+    mark_start()
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True, exist_ok=True)
     os.environ[MULTIPROC_ENV] = str(directory)
@@ -60,7 +61,7 @@ class Metrics:
             "atcdn_origin_quota_refusals", "hand-offs refused: a pulled-tier quota was used up",
             registry=own)
 
-    def render(self) -> tuple[bytes, str]:
+    def render(self, gauges: Gauges | None = None) -> tuple[bytes, str]:
         from prometheus_client import (
             CONTENT_TYPE_LATEST,
             CollectorRegistry,
@@ -68,11 +69,24 @@ class Metrics:
             multiprocess,
         )
 
-        registry = self.registry
-        if registry is None:
-            registry = CollectorRegistry()
+        registry = CollectorRegistry()
+        if self.registry is None:
             multiprocess.MultiProcessCollector(registry)
+        else:
+            registry.register(_Registered(self.registry))
+        if gauges is not None:
+            registry.register(gauges)
         return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _Registered:
+    """Another registry's metrics, as a collector (per-process mode)."""
+
+    def __init__(self, registry) -> None:  # type: ignore[no-untyped-def]
+        self.registry = registry
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        return self.registry.collect()
 
 
 class MetricsMiddleware:

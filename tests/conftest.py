@@ -88,3 +88,19 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         yield env
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def pds(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """The reference PDS and its PLC (tests/pds), for a whole module (it boots slowly)."""
+    from tests.helpers.pds import reference_pds
+
+    with reference_pds(tmp_path_factory.mktemp("pds")) as peer:
+        yield peer
+
+
+@pytest.fixture(scope="module")
+def module_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """A real origin process shared by a module's tests; yields the Origin."""
+    with running_origin(tmp_path_factory.mktemp("origin")) as node:
+        yield node

@@ -1,4 +1,4 @@
-"""The import graph points only down: core <- origin, edge, control <- cli.
+"""The import graph points only down: core <- origin, edge, control, ingest <- cli.
 
 Run alone as ``python -m pytest tests/test_layers.py -q``: it reads every module's imports
 (statically, with ``ast``), so any arrow that points up or sideways fails with its file and
@@ -21,7 +21,8 @@ LAYERS: dict[str, set[str]] = {
     "origin": {"core"},
     "edge": {"core"},
     "control": {"core"},
-    "cli": {"core", "origin", "edge", "control"},
+    "ingest": {"core"},
+    "cli": {"core", "origin", "edge", "control", "ingest"},
 }
 
 

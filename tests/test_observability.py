@@ -148,21 +148,21 @@ def dashboard_exprs() -> list[str]:
 def nodes(tmp_path_factory: pytest.TempPathFactory):
     """A real origin holding one photo and a real edge that served it a few times."""
     tmp = tmp_path_factory.mktemp("observe")
-    with running_origin(tmp) as origin:
+    with running_origin(tmp, env={"ATCDN_ORIGIN_STATUS_INTERVAL": "0.5"}) as origin:
         data = photo(800, 600)
         cid = compute(data)
         put = httpx.put(f"{origin.url}/blob/{cid}", params={"did": DID}, content=data,
                         headers={"authorization": f"Bearer {TOKEN}"})
         assert put.status_code in (200, 201), put.text
         edge = start_edge(origin.url, tmp / "cache", tmp / "edge.log",
-                          env={"ATCDN_PDS_FALLBACK": "0"})
+                          env={"ATCDN_PDS_FALLBACK": "0", "ATCDN_EDGE_STATUS_INTERVAL": "0.5"})
         try:
             served = 0
             for _ in range(5):
                 r = httpx.get(f"{edge.url}/blob/{DID}/{cid}")
                 assert r.status_code == 200
                 served += len(r.content)
-            yield origin, edge, served
+            yield origin, edge, served, cid
         finally:
             edge.proc.stop()
 
@@ -172,7 +172,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_status_shows_every_node_and_what_is_unhealthy(nodes) -> None:
-    origin, edge, _ = nodes
+    origin, edge, _, _ = nodes
     dead = f"http://127.0.0.1:{free_port()}"
     done = run_cli("status", origin.url, edge.url)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -185,7 +185,7 @@ def test_status_shows_every_node_and_what_is_unhealthy(nodes) -> None:
 
 
 def test_report_from_running_nodes_counts_the_bytes_they_served(nodes) -> None:
-    origin, edge, served = nodes
+    origin, edge, served, _ = nodes
     done = run_cli("report", "--node", origin.url, "--node", edge.url, "--period", "1d", "--json")
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
@@ -198,7 +198,7 @@ def test_report_from_running_nodes_counts_the_bytes_they_served(nodes) -> None:
 
 def test_a_real_prometheus_scrapes_the_nodes_and_loads_the_rules(nodes, tmp_path: Path) -> None:
     prometheus = need_tool("prometheus")
-    origin, edge, _ = nodes
+    origin, edge, _, _ = nodes
     shutil.copy(OPS / "prometheus" / "alerts.yml", tmp_path / "alerts.yml")
     port = free_port()
     host = lambda url: url.split("://", 1)[1]  # noqa: E731
@@ -221,11 +221,18 @@ def test_a_real_prometheus_scrapes_the_nodes_and_loads_the_rules(nodes, tmp_path
             assert body["status"] == "success", (expr, body)
             return body["data"]["result"]
 
+        def ready() -> bool:
+            up = {r["metric"]["job"] for r in query("up == 1")}
+            return up == {"atcdn-origin", "atcdn-edge"} and bool(
+                query("atcdn_edge_bytes_served_total"))
+
         deadline = time.monotonic() + 30
-        while not query("atcdn_edge_bytes_served_total") and time.monotonic() < deadline:
+        while not ready() and time.monotonic() < deadline:
             time.sleep(0.5)
         assert query("atcdn_edge_bytes_served_total"), proc.tail()
-        assert {r["metric"]["job"] for r in query("up == 1")} == {"atcdn-origin", "atcdn-edge"}
+        targets = httpx.get(f"{api}/targets").json()["data"]["activeTargets"]
+        assert {r["metric"]["job"] for r in query("up == 1")} == {"atcdn-origin", "atcdn-edge"}, [
+            (t["labels"]["job"], t["health"], t["lastError"]) for t in targets]
         groups = httpx.get(f"{api}/rules").json()["data"]["groups"]
         assert [len(g["rules"]) for g in groups if g["name"] == "atcdn"] == [7]
         for expr in dashboard_exprs():  # every panel's query parses and runs
@@ -244,3 +251,38 @@ def _metric_names(expr: str) -> set[str]:
     return {m for m in re.findall(r"\b(atcdn_[a-z_]+|node_[a-z_]+)\b", expr)
             if not m.endswith(("_bucket",))} | (
         {m[:-len("_bucket")] + "_bucket" for m in re.findall(r"\batcdn_[a-z_]+_bucket\b", expr)})
+
+
+def test_status_page_in_chromium(nodes, tmp_path: Path) -> None:
+    """Each node's /status renders in headless Chromium from itself alone, shows its
+    numbers and hides its secrets, and draws its history as charts (the screenshot holds
+    the charts' line colour)."""
+    from PIL import Image
+
+    from tests.helpers.npm import npm_package
+
+    origin, edge, _, cid = nodes
+    browser = npm_package("browser")
+    node = need_tool("node")
+    for _ in range(12):  # traffic across several history points
+        httpx.get(f"{edge.url}/health")
+        for path in ("/img/avatar_thumbnail/plain/{did}/{cid}@webp", "/blob/{did}/{cid}"):
+            httpx.get(edge.url + path.format(did=DID, cid=cid))
+        time.sleep(0.25)
+    for url, kind, numbers in ((edge.url, "edge", "hit ratio"), (origin.url, "origin", "blobs")):
+        page = httpx.get(url + "/status")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert f"atcdn {kind}" in page.text and numbers in page.text
+        assert TOKEN not in page.text and ">set<" in page.text  # tokens: only "set"
+        shot = tmp_path / f"{kind}.png"
+        done = subprocess.run([node, str(browser / "screenshot.js"), url + "/status", str(shot),
+                               str(tmp_path / f"profile-{kind}")],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        seen = json.loads(done.stdout)
+        assert seen["status"] == 200 and seen["requests"] == [url + "/status"]
+        image = Image.open(shot).convert("RGB")
+        line = sum(1 for r, g, b in image.getdata() if abs(r - 31) < 30 and abs(g - 111) < 30
+                   and abs(b - 235) < 30)
+        assert line > 200, f"{kind}: no chart line in the screenshot ({line} pixels)"
+

@@ -6,7 +6,8 @@ a directory of files named by CID or DID. Every request is appended to
 ``requests.log`` there, so tests can count what reached the upstream. With
 ``STANDIN_FLIP=1`` it flips one byte of every blob it serves (a corrupting origin);
 ``STANDIN_FAIL_FIRST=N`` answers the first N origin GETs of each stored blob with 503;
-``STANDIN_DELAY=S`` waits S seconds before answering an origin GET. A file
+``STANDIN_DELAY=S`` waits S seconds before answering an origin GET; a file
+``hang/<cid>`` makes getBlob of that CID never answer. A file
 ``dids/{name}.stall`` holding a number makes the PLC directory wait that many seconds
 before answering for that DID (a hostile, slow PLC entry).
 
@@ -119,7 +120,10 @@ def build(root: Path) -> Starlette:
                 bomb.append(gzip.compress(bytes(bomb_size), compresslevel=9))
             return Response(bomb[0], media_type="application/octet-stream",
                             headers={"content-encoding": "gzip"})
-        data = blob_bytes(request.query_params.get("cid", ""))
+        cid = request.query_params.get("cid", "")
+        if (root / "hang" / cid).exists():  # a PDS that never answers for this blob
+            await asyncio.sleep(3600)
+        data = blob_bytes(cid)
         if data is None:
             return JSONResponse({"error": "InvalidRequest", "message": "Blob not found"}, 400)
         return hostile(data, "application/octet-stream", {"cache-control": "private"})

@@ -9,7 +9,8 @@
 // garbage-collected by the PDS), then prints one JSON line
 //   {"plcUrl", "pdsUrl", "adminPassword", "did", "handle",
 //    "blobs": [{"cid", "mimeType", "size", "file"}]}
-// on stdout and keeps running until it is killed.
+// on stdout and keeps running until it is killed. Each getBlob the PDS answers in full
+// then adds a line {"getBlob": {"did", "cid", "status"}}.
 //
 // The blobstore is the PDS's own choice from its usual variables: the disk at
 // PDS_BLOBSTORE_DISK_LOCATION (default DATA_DIR/blobs), or S3 when PDS_BLOBSTORE_S3_BUCKET
@@ -88,6 +89,15 @@ async function startPds (dataDir, plcUrl) {
   cfg.service.publicUrl = `http://127.0.0.1:${port}`
   const server = await pds.PDS.create(cfg, pds.envToSecrets(env))
   await server.start()
+  // One line per getBlob answered in full, so tests can count what reached the PDS:
+  //   {"getBlob": {"did", "cid", "status"}}
+  server.server.on('request', (req, res) => {
+    if (!req.url.startsWith('/xrpc/com.atproto.sync.getBlob')) return
+    const query = new URL(req.url, 'http://x').searchParams
+    res.on('finish', () => {
+      process.stdout.write(JSON.stringify({ getBlob: { did: query.get('did'), cid: query.get('cid'), status: res.statusCode } }) + '\n')
+    })
+  })
   return { server, url: `http://127.0.0.1:${port}` }
 }
 

@@ -1,0 +1,1 @@
+"""atcdn.ingest: follow a firehose, backfill PDSes, store their blobs at an origin."""
