@@ -142,9 +142,31 @@ def _list_edges(args: argparse.Namespace) -> None:
         _print_json(record)
 
 
+def _origin_admin(args: argparse.Namespace) -> None:
+    """takedown/restore straight at an origin (no AWS): its edges follow its feed."""
+    import os
+
+    import httpx
+
+    token = os.environ.get("ATCDN_ORIGIN_ADMIN_TOKEN")
+    if not token:
+        sys.exit(f"atcdn control {args.action} --origin: set ATCDN_ORIGIN_ADMIN_TOKEN")
+    body = {k: v for k, v in (("did", args.did), ("cid", args.cid)) if v}
+    if args.reason:
+        body["reason"] = args.reason
+    response = httpx.post(f"{args.origin.rstrip('/')}/admin/{args.action}", json=body,
+                          headers={"authorization": f"Bearer {token}"}, timeout=30,
+                          trust_env=False)
+    if response.status_code != 200:
+        sys.exit(f"atcdn control {args.action}: HTTP {response.status_code} {response.text[:300]}")
+    _print_json(response.json())
+
+
 def _publish(args: argparse.Namespace) -> None:
     from atcdn.core.feed import Feed
 
+    if args.origin:
+        return _origin_admin(args)
     feed = Feed(_control_settings())
     try:
         event = feed.publish(args.action, cid=args.cid, did=args.did, reason=args.reason)
@@ -200,11 +222,15 @@ def _add_control(roles: argparse._SubParsersAction) -> None:
         func=_init_feed)
 
     for action, text in (("takedown", "publish a takedown"), ("restore", "publish a restore")):
-        cmd = cmds.add_parser(action, help=f"{text} of a blob (--cid) or an account (--did)")
-        target = cmd.add_mutually_exclusive_group(required=True)
-        target.add_argument("--cid", help=plain("the blob's CID (this or --did)"))
-        target.add_argument("--did", help=plain("the account's DID (this or --cid)"))
+        cmd = cmds.add_parser(
+            action, help=f"{text} of a blob (--cid), an account (--did) or one repo's blob "
+                         "(both), to the AWS feed or (--origin) to an origin's own feed")
+        cmd.add_argument("--cid", help=plain("the blob (everywhere, or with --did: in that repo)"))
+        cmd.add_argument("--did", help=plain("the account (or with --cid: that repo's blob)"))
         cmd.add_argument("--reason", default="", help=plain("why, kept in the feed", ""))
+        cmd.add_argument("--origin", help=plain(
+            "origin base URL: record it there (its edges follow its feed) instead of the AWS"
+            " feed; needs ATCDN_ORIGIN_ADMIN_TOKEN"))
         cmd.set_defaults(func=_publish, action=action)
 
     feed = cmds.add_parser("feed", help="list the takedown feed, oldest first (JSON lines)")

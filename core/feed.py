@@ -1,6 +1,11 @@
-"""The takedown feed in DynamoDB, and the follower every origin and edge runs.
+"""The takedown feed and the follower every origin and edge runs, over two transports.
 
-boto3 is loaded only when a feed is configured (``atcdn.core.aws``).
+- ``Feed``: the fleet's feed in DynamoDB (boto3 is loaded only when it is configured,
+  ``atcdn.core.aws``).
+- ``OriginFeed``: the feed an origin serves itself (``GET /admin/feed?after=<seq>``), so a
+  deployment without AWS still propagates takedowns from its origin to its edges.
+
+Both yield the same ``Event`` shape, in ``seq`` order, and ``Follower`` follows either.
 
 The feed is one DynamoDB table holding an ordered log: partition key ``feed`` (always
 ``"takedowns"``), sort key ``seq`` (1, 2, 3, ...). Publishing appends the next ``seq`` with
@@ -19,7 +24,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
+
+import httpx
 
 from atcdn.core import cid as cids
 from atcdn.core import did as dids
@@ -36,7 +43,8 @@ Action = Literal["takedown", "restore"]
 
 @dataclass(frozen=True)
 class Event:
-    """One entry of the feed: a takedown or restore of a blob (``cid``) or an account (``did``)."""
+    """One entry of the feed: a takedown or restore of a blob (``cid``), an account
+    (``did``), or one repo's blob (both)."""
 
     seq: int
     action: Action
@@ -48,11 +56,22 @@ class Event:
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v not in (None, "")}
 
+    @classmethod
+    def from_dict(cls, item: dict[str, Any]) -> Event:
+        return cls(seq=int(item["seq"]), action=item["action"], cid=item.get("cid"),
+                   did=item.get("did"), at=item.get("at", ""), reason=item.get("reason", ""))
+
+
+class Source(Protocol):
+    """A feed transport: every event after ``after``, oldest first."""
+
+    def events(self, after: int = 0) -> Iterator[Event]: ...
+
 
 def check_target(cid: str | None, did: str | None) -> None:
-    """Raise ValueError unless exactly one valid ``cid`` or ``did`` is named."""
-    if (cid is None) == (did is None):
-        raise ValueError("name exactly one of cid or did")
+    """Raise ValueError unless a valid ``cid``, ``did``, or both (one repo's blob) is named."""
+    if cid is None and did is None:
+        raise ValueError("name a cid, a did, or both")
     if cid is not None:
         cids.parse(cid)  # CIDError is a ValueError
     if did is not None:
@@ -132,21 +151,56 @@ class Feed:
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
+class OriginFeed:
+    """The takedown feed an origin serves (``GET /admin/feed``), read with its token."""
+
+    PAGE = 1000
+
+    def __init__(self, origin_url: str, token: str | None, timeout: float = 10.0) -> None:
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self.client = httpx.Client(base_url=origin_url.rstrip("/"), headers=headers,
+                                   timeout=timeout, trust_env=False)
+
+    def _page(self, after: int) -> tuple[list[Event], int]:
+        response = self.client.get("/admin/feed", params={"after": after, "limit": self.PAGE})
+        response.raise_for_status()
+        body = response.json()
+        return [Event.from_dict(item) for item in body["events"]], int(body["last"])
+
+    def events(self, after: int = 0) -> Iterator[Event]:
+        events, last = self._page(after)
+        if last < after:
+            # The origin's feed is shorter than our position: a new origin database.
+            # Replay it all (applying is idempotent) rather than miss its takedowns.
+            log.warning("origin feed ends at %s, before our position %s: replaying", last, after)
+            events, last = self._page(0)
+        while events:
+            yield from events
+            if len(events) < self.PAGE:
+                return
+            events, last = self._page(events[-1].seq)
+
+    def close(self) -> None:
+        self.client.close()
+
+
 class Follower:
-    """Polls the feed every ``interval`` seconds and hands each new event to ``apply``.
+    """Polls a feed (either transport) every ``interval`` seconds and hands each new
+    event to ``apply``.
 
     ``apply(event)`` must be idempotent (an event may be applied again after a crash
     between applying and saving the position). The position is saved after every event;
     if ``apply`` raises, the position stays put and the event is retried at the next poll.
     """
 
-    def __init__(self, feed: Feed, apply: Callable[[Event], None], *,
+    def __init__(self, feed: Source, apply: Callable[[Event], None], *,
                  state_file: Path | None, interval: float) -> None:
         self.feed = feed
         self.apply = apply
         self.state_file = state_file
         self.interval = interval
         self.position = self._load()
+        self.synced = time.time()  # when a poll last reached the end of the feed
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -186,13 +240,18 @@ class Follower:
         return applied
 
     def run(self) -> None:
-        """Poll until ``stop()``; errors are logged and retried at the next tick."""
+        """Poll until ``stop()``; errors are logged and retried at the next tick. After
+        each tick, ``atcdn_takedown_feed_lag_seconds`` says how long ago a poll last
+        reached the end of the feed (about one interval when all is well)."""
+        lag = _lag_gauge()
         while not self._stop.is_set():
             started = time.monotonic()
             try:
                 self.poll()
+                self.synced = time.time()
             except Exception:
                 log.exception("takedown feed poll failed; retrying in %ss", self.interval)
+            lag.set(time.time() - self.synced)
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
     def start(self) -> None:
@@ -204,6 +263,22 @@ class Follower:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.interval + 5)
+
+
+_LAG = None
+
+
+def _lag_gauge():
+    """The feed-lag gauge, made once per process (in the multiprocess files when the
+    server keeps metrics there; the worst worker of a node is what counts)."""
+    global _LAG
+    if _LAG is None:
+        from prometheus_client import Gauge
+
+        _LAG = Gauge("atcdn_takedown_feed_lag_seconds",
+                     "seconds since this node's takedown follower last reached the feed's end",
+                     registry=None, multiprocess_mode="livemax")
+    return _LAG
 
 
 def start_follower(apply: Callable[[Event], None], settings: ControlSettings,
@@ -222,5 +297,16 @@ def start_follower(apply: Callable[[Event], None], settings: ControlSettings,
                         interval=settings.takedown_poll_interval)
     follower.start()
     log.info("following takedown feed %s every %ss", settings.takedown_table,
+             settings.takedown_poll_interval)
+    return follower
+
+
+def start_origin_follower(apply: Callable[[Event], None], settings: ControlSettings,
+                          state_file: Path, origin_url: str, token: str | None) -> Follower:
+    """Follow the feed an origin serves (the edge's default transport)."""
+    follower = Follower(OriginFeed(origin_url, token), apply, state_file=state_file,
+                        interval=settings.takedown_poll_interval)
+    follower.start()
+    log.info("following the origin's takedown feed at %s every %ss", origin_url,
              settings.takedown_poll_interval)
     return follower

@@ -75,6 +75,17 @@ class OriginSettings(BaseSettings):
     s3_secret_key: str | None = Field(default=None, description="S3 secret access key")
     s3_path_style: bool = Field(default=True, description="path-style S3 addressing")
     s3_prefix: str = Field(default="blobs/", description="key prefix of blobs in the bucket")
+    # The pulled tier (docs/authorization.md): blobs edges hand over after a stranger's
+    # request pulled them from a PDS. Bounded, evictable, always on local disk.
+    pulled_max_bytes: Size = Field(
+        default=10 * 1024**3, description="budget of the pulled tier; least recently used out")
+    pulled_quota_did: Size = Field(
+        default=512 * 1024**2,
+        description="bytes an account's hand-offs may bring in per quota window (429 beyond)")
+    pulled_quota_pds: Size = Field(
+        default=4 * 1024**3,
+        description="bytes one PDS's hand-offs may bring in per quota window (429 beyond)")
+    pulled_quota_window: int = Field(default=3600, gt=0, description="quota window, seconds")
 
 
 class EdgeSettings(BaseSettings):
@@ -111,7 +122,13 @@ class EdgeSettings(BaseSettings):
     origin_token: str | None = Field(
         default=None, description="bearer token to hand PDS-fetched blobs to the origin")
     purge_token: str | None = Field(
-        default=None, description="bearer token for POST /admin/purge and /admin/takedown")
+        default=None,
+        description="bearer token for POST /admin/purge, /admin/takedown and /admin/restore")
+    takedown_source: Literal["origin", "aws", "none"] | None = Field(
+        default=None,
+        description="takedown feed to follow: the origin's own (GET /admin/feed, with the"
+                    " origin token), the AWS one, or none; unset: aws when"
+                    " ATCDN_TAKEDOWN_FOLLOW is on, else origin")
     enable_avif: bool = Field(default=False, description="offer AVIF to Accept: image/avif")
     memory_cache_size: Size = Field(
         default=256 * 1024**2, description="in-memory tier budget per worker")

@@ -1,6 +1,8 @@
 """The edge's operator routes: metrics, purge and takedown (and the feed's events).
 
-``POST /admin/purge`` and ``POST /admin/takedown`` need the purge token. Both drop every
+``POST /admin/purge``, ``POST /admin/takedown`` and ``POST /admin/restore`` need the purge
+token; takedown and restore take and answer the origin's shape (core/takedowns.py,
+docs/authorization.md). Purge and takedown drop every
 cached copy on this node (edge/takedown.py), stop work in flight for it (edge/gate.py,
 edge/transcodes.py) and answer only once every worker of the node will have seen it.
 """
@@ -16,6 +18,7 @@ from atcdn.core.errors import AtcdnError, invalid
 from atcdn.core.feed import Event
 from atcdn.core.gauges import Gauges
 from atcdn.core.settings import EdgeSettings
+from atcdn.core.takedowns import Target
 from atcdn.edge import transcodes, urls
 from atcdn.edge.cache import DiskTier
 from atcdn.edge.gate import Purges
@@ -41,6 +44,7 @@ class Admin:
             Route("/metrics", self.metrics_page, methods=["GET"]),
             Route("/admin/purge", self.purge, methods=["POST"]),
             Route("/admin/takedown", self.takedown, methods=["POST"]),
+            Route("/admin/restore", self.restore, methods=["POST"]),
         ]
 
     async def metrics_page(self, request: Request) -> Response:
@@ -64,26 +68,34 @@ class Admin:
         return JSONResponse({"purged": removed, "targets": len(targets)})
 
     async def takedown(self, request: Request) -> Response:
-        """Body: ``{"did": ..., "cid": ..., "restore": false}``; 451 from now on."""
-        body = await self._body(request)
-        did, cid = _did_cid(body)
-        if not did and not cid:
-            raise invalid("give a did, a cid or both")
-        removed = await asyncio.to_thread(self.apply_takedown, did, cid,
-                                          bool(body.get("restore")))
-        return JSONResponse({"purged": removed})
+        """Body: ``{"did"?, "cid"?, "reason"?}`` (both: one repo's blob); 451 from now on."""
+        return await self._takedown(request, restore=False)
+
+    async def restore(self, request: Request) -> Response:
+        """Body: ``{"did"?, "cid"?, "reason"?}``: lifts a takedown of exactly that scope."""
+        return await self._takedown(request, restore=True)
+
+    async def _takedown(self, request: Request, *, restore: bool) -> Response:
+        try:
+            target = Target.from_json(await self._body(request))
+        except ValueError as exc:
+            raise invalid(str(exc)[:300]) from None
+        answer = await asyncio.to_thread(self.apply_takedown, target, restore)
+        return JSONResponse(answer)
 
     def apply(self, event: Event) -> None:
         """A takedown-feed event (the follower's thread): as ``POST /admin/takedown``."""
-        self.apply_takedown(event.did, event.cid, event.action == "restore")
+        self.apply_takedown(Target(did=event.did, cid=event.cid, reason=event.reason),
+                            event.action == "restore")
 
-    def apply_takedown(self, did: str | None, cid: str | None, restore: bool) -> int:
+    def apply_takedown(self, target: Target, restore: bool) -> dict[str, Any]:
+        did, cid = target.did, target.cid
         if restore:
-            self.takedowns.remove(did=did, cid=cid)
+            changed = self.takedowns.remove(did=did, cid=cid)
             self._settle(set())
-            return 0
-        self.takedowns.add(did=did, cid=cid)
-        return self.apply_purge([(did, cid)])
+            return target.answer("restore", changed=changed, purged=0)
+        changed = self.takedowns.add(did=did, cid=cid)
+        return target.answer("takedown", changed=changed, purged=self.apply_purge([(did, cid)]))
 
     def apply_purge(self, targets: list[tuple[str | None, str | None]]) -> int:
         removed, victims = 0, set()

@@ -22,7 +22,6 @@ from collections.abc import AsyncIterator
 
 from atcdn.core.accesslog import AccessLog
 from atcdn.core.errors import error_handlers
-from atcdn.core.feed import start_follower
 from atcdn.core.gauges import Gauges
 from atcdn.core.settings import ControlSettings, EdgeSettings, LogSettings
 from atcdn.core.status_route import StatusPage
@@ -37,7 +36,7 @@ from atcdn.edge.metrics import Metrics, use_dir
 from atcdn.edge.presets import load_presets
 from atcdn.edge.renditions import Renditions
 from atcdn.edge.sources import Sources
-from atcdn.edge.takedown import Node, Takedowns
+from atcdn.edge.takedown import Node, Takedowns, follow_feed
 from atcdn.edge.transcodes import Transcodes
 from atcdn.edge.transform import Transformer
 from atcdn.edge.watch import watch_routes
@@ -76,7 +75,7 @@ def create_app(settings: EdgeSettings | None = None, control: ControlSettings | 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        follower = start_follower(admin.apply, control, settings.cache_dir / "takedown-position")
+        follower = follow_feed(admin.apply, settings, control)
         recording = status.start()
         yield
         recording.cancel()

@@ -10,12 +10,16 @@
 
 Every entry is tagged with its CID, so a purge by CID drops the source blob and all its
 renderings at once. A source enters the disk tier only as a ``Staging`` whose bytes hash
-to its CID: the tier checks that itself (``put_source``).
+to its CID: the tier checks that itself (``put_source``). Which DIDs a cached CID
+was fetched for (its *holders* on this node) lives in ``Holders``, a table beside the
+cache that eviction never touches, so a purge by DID finds every rendition whose source
+that DID holds.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -23,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import diskcache
+from atcdn.core.database import Database
 from atcdn.core.errors import AtcdnError
 from atcdn.core.ranges import IMMUTABLE
 from atcdn.core.staging import Staging
@@ -137,6 +142,50 @@ def fit_to_disk(directory: Path, budget: int) -> int:
     return max(1, min(budget, int((held + stat.f_bavail * stat.f_frsize) * DISK_SHARE)))
 
 
+class Holders:
+    """(DID, CID) pairs: a CID cached on this node was fetched for that DID.
+
+    Its own SQLite file, never evicted with cache entries. It is pruned instead: every
+    ``PRUNE_EVERY`` new pairs, pairs whose CID has no cache entry left are dropped (a
+    purge needs them only while something of the CID is cached).
+    """
+
+    PRUNE_EVERY = 10_000
+
+    def __init__(self, path: Path, cached: Callable[[str], bool]) -> None:
+        self.cached = cached
+        self._db = Database(path, "CREATE TABLE IF NOT EXISTS holders (did TEXT NOT NULL, "
+                                  "cid TEXT NOT NULL, PRIMARY KEY (did, cid)) WITHOUT ROWID;")
+        self._lock = threading.Lock()
+        self._added = 0
+
+    def add(self, did: str, cid: str) -> None:
+        new = self._db.change("INSERT OR IGNORE INTO holders VALUES (?, ?)", (did, cid))
+        with self._lock:
+            self._added += new
+            prune = self._added >= self.PRUNE_EVERY
+            if prune:
+                self._added = 0
+        if prune:
+            self.prune()
+
+    def cids_of(self, did: str) -> tuple[str, ...]:
+        return tuple(row[0] for row in self._db.run("SELECT cid FROM holders WHERE did = ?",
+                                                    (did,)))
+
+    def holds(self, did: str, cid: str) -> bool:
+        return bool(self._db.run("SELECT 1 FROM holders WHERE did = ? AND cid = ?", (did, cid)))
+
+    def prune(self) -> int:
+        cids = [row[0] for row in self._db.run("SELECT DISTINCT cid FROM holders")]
+        gone = [(cid,) for cid in cids if not self.cached(cid)]
+        self._db.many("DELETE FROM holders WHERE cid = ?", gone)
+        return len(gone)
+
+    def close(self) -> None:
+        self._db.close()
+
+
 class DiskTier:
     """Shared by all workers of a node (SQLite index + value files)."""
 
@@ -153,6 +202,7 @@ class DiskTier:
             tag_index=True,
             statistics=False,
         )
+        self.holders = Holders(directory / "holders.sqlite", self.has_cid)
 
     def readings(self) -> list[tuple[str, str, float]]:
         """What the tier holds, for the gauges of /metrics."""
@@ -204,17 +254,20 @@ class DiskTier:
 
     def remember_owner(self, did: str, cid: str) -> None:
         """Note which account a source came from, so a purge by DID finds its blobs."""
-        key = f"owner/{did}"
-        with self.cache.transact():
-            cids = self.cache.get(key, default=())
-            if cid not in cids:
-                self.cache.set(key, (*cids, cid)[-10000:])
+        self.holders.add(did, cid)
 
     def cids_of(self, did: str) -> tuple[str, ...]:
-        return self.cache.get(f"owner/{did}", default=())
+        return self.holders.cids_of(did)
+
+    def has_cid(self, cid: str) -> bool:
+        """Whether any entry (source or rendition) of ``cid`` is cached."""
+        # diskcache has no public "any entry with this tag"; its tag index answers it.
+        return self.cache._sql("SELECT 1 FROM Cache WHERE tag = ? LIMIT 1",
+                               (cid,)).fetchone() is not None
 
     def evict_cid(self, cid: str) -> int:
         return self.cache.evict(cid)
 
     def close(self) -> None:
+        self.holders.close()
         self.cache.close()

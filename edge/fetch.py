@@ -114,7 +114,7 @@ class Fetcher:
             if 400 <= status < 500:
                 raise AtcdnError(404, "BlobNotFound", f"no blob {cid} for {did}")
             raise AtcdnError(502, "UpstreamFailed", f"PDS answered HTTP {status}")
-        self._hand_to_origin(did, cid, fetched)
+        self._hand_to_origin(did, cid, pds, fetched)
         return fetched
 
     async def _get(self, client: httpx.AsyncClient, url: str, params: dict[str, str],
@@ -208,20 +208,21 @@ class Fetcher:
             raise AtcdnError(503, "TempSpaceFull",
                              f"fetches in progress hold {used} bytes, the cap is {cap}")
 
-    def _hand_to_origin(self, did: str, cid: str, staging: Staging) -> None:
-        """Give a PDS-fetched blob to the origin in the background (needs a token)."""
+    def _hand_to_origin(self, did: str, cid: str, pds: str, staging: Staging) -> None:
+        """Give a PDS-fetched blob to the origin in the background (needs a token): it
+        lands in the origin's bounded *pulled* tier, charged to ``did`` and ``pds``."""
         if not self.settings.origin_token:
             return
         copy = staging.path.with_suffix(".handoff.part")  # swept like a staging if orphaned
         os.link(staging.path, copy)
-        task = asyncio.create_task(self._put(did, cid, copy))
+        task = asyncio.create_task(self._put(did, cid, pds, copy))
         self._handoffs.add(task)
         task.add_done_callback(self._handoffs.discard)
 
-    async def _put(self, did: str, cid: str, path: Path) -> None:
+    async def _put(self, did: str, cid: str, pds: str, path: Path) -> None:
         try:
             response = await self.origin.put(
-                f"/blob/{cid}", params={"did": did}, content=_chunks(path),
+                f"/handoff/{cid}", params={"did": did, "pds": pds}, content=_chunks(path),
                 headers={"authorization": f"Bearer {self.settings.origin_token}",
                          "content-type": "application/octet-stream",
                          "content-length": str(path.stat().st_size)})

@@ -1,8 +1,10 @@
 """Takedowns and purges on one edge node.
 
-A local takedown set (by CID and by DID) answers 451 before any cache or fetch is
-consulted, so a taken-down item cannot come back through a cache or the PDS fallback.
-A purge drops cached entries from every tier. Both bump a *generation* stamp file that
+A local takedown set in three scopes (CID, DID, and one repo's blob: DID + CID) answers
+451 before any cache or fetch is consulted, so a taken-down item cannot come back through
+a cache or the PDS fallback. A purge drops cached entries from every tier: by CID, or by
+DID (every CID this node fetched for that DID, from the never-evicted holders table of
+edge/cache.py). Both bump a *generation* stamp file that
 every worker checks on each request (one ``stat``): on a change a worker reloads the
 takedown set and empties its memory tier.
 
@@ -14,16 +16,22 @@ not put back what it removed.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import diskcache
-from atcdn.core.settings import EdgeSettings
+from atcdn.core.feed import Event, Follower, start_follower, start_origin_follower
+from atcdn.core.settings import ControlSettings, EdgeSettings
+from atcdn.core.takedowns import Target
 from atcdn.edge.cache import DiskTier
 from atcdn.edge.gate import Purges
 
+log = logging.getLogger("atcdn.takedowns")
 CHECK_EVERY = 0.1  # seconds between a worker's looks at the stamp file
 SETTLE = 2 * CHECK_EVERY  # after this, every worker has seen a bump
 
@@ -59,33 +67,67 @@ class Generation:
 
 
 class Takedowns:
-    """The node's takedown set, persisted in ``{cache_dir}/takedowns`` (never evicted)."""
+    """The node's takedown set, persisted in ``{cache_dir}/takedowns`` (never evicted).
+
+    Keys: ``did:<did>`` (an account), ``cid:<cid>`` (a blob everywhere), ``pair:<did>
+    <cid>`` (one repo's blob). ``blocked`` answers from the sets of the last ``load()``.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.index = diskcache.Index(str(directory))
         self.dids: frozenset[str] = frozenset()
         self.cids: frozenset[str] = frozenset()
+        self.pairs: frozenset[tuple[str, str]] = frozenset()
         self.load()
 
     def load(self) -> None:
         keys = list(self.index.keys())
         self.dids = frozenset(k[4:] for k in keys if k.startswith("did:"))
         self.cids = frozenset(k[4:] for k in keys if k.startswith("cid:"))
+        self.pairs = frozenset(tuple(k[5:].split(" ", 1)) for k in keys  # type: ignore[misc]
+                               if k.startswith("pair:"))
 
     def blocked(self, did: str, cid: str) -> bool:
-        return cid in self.cids or did in self.dids
+        """Whether ``cid`` under ``did`` is taken down (451) in any of the three scopes."""
+        return cid in self.cids or did in self.dids or (did, cid) in self.pairs
 
-    def add(self, *, did: str | None = None, cid: str | None = None) -> None:
-        for key in _keys(did, cid):
-            self.index[key] = time.time()
+    def add(self, *, did: str | None = None, cid: str | None = None) -> bool:
+        """Record a takedown (both given: that repo's blob); True if it was new."""
+        key = _key(did, cid)
+        new = key not in self.index
+        self.index[key] = time.time()
+        return new
 
-    def remove(self, *, did: str | None = None, cid: str | None = None) -> None:
-        for key in _keys(did, cid):
-            self.index.pop(key, None)
+    def remove(self, *, did: str | None = None, cid: str | None = None) -> bool:
+        """Lift the takedown of exactly this scope; True if there was one."""
+        return self.index.pop(_key(did, cid), None) is not None
 
 
-def _keys(did: str | None, cid: str | None) -> list[str]:
-    return ([f"did:{did}"] if did else []) + ([f"cid:{cid}"] if cid else [])
+def _key(did: str | None, cid: str | None) -> str:
+    if did and cid:
+        return f"pair:{did} {cid}"
+    if did:
+        return f"did:{did}"
+    if cid:
+        return f"cid:{cid}"
+    raise ValueError("a takedown names a did, a cid or both")
+
+
+def follow_feed(apply: Callable[[Event], None], settings: EdgeSettings,
+                control: ControlSettings) -> Follower | None:
+    """Start following the configured takedown feed (``ATCDN_EDGE_TAKEDOWN_SOURCE``: the
+    origin's, by default; AWS when ``ATCDN_TAKEDOWN_FOLLOW`` is on; or none)."""
+    source = settings.takedown_source or ("aws" if control.takedown_follow else "origin")
+    if source == "aws":
+        return start_follower(apply, control, settings.cache_dir / "takedown-position")
+    if source == "origin" and not settings.origin_token:
+        log.warning("not following the origin's takedown feed: ATCDN_EDGE_ORIGIN_TOKEN is "
+                    "unset (set it, or ATCDN_EDGE_TAKEDOWN_SOURCE=aws|none)")
+    elif source == "origin":
+        return start_origin_follower(apply, control,
+                                     settings.cache_dir / "takedown-position-origin",
+                                     settings.origin, settings.origin_token)
+    return None
 
 
 class Node:
@@ -106,8 +148,9 @@ class Node:
 def purge_victims(disk: DiskTier, *, did: str | None = None,
                   cid: str | None = None) -> set[str]:
     """The CIDs a purge of ``did`` and/or ``cid`` drops: ``cid`` and every blob fetched
-    for ``did``."""
-    victims = set(disk.cids_of(did)) if did else set()
+    for ``did``. Both (one repo's blob): only ``cid`` (the cache holds bytes by CID;
+    another holder asks again)."""
+    victims = set(disk.cids_of(did)) if did and not cid else set()
     if cid:
         victims.add(cid)
     return victims
@@ -121,7 +164,7 @@ def purge_disk(disk: DiskTier, video_dir: Path, purges: Purges, *, did: str | No
     The tombstones are written first, so work in flight that writes after this purge
     sees them and removes what it wrote (edge/gate.py)."""
     victims = purge_victims(disk, did=did, cid=cid)
-    purges.mark(did=did)
+    purges.mark(did=None if cid else did)
     for victim in victims:
         purges.mark(cid=victim)
     removed = 0
@@ -151,14 +194,17 @@ def purge(cid: str | None = None, did: str | None = None, *, settings: EdgeSetti
 
 
 def takedown(cid: str | None = None, did: str | None = None, *, restore: bool = False,
-             settings: EdgeSettings) -> None:
-    """Block (451) a blob or an account on this node and purge it; ``restore`` undoes."""
+             reason: str = "", settings: EdgeSettings) -> dict[str, Any]:
+    """Block (451) a blob, an account, or one repo's blob (both) on this node and purge
+    it; ``restore`` lifts exactly that scope. Returns the admin routes' answer."""
+    target = Target(did=did, cid=cid, reason=reason)
     node = Node(settings.cache_dir)
     takedowns = Takedowns(node.takedown_dir)
     if restore:
-        takedowns.remove(did=did, cid=cid)
+        changed = takedowns.remove(did=did, cid=cid)
         node.generation.bump()
         time.sleep(SETTLE)
-        return
-    takedowns.add(did=did, cid=cid)
-    purge(cid=cid, did=did, settings=settings)
+        return target.answer("restore", changed=changed, purged=0)
+    changed = takedowns.add(did=did, cid=cid)
+    removed = purge(cid=cid, did=did, settings=settings)
+    return target.answer("takedown", changed=changed, purged=removed)

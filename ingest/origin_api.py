@@ -61,7 +61,7 @@ class OriginClient:
                   body: Callable[[], AsyncIterator[bytes]], size: int) -> bool:
         """Store a blob (the origin verifies the CID again); True if it was new."""
         res = await self._send(lambda: self.client.put(
-            f"{self.base}/blob/{cid}", params={"did": did}, content=body(),
+            f"{self.base}/blob/{cid}", params={"did": did, "via": "ingest"}, content=body(),
             headers={"content-length": str(size)}))
         if res.status_code in (200, 201):
             return res.status_code == 201
@@ -71,10 +71,15 @@ class OriginClient:
         """Take an account down; True if the origin had it taken down already (when the
         origin says so)."""
         answer = await self._admin("takedown", did)
+        if "changed" in answer:  # the origin's answer (docs/authorization.md)
+            return not answer["changed"]
         return bool(answer.get("wasTakenDown", False))
 
     async def restore(self, did: str) -> bool:
-        return bool((await self._admin("restore", did)).get("wasTakenDown", False))
+        answer = await self._admin("restore", did)
+        if "changed" in answer:
+            return bool(answer["changed"])
+        return bool(answer.get("wasTakenDown", False))
 
     async def _admin(self, action: str, did: str) -> dict[str, Any]:
         res = await self._send(lambda: self.client.post(

@@ -32,7 +32,7 @@ from typing import Any
 import anyio.to_thread
 from atcdn.core import cid as cids
 from atcdn.core import did as dids
-from atcdn.origin.database import Database
+from atcdn.core.database import Database
 from atcdn.origin.store import CHUNK, BlobStore, FileStore, S3Store, Staging
 
 log = logging.getLogger("atcdn.adopted")
@@ -82,34 +82,28 @@ class Holdings(Database):
         super().__init__(path, SCHEMA)
 
     def _write(self, *steps: tuple[str, list[tuple]]) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, rows in steps:
-                    self._db.executemany(sql, rows)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self.write() as db:
+            for sql, rows in steps:
+                db.executemany(sql, rows)
 
     def holders(self, cid: str) -> list[str]:
-        return [r[0] for r in self._run("SELECT did FROM held WHERE cid = ? ORDER BY did", (cid,))]
+        return [r[0] for r in self.run("SELECT did FROM held WHERE cid = ? ORDER BY did", (cid,))]
 
     def quarantined(self, cid: str) -> list[str]:
-        return [r[0] for r in self._run(
+        return [r[0] for r in self.run(
             "SELECT did FROM quarantined WHERE cid = ? ORDER BY did", (cid,))]
 
     def add(self, did: str, cid: str) -> None:
         """Note a copy found outside a listing (unless the PDS quarantined it)."""
-        self._run("INSERT OR IGNORE INTO held SELECT ?, ? WHERE NOT EXISTS "
+        self.run("INSERT OR IGNORE INTO held SELECT ?, ? WHERE NOT EXISTS "
                   "(SELECT 1 FROM quarantined WHERE did = ? AND cid = ?)", (did, cid, did, cid))
 
     def accounts(self) -> list[str]:
-        return [r[0] for r in self._run("SELECT DISTINCT did FROM held")]
+        return [r[0] for r in self.run("SELECT DISTINCT did FROM held")]
 
     def sync_account(self, did: str, listed: set[str]) -> None:
         """Make ``did``'s holdings what a listing of its folder found."""
-        known = {r[0] for r in self._run("SELECT cid FROM held WHERE did = ?", (did,))}
+        known = {r[0] for r in self.run("SELECT cid FROM held WHERE did = ?", (did,))}
         listed = listed - set(self._quarantined_of(did))
         self._write(("INSERT OR IGNORE INTO held VALUES (?, ?)",
                      [(did, c) for c in listed - known]),
@@ -117,11 +111,11 @@ class Holdings(Database):
                      [(did, c) for c in known - listed]))
 
     def _quarantined_of(self, did: str) -> list[str]:
-        return [r[0] for r in self._run("SELECT cid FROM quarantined WHERE did = ?", (did,))]
+        return [r[0] for r in self.run("SELECT cid FROM quarantined WHERE did = ?", (did,))]
 
     def quarantine_diff(self, listed: set[Pair]) -> tuple[set[Pair], set[Pair]]:
         """(newly quarantined, released) copies, against what was last recorded."""
-        known = set(self._run("SELECT did, cid FROM quarantined"))
+        known = set(self.run("SELECT did, cid FROM quarantined"))
         return listed - known, known - listed
 
     def record_quarantine(self, new: set[Pair], released: set[Pair]) -> None:
@@ -130,14 +124,14 @@ class Holdings(Database):
                     ("DELETE FROM quarantined WHERE did = ? AND cid = ?", sorted(released)))
 
     def count(self) -> int:
-        return self._run("SELECT COUNT(*) FROM held")[0][0]
+        return self.run("SELECT COUNT(*) FROM held")[0][0]
 
     def note(self, key: str, value: float) -> None:
         """Keep a fact for /health (a time, a count): cheap to read from any worker."""
-        self._run("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, value))
+        self.run("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, value))
 
     def noted(self, key: str) -> float | None:
-        rows = self._run("SELECT value FROM state WHERE key = ?", (key,))
+        rows = self.run("SELECT value FROM state WHERE key = ?", (key,))
         return rows[0][0] if rows else None
 
 

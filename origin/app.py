@@ -1,10 +1,15 @@
 """The origin HTTP API: a content-addressed blob store over HTTP.
 
-Reads are public and immutable (the URL names the bytes); writes need the write token
+Reads are public and immutable (the URL names the bytes) but authorized per (DID, CID):
+a blob is served under a DID only when that DID holds it and no takedown applies
+(``Index.authorize``, docs/authorization.md). Writes need the write token
 (``ATCDN_ORIGIN_TOKEN``) and are verified against the CID before anything is stored (by the
-store itself, origin/store.py); takedown and restore need the admin token
+store itself, origin/store.py): operators' pushes are *pinned* (kept); edges' hand-offs
+of blobs pulled from a PDS for a stranger go to the bounded, evictable *pulled* tier,
+under per-account and per-PDS quotas. Takedown and restore need the admin token
 (``ATCDN_ORIGIN_ADMIN_TOKEN``), which edges never hold. Neither token opens the other's
-routes. Errors are ``AtcdnError``s (atcdn.core.errors). ``create_app`` is the factory the
+routes, except the takedown feed (``/admin/feed``): read-only, readable with either, so
+edges deployed without AWS follow it. Errors are ``AtcdnError``s (atcdn.core.errors). ``create_app`` is the factory the
 servers run (``atcdn origin serve``); it reads the settings from the environment.
 """
 
@@ -13,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import time
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 from atcdn.core import cid as cids
 from atcdn.core import did as dids
@@ -26,9 +33,10 @@ from atcdn.core.ranges import IMMUTABLE, RangeNotSatisfiable, etag_matches, pars
 from atcdn.core.settings import ControlSettings, LogSettings, OriginSettings
 from atcdn.core.staging import Staging
 from atcdn.core.status_route import StatusPage
-from atcdn.origin.index import BlobMeta, Index
+from atcdn.core.takedowns import Target
+from atcdn.origin.index import BlobMeta, Index, Via
 from atcdn.origin.metrics import Metrics, MetricsMiddleware
-from atcdn.origin.store import BlobStore, open_store
+from atcdn.origin.store import BlobStore, FileStore, open_store
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -37,6 +45,8 @@ from starlette.types import ASGIApp, Lifespan
 
 SANDBOX = "default-src 'none'; sandbox"
 AUTH_REQUIRED = {"WWW-Authenticate": "Bearer"}
+DRAIN_MAX = 1024 * 1024  # a refused body up to this size is read before the answer
+VIA: tuple[Via, ...] = ("push", "ingest")  # what ?via= may say on a PUT (hand-offs: "pds")
 
 
 class Origin:
@@ -45,22 +55,25 @@ class Origin:
     def __init__(self, settings: OriginSettings, store: BlobStore, index: Index,
                  metrics: Metrics) -> None:
         self.settings = settings
-        self.store = store
+        self.store = store  # pinned: what operators pushed and ingest found
+        self.pulled = FileStore(settings.data_dir / "pulled")  # evictable, bounded
         self.index = index
         self.metrics = metrics
 
     # -- request parts -------------------------------------------------------------
 
-    def require_token(self, request: Request, role: str = "write") -> None:
-        """The bearer must be the token of ``role`` ("write" or "admin"): 401 when it is
-        no token of ours, 403 when it is the other role's or the role has none."""
+    def require_token(self, request: Request, role: str = "write",
+                      also: str | None = None) -> None:
+        """The bearer must be the token of ``role`` ("write" or "admin"), or of ``also``:
+        401 when it is no token of ours, 403 when it is the other role's or the role has
+        none."""
         tokens = {"write": self.settings.token, "admin": self.settings.admin_token}
         variable = {"write": "ATCDN_ORIGIN_TOKEN", "admin": "ATCDN_ORIGIN_ADMIN_TOKEN"}[role]
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
         given = value.strip().encode() if scheme.lower() == "bearer" else b""
         matches = {name for name, token in tokens.items()
                    if token and given and hmac.compare_digest(given, token.encode())}
-        if role in matches:
+        if role in matches or (also is not None and also in matches):
             return
         if not tokens[role]:
             raise AtcdnError(403, "Forbidden", f"{role} routes are disabled: no {variable} is"
@@ -94,8 +107,12 @@ class Origin:
             raise AtcdnError(405, "ReadOnlyStore", self.store.read_only,
                              headers={"Allow": "GET, HEAD"})
 
-    async def receive(self, request: Request) -> Staging:
-        """Stream the body into a staging file, refusing oversized bodies early."""
+    async def receive(self, request: Request, store: BlobStore | None = None,
+                      quota: tuple[int, str] | None = None) -> Staging:
+        """Stream the body into a staging file, refusing oversized bodies early.
+
+        ``quota``: (bytes left, whose quota) — a body beyond it is refused with 429
+        before or while it arrives."""
         limit = self.settings.max_blob_bytes
         declared = request.headers.get("content-length")
         if declared is not None:
@@ -104,24 +121,43 @@ class Origin:
             if int(declared) > limit:
                 raise AtcdnError(413, "BlobTooLarge",
                                  f"blob is {declared} bytes; the limit is {limit}")
-        staging = self.store.stage()
+        left = quota[0] if quota else limit
+        if declared is not None and quota is not None and int(declared) > left:
+            if int(declared) <= DRAIN_MAX:  # read a small body, so the client hears why
+                request.state.received = sum([len(chunk) async for chunk in request.stream()])
+            raise self.over_quota(quota[1])
+        staging = (store or self.store).stage()
         try:
             async for chunk in request.stream():
                 if staging.size + len(chunk) > limit:
                     raise AtcdnError(413, "BlobTooLarge",
                                      f"blob exceeds the limit of {limit} bytes")
+                if quota is not None and staging.size + len(chunk) > left:
+                    raise self.over_quota(quota[1])
                 await staging.write(chunk)
             await staging.finish()
         except BaseException:
             self.metrics.bytes_in.inc(staging.size)
+            request.state.received = staging.size
             staging.discard()
             raise
         self.metrics.bytes_in.inc(staging.size)
+        request.state.received = staging.size
         return staging
 
-    async def store_staged(self, staging: Staging, cid: str, did: str | None) -> tuple[BlobMeta, bool]:
-        created = await self.store.commit(staging, cid)
-        meta = self.index.record(cid, staging.size, sniff(staging.head), did)
+    async def store_staged(self, staging: Staging, cid: str, did: str | None,
+                           via: Via = "push") -> tuple[BlobMeta, bool]:
+        """Pin a verified blob (promoting it out of the pulled tier if it was there)."""
+        before = self.index.get(cid)
+        try:
+            created = await self.store.commit(staging, cid)
+        except AtcdnError as exc:
+            if exc.error == "CidMismatch":
+                self.metrics.verification_failures.inc()
+            raise
+        meta = self.index.record(cid, staging.size, sniff(staging.head), did, via=via)
+        if before is not None and not before.pinned:
+            self.pulled.path(cid).unlink(missing_ok=True)
         return meta, created
 
     async def lookup(self, cid: str) -> BlobMeta:
@@ -149,12 +185,17 @@ class Origin:
         return await self.serve(request, self.parse_cid(cid), did)
 
     async def serve(self, request: Request, cid: str, did: str | None) -> Response:
-        if self.index.blocked(cid, did):
+        decision = self.index.authorize(cid, did)
+        if decision == "taken-down":
             raise AtcdnError(451, "TakenDown", f"blob {cid} is taken down")
-        if not await self.store.holds(cid, did):
+        if decision == "not-held":
+            raise AtcdnError(404, "BlobNotFound", f"{did} is not known to hold blob {cid}")
+        if not await self.store.holds(cid, did):  # an adopted PDS store: per account
             raise AtcdnError(404, "BlobNotFound",
                              f"blob {cid} is not held for {did or 'any account'}")
         meta = await self.lookup(cid)
+        store = self.store if meta.pinned else self.pulled
+        self.index.touch(meta)
         etag = f'"{cid}"'
         headers = {"ETag": etag, "Cache-Control": IMMUTABLE, "Accept-Ranges": "bytes",
                    "X-Content-Type-Options": "nosniff", "Content-Security-Policy": SANDBOX}
@@ -178,32 +219,88 @@ class Origin:
         headers["Content-Length"] = str(end - start)
         if request.method == "HEAD" or end == start:
             return Response(status_code=status, headers=headers)
-        path = self.store.local_path(cid)
+        path = store.local_path(cid)
         if path is not None and status == 200 and "range" not in request.headers:
             return FileResponse(path, headers=headers, media_type=meta.mime)
-        return StreamingResponse(self.store.read(cid, start, end), status, headers=headers)
+        return StreamingResponse(store.read(cid, start, end), status, headers=headers)
+
+    def parse_via(self, request: Request) -> Via:
+        via = request.query_params.get("via", "push")
+        if via not in VIA:
+            raise invalid(f"via must be one of {', '.join(VIA)}")
+        return via  # type: ignore[return-value]
 
     async def put_blob(self, request: Request) -> Response:
+        """An operator's push (or ingest's, ``?via=ingest``): pinned."""
         self.require_writable()
         self.require_token(request)
         cid = self.parse_cid(request.path_params["cid"])
         did = self.parse_did(request.query_params.get("did"))
+        via = self.parse_via(request)
         staging = await self.receive(request)
-        try:
-            meta, created = await self.store_staged(staging, cid, did)
-        except AtcdnError as exc:
-            if exc.error == "CidMismatch":
-                self.metrics.verification_failures.inc()
-            raise
+        meta, created = await self.store_staged(staging, cid, did, via)
         return JSONResponse(self.describe(meta), 201 if created else 200)
 
     async def post_blob(self, request: Request) -> Response:
         self.require_writable()
         self.require_token(request)
         did = self.parse_did(request.query_params.get("did"))
+        via = self.parse_via(request)
         staging = await self.receive(request)
-        meta, created = await self.store_staged(staging, staging.verifier.cid, did)
+        meta, created = await self.store_staged(staging, staging.verifier.cid, did, via)
         return JSONResponse(self.describe(meta), 201 if created else 200)
+
+    # -- the pulled tier -------------------------------------------------------------
+
+    def over_quota(self, whose: str) -> AtcdnError:
+        window = self.settings.pulled_quota_window
+        retry = window - int(time.time()) % window
+        return AtcdnError(429, "QuotaExceeded",
+                          f"the pulled-blob quota of {whose} is used up for this window; "
+                          "nothing stored", headers={"Retry-After": str(retry)})
+
+    def quota_left(self, did: str, pds: str) -> tuple[int, str, int]:
+        """(bytes left, whose quota binds, window) for a hand-off by ``did`` from ``pds``."""
+        window = int(time.time()) // self.settings.pulled_quota_window
+        left = [(self.settings.pulled_quota_did - self.index.usage(did, window), did),
+                (self.settings.pulled_quota_pds - self.index.usage(pds, window), pds)]
+        bytes_left, whose = min(left)
+        return max(0, bytes_left), whose, window
+
+    async def handoff(self, request: Request) -> Response:
+        """``PUT /handoff/{cid}?did=D&pds=URL``: an edge hands over a blob it pulled from
+        D's PDS (``pds``) for a stranger's request and verified. Proves that D holds it;
+        the bytes go to the pulled tier (bounded, evictable), charged to D and the PDS."""
+        self.require_token(request)
+        cid = self.parse_cid(request.path_params["cid"])
+        did = self.parse_did(request.query_params.get("did"))
+        if did is None:
+            raise invalid("a hand-off names the DID whose PDS served it (?did=)")
+        pds = "pds:" + _site(request.query_params.get("pds", ""))
+        meta = self.index.get(cid)
+        if meta is not None:  # bytes already here: only the holder is news
+            async for _ in request.stream():
+                pass
+            self.index.add_holder(cid, did, "pds")
+            return JSONResponse({**self.describe(meta), "tier": _tier(meta)}, 200)
+        left, whose, window = self.quota_left(did, pds)
+        try:
+            staging = await self.receive(request, self.pulled, (left, whose))
+            created = await self.pulled.commit(staging, cid)
+        except AtcdnError as exc:
+            if exc.status == 429:
+                self.metrics.quota_refusals.inc()
+            if exc.error == "CidMismatch":
+                self.metrics.verification_failures.inc()
+            raise
+        finally:  # bytes received count, stored or not
+            self.index.charge([did, pds], window, getattr(request.state, "received", 0))
+        meta = self.index.record(cid, staging.size, sniff(staging.head), did, via="pds",
+                                 pinned=False)
+        for victim in self.index.evict_pulled(self.settings.pulled_max_bytes):
+            self.pulled.path(victim).unlink(missing_ok=True)
+        return JSONResponse({**self.describe(meta), "tier": _tier(meta)},
+                            201 if created else 200)
 
     @staticmethod
     def describe(meta: BlobMeta) -> dict:
@@ -213,44 +310,48 @@ class Origin:
                          "mimeType": meta.mime, "size": meta.size}}
 
     def pds_blob_changed(self, did: str, cid: str, taken_down: bool) -> None:
-        """An adopted PDS moved ``did``'s copy of ``cid`` to quarantine (or back): the one
-        place where that becomes a takedown (or a restore) at this origin.
-
-        A PDS takes down one account's copy: the (DID, CID) scope of DESIGN.md section 8,
-        which this index does not have yet (with it: ``take_down(Target(did, cid))``). The
-        CID scope stands in: stricter (other accounts' copies stop too), never laxer; a
-        restore waits until no account's copy is quarantined. Edges hear of it through
-        the takedown feed the origin serves (not on this branch: see docs/adopt.md).
-        """
+        """An adopted PDS moved ``did``'s copy of ``cid`` to quarantine (or back): a
+        takedown (or restore) of that repo's blob, the (DID, CID) scope, at this origin;
+        edges hear of it through the origin's takedown feed (docs/authorization.md)."""
+        target = Target(did=did, cid=cid, reason="quarantined by the PDS")
         if taken_down:
-            self.index.take_down(cid)
-        elif not self.store.quarantined(cid):
-            self.index.restore(cid)
+            self.index.take_down(target)
+        else:
+            self.index.restore(target)
 
-    async def subject(self, request: Request) -> str:
+    # -- takedowns ------------------------------------------------------------------
+
+    async def target(self, request: Request) -> Target:
+        """The body of /admin/takedown and /admin/restore: ``{"did"?, "cid"?, "reason"?}``."""
         self.require_token(request, "admin")
         try:
-            body = await request.json()
-        except ValueError:
-            raise invalid("body must be JSON: {\"cid\": ...} or {\"did\": ...}") from None
-        if not isinstance(body, dict) or len({"cid", "did"} & body.keys()) != 1:
-            raise invalid("give exactly one of \"cid\" or \"did\"")
-        if "cid" in body:
-            return self.parse_cid(body["cid"])
-        did = body["did"]
-        if not isinstance(did, str):
-            raise invalid("\"did\" must be a string", "InvalidDid")
-        return self.parse_did(did)  # type: ignore[return-value]
+            return Target.from_json(await request.json())
+        except ValueError as exc:  # bad JSON, or a bad target
+            raise invalid(str(exc)[:300] or "body must be JSON") from None
 
     async def takedown(self, request: Request) -> Response:
-        subject = await self.subject(request)
-        was = self.index.take_down(subject)
-        return JSONResponse({"subject": subject, "takenDown": True, "wasTakenDown": was})
+        target = await self.target(request)
+        changed, seq = self.index.take_down(target)
+        return JSONResponse(target.answer("takedown", changed=changed, seq=seq))
 
     async def restore(self, request: Request) -> Response:
-        subject = await self.subject(request)
-        was = self.index.restore(subject)
-        return JSONResponse({"subject": subject, "takenDown": False, "wasTakenDown": was})
+        target = await self.target(request)
+        changed, seq = self.index.restore(target)
+        return JSONResponse(target.answer("restore", changed=changed, seq=seq))
+
+    async def feed(self, request: Request) -> Response:
+        """``GET /admin/feed?after=<seq>&limit=<n>``: the takedown feed, oldest first
+        (the shape of ``core.feed.Event``); ``last`` is the newest seq there is. Read-only:
+        the write token (edges) or the admin token."""
+        self.require_token(request, "write", also="admin")
+        try:
+            after = int(request.query_params.get("after", "0"))
+            limit = min(1000, max(1, int(request.query_params.get("limit", "1000"))))
+        except ValueError:
+            raise invalid("after and limit are integers") from None
+        events = self.index.events(after, limit)
+        return JSONResponse({"events": [event.as_dict() for event in events],
+                             "last": self.index.last_seq()})
 
     async def health(self, request: Request) -> Response:
         try:
@@ -267,17 +368,27 @@ class Origin:
         return Response(body, headers={"Content-Type": content_type})
 
 
+def _site(url: str) -> str:
+    """A PDS URL reduced to what a quota is kept for: scheme://host[:port]."""
+    parts = urlsplit(url.strip().lower())
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else "unknown"
+
+
+def _tier(meta: BlobMeta) -> str:
+    return "pinned" if meta.pinned else "pulled"
+
+
 def follow_takedowns(index: Index, settings: OriginSettings,
                      control: ControlSettings) -> Lifespan[Starlette]:
-    """Apply the AWS takedown feed to the index while the app runs (if configured)."""
+    """Apply the AWS takedown feed to the index while the app runs (if configured); the
+    events land in the origin's own feed too, so edges following the origin see them."""
 
     def apply(event: Event) -> None:
-        subject = event.cid or event.did
-        assert subject is not None
+        target = Target(did=event.did, cid=event.cid, reason=event.reason)
         if event.action == "restore":
-            index.restore(subject)
+            index.restore(target)
         else:
-            index.take_down(subject)
+            index.take_down(target)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -322,10 +433,12 @@ def create_app(settings: OriginSettings | None = None, control: ControlSettings 
     routes = [
         Route("/blob/{cid}", origin.get_blob, methods=["GET", "HEAD"]),
         Route("/blob/{cid}", origin.put_blob, methods=["PUT"]),
+        Route("/handoff/{cid}", origin.handoff, methods=["PUT"]),
         Route("/blob", origin.post_blob, methods=["POST"]),
         Route("/xrpc/com.atproto.sync.getBlob", origin.get_blob_xrpc, methods=["GET", "HEAD"]),
         Route("/admin/takedown", origin.takedown, methods=["POST"]),
         Route("/admin/restore", origin.restore, methods=["POST"]),
+        Route("/admin/feed", origin.feed, methods=["GET"]),
         Route("/health", origin.health, methods=["GET", "HEAD"]),
         Route("/metrics", origin.metrics_text, methods=["GET"]),
     ]

@@ -4,19 +4,26 @@ One small database file in the data directory, in WAL mode so several worker pro
 read while one writes. Queries are indexed point look-ups (tens of microseconds), so
 they run inline on the event loop rather than paying a thread hop.
 
-Takedown rule (see ``blocked``): a blob is withheld (451) when its CID is taken down;
-when the request names a DID (``?did=``) that is taken down; or, when no DID is named,
-when the blob has referencing DIDs and every one of them is taken down. A blob no DID
-references is only withheld by a CID takedown. Bytes are never deleted.
+It holds, per CID: the blob (size, type, and whether it is *pinned* — pushed by an
+operator or found by ingest, kept — or *pulled* — handed over by an edge after a
+stranger's request, evictable); its *holders* (the DIDs known to hold it, and how that
+was learned); the takedowns in their three scopes; the takedown feed the edges follow;
+and the byte counts behind the pulled tier's quotas. ``authorize`` is the serving rule
+(docs/authorization.md). Bytes are never deleted by a takedown.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
-from atcdn.origin.database import Database
+from atcdn.core.database import Database
+from atcdn.core.feed import Event
+from atcdn.core.takedowns import Target
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (
@@ -25,17 +32,42 @@ CREATE TABLE IF NOT EXISTS blobs (
     mime TEXT NOT NULL,
     first_seen REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS refs (
+CREATE TABLE IF NOT EXISTS holders (
     cid TEXT NOT NULL,
     did TEXT NOT NULL,
+    via TEXT NOT NULL,          -- push | ingest | pds (see Via)
     first_seen REAL NOT NULL,
     PRIMARY KEY (cid, did)
 );
-CREATE TABLE IF NOT EXISTS takedowns (
-    subject TEXT PRIMARY KEY,  -- a CID or a DID (DIDs start with "did:", CIDs never do)
-    at REAL NOT NULL
+CREATE INDEX IF NOT EXISTS holders_did ON holders (did);
+CREATE TABLE IF NOT EXISTS blocks (
+    did TEXT NOT NULL,          -- '' when the scope is a CID
+    cid TEXT NOT NULL,          -- '' when the scope is a DID
+    reason TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (did, cid)
+);
+CREATE TABLE IF NOT EXISTS feed (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    action TEXT NOT NULL,
+    did TEXT,
+    cid TEXT,
+    reason TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS usage (
+    subject TEXT NOT NULL,      -- 'did:...' or 'pds:<url>'
+    window INTEGER NOT NULL,    -- start of the quota window (unix seconds)
+    bytes INTEGER NOT NULL,
+    PRIMARY KEY (subject, window)
 );
 """
+# Columns added after the first release, and the tables they replace (migrated once).
+COLUMNS = {"pinned": "INTEGER NOT NULL DEFAULT 1", "used": "REAL NOT NULL DEFAULT 0"}
+TOUCH_EVERY = 60.0  # seconds between recording that a pulled blob was read
+
+Via = Literal["push", "ingest", "pds"]
+Decision = Literal["serve", "taken-down", "not-held"]
 
 
 @dataclass(frozen=True)
@@ -44,66 +76,201 @@ class BlobMeta:
     size: int
     mime: str
     first_seen: float
+    pinned: bool = True
+    used: float = 0.0
 
 
-class Index(Database):
+class Index:
     def __init__(self, path: Path) -> None:
-        super().__init__(path, SCHEMA)
+        self._database = Database(path, SCHEMA)
+        self._run = self._database.run
+        self._write = self._database.write
+        with self._write() as db:
+            _migrate(db)
+
+    def close(self) -> None:
+        self._database.close()
+
+    # -- blobs and holders --------------------------------------------------------------
 
     def get(self, cid: str) -> BlobMeta | None:
-        rows = self._run("SELECT cid, size, mime, first_seen FROM blobs WHERE cid = ?", (cid,))
-        return BlobMeta(*rows[0]) if rows else None
+        rows = self._run("SELECT cid, size, mime, first_seen, pinned, used FROM blobs "
+                         "WHERE cid = ?", (cid,))
+        return _meta(rows[0]) if rows else None
 
-    def record(self, cid: str, size: int, mime: str, did: str | None = None) -> BlobMeta:
-        """Note a stored blob (first sighting wins) and, optionally, a DID referencing it."""
+    def record(self, cid: str, size: int, mime: str, did: str | None = None, *,
+               via: Via = "push", pinned: bool = True) -> BlobMeta:
+        """Note a stored blob (first sighting wins; pinning is never undone) and,
+        optionally, a DID holding it."""
         now = time.time()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?)",
-                                 (cid, size, mime, now))
-                if did is not None:
-                    self._db.execute("INSERT OR IGNORE INTO refs VALUES (?, ?, ?)",
-                                     (cid, did, now))
-                row = self._db.execute("SELECT cid, size, mime, first_seen FROM blobs "
-                                       "WHERE cid = ?", (cid,)).fetchone()
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        return BlobMeta(*row)
+        with self._write() as db:
+            db.execute("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?, ?, ?)",
+                       (cid, size, mime, now, int(pinned), now))
+            if pinned:
+                db.execute("UPDATE blobs SET pinned = 1 WHERE cid = ?", (cid,))
+            if did is not None:
+                db.execute("INSERT OR IGNORE INTO holders VALUES (?, ?, ?, ?)",
+                           (cid, did, via, now))
+            row = db.execute("SELECT cid, size, mime, first_seen, pinned, used FROM blobs "
+                             "WHERE cid = ?", (cid,)).fetchone()
+        return _meta(row)
 
     def readings(self) -> list[tuple[str, str, float]]:
-        """What the origin stores, for the gauges of /metrics."""
-        count, size = self._run("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs")[0]
+        """What the origin stores, for the gauges of /metrics (pinned and pulled)."""
+        rows = dict((bool(pinned), (count, size)) for pinned, count, size in self._run(
+            "SELECT pinned, COUNT(*), COALESCE(SUM(size), 0) FROM blobs GROUP BY pinned"))
+        count = sum(c for c, _ in rows.values())
+        size = sum(s for _, s in rows.values())
+        pulled = rows.get(False, (0, 0))[1]
         return [("atcdn_origin_blobs", "Blobs the origin stores", float(count)),
-                ("atcdn_origin_blob_bytes", "Bytes of the blobs the origin stores", float(size))]
+                ("atcdn_origin_blob_bytes", "Bytes of the blobs the origin stores", float(size)),
+                ("atcdn_origin_pulled_bytes", "Bytes of the evictable pulled tier",
+                 float(pulled))]
+
+    def add_holder(self, cid: str, did: str, via: Via) -> bool:
+        """Record that ``did`` holds ``cid`` (bytes or not); True if it was new."""
+        return self._database.change("INSERT OR IGNORE INTO holders VALUES (?, ?, ?, ?)",
+                                     (cid, did, via, time.time())) > 0
+
+    def holders(self, cid: str) -> dict[str, str]:
+        """DID -> how it was learned (``via``), for every known holder of ``cid``."""
+        return dict(self._run("SELECT did, via FROM holders WHERE cid = ? ORDER BY did", (cid,)))
 
     def dids(self, cid: str) -> list[str]:
-        return [row[0] for row in self._run(
-            "SELECT did FROM refs WHERE cid = ? ORDER BY did", (cid,))]
+        return list(self.holders(cid))
 
-    def take_down(self, subject: str) -> bool:
-        """Take ``subject`` down; True if it was taken down already."""
-        with self._lock:
-            return self._db.execute("INSERT OR IGNORE INTO takedowns VALUES (?, ?)",
-                                    (subject, time.time())).rowcount == 0
+    # -- takedowns ----------------------------------------------------------------------
 
-    def restore(self, subject: str) -> bool:
-        with self._lock:
-            return self._db.execute("DELETE FROM takedowns WHERE subject = ?",
-                                    (subject,)).rowcount > 0
+    def take_down(self, target: Target) -> tuple[bool, int | None]:
+        """Record a takedown; (whether it was new, its feed seq when it was)."""
+        with self._write() as db:
+            changed = db.execute("INSERT OR IGNORE INTO blocks VALUES (?, ?, ?, ?)",
+                                 (target.did or "", target.cid or "", target.reason,
+                                  time.time())).rowcount > 0
+            return changed, self._append(db, "takedown", target) if changed else None
+
+    def restore(self, target: Target) -> tuple[bool, int | None]:
+        """Lift a takedown of exactly this scope; (whether one was lifted, its feed seq)."""
+        with self._write() as db:
+            changed = db.execute("DELETE FROM blocks WHERE did = ? AND cid = ?",
+                                 (target.did or "", target.cid or "")).rowcount > 0
+            return changed, self._append(db, "restore", target) if changed else None
 
     def is_taken_down(self, subject: str) -> bool:
-        return bool(self._run("SELECT 1 FROM takedowns WHERE subject = ?", (subject,)))
+        """Whether a DID (account scope) or a CID (blob scope) is taken down."""
+        did, cid = (subject, "") if subject.startswith("did:") else ("", subject)
+        return bool(self._run("SELECT 1 FROM blocks WHERE did = ? AND cid = ?", (did, cid)))
+
+    def authorize(self, cid: str, did: str | None) -> Decision:
+        """May ``cid`` be served under ``did`` (or, with no DID, by CID alone)?
+
+        - a CID takedown withholds it from everyone;
+        - under a DID: withheld if that DID's account or its (DID, CID) is taken down;
+          served if the DID holds the CID; if the blob has no holder at all
+          (an operator pushed it without ``?did=``) nothing DID-scoped can apply, so it
+          is served; otherwise the DID does not hold it: ``not-held`` (404);
+        - by CID alone: served if it has no holder, or if any holder is not taken down
+          (that holder's copy is what is served); withheld if every holder is.
+        """
+        if self._run("SELECT 1 FROM blocks WHERE did = '' AND cid = ?", (cid,)):
+            return "taken-down"
+        if did is not None:
+            if self._run("SELECT 1 FROM blocks WHERE did = ? AND cid IN ('', ?)", (did, cid)):
+                return "taken-down"
+            if self._run("SELECT 1 FROM holders WHERE cid = ? AND did = ?", (cid, did)):
+                return "serve"
+            held = self._run("SELECT 1 FROM holders WHERE cid = ? LIMIT 1", (cid,))
+            return "not-held" if held else "serve"
+        holders, live = self._run(
+            "SELECT COUNT(*), COUNT(*) - COUNT(b.did) FROM holders h "
+            "LEFT JOIN blocks b ON b.did = h.did AND b.cid IN ('', h.cid) WHERE h.cid = ?",
+            (cid,))[0]
+        return "serve" if holders == 0 or live > 0 else "taken-down"
 
     def blocked(self, cid: str, did: str | None = None) -> bool:
-        """Whether to withhold ``cid`` (requested for ``did``, if given): the module rule."""
-        if self.is_taken_down(cid) or (did is not None and self.is_taken_down(did)):
-            return True
-        if did is not None:
-            return False
-        refs, down = self._run(
-            "SELECT COUNT(*), COUNT(t.subject) FROM refs r "
-            "LEFT JOIN takedowns t ON t.subject = r.did WHERE r.cid = ?", (cid,))[0]
-        return refs > 0 and refs == down
+        return self.authorize(cid, did) == "taken-down"
+
+    # -- the feed the edges follow -------------------------------------------------------
+
+    @staticmethod
+    def _append(db: sqlite3.Connection, action: str, target: Target) -> int:
+        at = datetime.now(UTC).isoformat(timespec="seconds")
+        cursor = db.execute("INSERT INTO feed (action, did, cid, reason, at) "
+                            "VALUES (?, ?, ?, ?, ?)",
+                            (action, target.did, target.cid, target.reason, at))
+        return int(cursor.lastrowid)  # type: ignore[arg-type]
+
+    def events(self, after: int = 0, limit: int = 1000) -> list[Event]:
+        """Takedown and restore events with ``seq > after``, oldest first."""
+        rows = self._run("SELECT seq, action, cid, did, at, reason FROM feed WHERE seq > ? "
+                         "ORDER BY seq LIMIT ?", (after, limit))
+        return [Event(seq, action, cid, did, at, reason)
+                for seq, action, cid, did, at, reason in rows]
+
+    def last_seq(self) -> int:
+        return self._run("SELECT COALESCE(MAX(seq), 0) FROM feed")[0][0]
+
+    # -- the pulled tier: quotas and eviction ---------------------------------------------
+
+    def usage(self, subject: str, window: int) -> int:
+        rows = self._run("SELECT bytes FROM usage WHERE subject = ? AND window = ?",
+                         (subject, window))
+        return rows[0][0] if rows else 0
+
+    def charge(self, subjects: list[str], window: int, size: int) -> None:
+        """Count ``size`` bytes received against each subject in this window."""
+        with self._write() as db:
+            for subject in subjects:
+                db.execute("INSERT INTO usage VALUES (?, ?, ?) ON CONFLICT (subject, window) "
+                           "DO UPDATE SET bytes = bytes + excluded.bytes",
+                           (subject, window, size))
+            db.execute("DELETE FROM usage WHERE window < ?", (window,))
+
+    def touch(self, meta: BlobMeta) -> None:
+        """Note a read of a pulled blob (at most once a minute), for eviction order."""
+        now = time.time()
+        if not meta.pinned and now - meta.used > TOUCH_EVERY:
+            self._run("UPDATE blobs SET used = ? WHERE cid = ?", (now, meta.cid))
+
+    def pulled_bytes(self) -> int:
+        return self._run("SELECT COALESCE(SUM(size), 0) FROM blobs WHERE pinned = 0")[0][0]
+
+    def evict_pulled(self, budget: int) -> list[str]:
+        """Forget least recently used pulled blobs until they fit ``budget``; returns
+        their CIDs (the caller deletes the bytes). Their holders are kept: still true."""
+        victims: list[str] = []
+        with self._write() as db:
+            total = db.execute("SELECT COALESCE(SUM(size), 0) FROM blobs "
+                               "WHERE pinned = 0").fetchone()[0]
+            for cid, size in db.execute("SELECT cid, size FROM blobs WHERE pinned = 0 "
+                                        "ORDER BY used").fetchall():
+                if total <= budget:
+                    break
+                victims.append(cid)
+                total -= size
+            db.executemany("DELETE FROM blobs WHERE cid = ? AND pinned = 0",
+                           [(cid,) for cid in victims])
+        return victims
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a database of an earlier release up to this schema (once)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(blobs)")}
+    for name, kind in COLUMNS.items():
+        if name not in have:
+            db.execute(f"ALTER TABLE blobs ADD COLUMN {name} {kind}")
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    if "refs" in tables:  # the first release's holders: all pushed with ?did=
+        db.execute("INSERT OR IGNORE INTO holders SELECT cid, did, 'push', first_seen FROM refs")
+        db.execute("DROP TABLE refs")
+    if "takedowns" in tables:  # the first release's CID or DID takedowns
+        db.execute("INSERT OR IGNORE INTO blocks SELECT "
+                   "CASE WHEN subject LIKE 'did:%' THEN subject ELSE '' END, "
+                   "CASE WHEN subject LIKE 'did:%' THEN '' ELSE subject END, '', at "
+                   "FROM takedowns")
+        db.execute("DROP TABLE takedowns")
+
+
+def _meta(row: tuple) -> BlobMeta:
+    cid, size, mime, first_seen, pinned, used = row
+    return BlobMeta(cid, size, mime, first_seen, bool(pinned), used)

@@ -20,8 +20,8 @@ from atcdn.core.gauges import Gauges, mark_start
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-KNOWN_ROUTES = frozenset({"/health", "/metrics", "/status", "/blob", "/admin/takedown", "/admin/restore",
-                          "/xrpc/com.atproto.sync.getBlob"})
+KNOWN_ROUTES = frozenset({"/health", "/metrics", "/status", "/blob", "/admin/takedown",
+                          "/admin/restore", "/admin/feed", "/xrpc/com.atproto.sync.getBlob"})
 
 
 def prepare_multiprocess_dir(directory: Path) -> None:
@@ -37,6 +37,8 @@ def route_of(path: str) -> str:
     """A bounded label for a request path."""
     if path.startswith("/blob/"):
         return "/blob/{cid}"
+    if path.startswith("/handoff/"):
+        return "/handoff/{cid}"
     return path if path in KNOWN_ROUTES else "unmatched"
 
 
@@ -54,6 +56,9 @@ class Metrics:
         self.bytes_out = Counter("atcdn_origin_bytes_out", "body bytes sent", registry=own)
         self.verification_failures = Counter(
             "atcdn_origin_verification_failures", "bodies that did not match their CID",
+            registry=own)
+        self.quota_refusals = Counter(
+            "atcdn_origin_quota_refusals", "hand-offs refused: a pulled-tier quota was used up",
             registry=own)
 
     def render(self, gauges: Gauges | None = None) -> tuple[bytes, str]:

@@ -228,9 +228,6 @@ def test_a_pds_takedown_stops_the_origin_within_30s(adoption: Adoption) -> None:
     assert get(url, did=adoption.did).content == data
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "edges hear of origin takedowns only through the origin-served takedown feed "
-    "(helper M, branch model); this branch records the takedown at the origin only"))
 def test_a_pds_takedown_reaches_an_edge_that_cached_the_blob(adoption: Adoption) -> None:
     cid, data = adoption.blobs["down-edge.jpg"]
     url = f"{adoption.edge.url}/blob/{adoption.did}/{cid}"

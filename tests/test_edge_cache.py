@@ -100,8 +100,8 @@ def test_takedown_and_purge(upstream: Upstream, edge_factory) -> None:
         assert blocked.status_code == 451 and blocked.json()["error"] == "TakenDown"
     assert httpx.get(f"{edge.url}/blob/{DID}/{cid}").status_code == 451
 
-    r = httpx.post(f"{edge.url}/admin/takedown", json={"cid": cid, "restore": True}, headers=auth)
-    assert r.status_code == 200
+    r = httpx.post(f"{edge.url}/admin/restore", json={"cid": cid}, headers=auth)
+    assert r.status_code == 200 and r.json()["changed"] is True
     assert httpx.get(url, timeout=30).status_code == 200
     assert edge.metric("atcdn_edge_origin_fetches_total") == 2  # the purge dropped the source
 

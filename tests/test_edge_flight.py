@@ -119,7 +119,7 @@ def test_a_purge_reaches_a_fetch_in_flight(tmp_path: Path, edge_factory, action:
         request.join()
         if action == "takedown":
             assert answer["r"].status_code == 451
-            httpx.post(f"{edge.url}/admin/takedown", json={"cid": cid, "restore": True},
+            httpx.post(f"{edge.url}/admin/restore", json={"cid": cid},
                        headers=AUTH, timeout=30).raise_for_status()
         else:
             assert answer["r"].status_code in (200, 503), answer["r"].text

@@ -50,9 +50,9 @@ class Node:
         self.origin.start()
         self.edge = self.start_edge()
 
-    def start_edge(self) -> Edge:
+    def start_edge(self, **env: str) -> Edge:
         return start_edge(self.origin.url, self.tmp / "edge", self.tmp / "edge.log", workers=2,
-                          env={**self.env, "ATCDN_PDS_FALLBACK": "0"})
+                          env={**self.env, "ATCDN_PDS_FALLBACK": "0", **env})
 
     def control(self, *args: str) -> str:
         done = subprocess.run(atcdn("control", *args), env={**os.environ, **self.env}, cwd=ROOT,
@@ -151,3 +151,17 @@ def test_purge_endpoint_takes_img_paths(node: Node) -> None:
     assert done.status_code == 200 and done.json()["purged"] >= 1
     assert node.image(cid).status_code == 200  # purged, not taken down: fetched again
     assert node.edge.metric("atcdn_edge_origin_fetches_total") == before + 1
+
+
+def test_an_edge_following_its_origin_sees_the_fleet_feed(node: Node) -> None:
+    """The origin relays what it applies from the AWS feed into its own feed, so an edge
+    that follows the origin (no AWS access of its own) sees fleet takedowns too."""
+    node.edge.proc.stop()
+    node.edge = node.start_edge(ATCDN_EDGE_TAKEDOWN_SOURCE="origin",
+                                ATCDN_AWS_ENDPOINT_URL="http://127.0.0.1:9")  # no AWS here
+    cid = node.put(jpeg(5))
+    assert node.image(cid).status_code == 200
+    node.control("takedown", "--did", DID)
+    wait_for(451, lambda: node.image(cid), "edge image after a fleet takedown, via the origin")
+    node.control("restore", "--did", DID)
+    wait_for(200, lambda: node.image(cid), "edge image after the fleet restore")

@@ -145,6 +145,7 @@ def build(root: Path) -> Starlette:
     return Starlette(routes=[
         Route("/health", health),
         Route("/blob/{cid}", origin_blob, methods=["GET", "PUT"]),
+        Route("/handoff/{cid}", origin_blob, methods=["PUT"]),  # an edge's hand-off
         Route("/xrpc/com.atproto.sync.getBlob", get_blob),
         Route("/.well-known/did.json", did_doc),
         Route("/{did}", did_doc),
