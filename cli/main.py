@@ -344,7 +344,8 @@ def _add_ingest(roles: argparse._SubParsersAction) -> None:
                     "labeler's #atproto_label key and take down (or restore) the accounts and "
                     "record blobs its takedown labels name, at the origin.")
     add_setting(labels, IngestSettings, "labeler", "--from")
-    for name in ("labeler_did", "label_values", "labels_status_port", "origin", "data_dir"):
+    add_setting(labels, IngestSettings, "labels_status_port", "--status-port")
+    for name in ("labeler_did", "label_values", "origin", "data_dir"):
         add_setting(labels, IngestSettings, name)
     labels.set_defaults(func=_ingest_labels)
 

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import httpx
-
 from atcdn.core import cid as cids
 from atcdn.core import did as dids
 from atcdn.core.aws import client

@@ -116,7 +116,7 @@ class LabelActions:
         if cid is not None:
             body = {"did": did, "cid": cid} if self.pair_scope else {"cid": cid}
         try:
-            answer = await self._post(action, body)
+            answer = await self.origin.admin(action, body)
         except OriginRefused as exc:
             if cid is None or not self.pair_scope or exc.status != 400:
                 raise
@@ -124,24 +124,12 @@ class LabelActions:
             log.warning("origin %s has no (DID, CID) takedown scope (%s); record labels take "
                         "the blob's CID down for every DID instead", self.origin.base, exc)
             body = {"cid": cid}
-            answer = await self._post(action, body)
+            answer = await self.origin.admin(action, body)
         await self._publish(action, did if cid is None or self.pair_scope else None, cid)
         if "wasTakenDown" in answer:  # this origin's answer
             was = bool(answer["wasTakenDown"])
             return was if action == "takedown" else not was
         return not answer.get("changed", True)  # the (DID, CID)-scoped origin's answer
-
-    async def _post(self, action: str, body: dict[str, str]) -> dict[str, Any]:
-        origin = self.origin
-        res = await origin._send(lambda: origin.client.post(f"{origin.base}/admin/{action}",
-                                                            json=body))
-        if res.status_code != 200:
-            raise origin._refusal(res)
-        try:
-            answer = res.json()
-        except ValueError:
-            return {}
-        return answer if isinstance(answer, dict) else {}
 
     async def _publish(self, action: str, did: str | None, cid: str | None) -> None:
         """Put the action on the AWS takedown feed too (if configured), so edges that

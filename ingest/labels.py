@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from datetime import UTC, datetime
@@ -23,7 +24,9 @@ from typing import Any
 import httpx
 import websockets
 from atcdn.core import did as dids
+from atcdn.core.bodies import BodyError, read_body
 from atcdn.core.errors import BlockedAddress
+from atcdn.core.limits import FetchLimits
 from atcdn.core.resolver import document_url
 from atcdn.core.settings import IngestSettings
 from atcdn.core.ssrf import public_client
@@ -43,7 +46,7 @@ log = logging.getLogger("atcdn.ingest.labels")
 
 SUBSCRIBE = "com.atproto.label.subscribeLabels"
 KEY_REFRESH_EVERY = 60.0  # seconds: at most one DID document refetch per minute
-MAX_DOCUMENT_BYTES = 64 * 1024
+MAX_DOCUMENT_BYTES = FetchLimits.did_document_bytes
 MESSAGE_TOO_BIG = 1009  # the websocket close code for a frame over max_size
 
 
@@ -89,14 +92,15 @@ class LabelerKey:
     async def _fetch(self) -> LabelKey:
         url = document_url(self.did, self.plc_url)
         try:
-            res = await self.client.get(url)
-        except (httpx.HTTPError, BlockedAddress) as exc:
-            raise KeyUnavailable(f"resolving {self.did}: {exc}") from None
-        if res.status_code != 200 or len(res.content) > MAX_DOCUMENT_BYTES:
-            raise KeyUnavailable(f"resolving {self.did}: HTTP {res.status_code}, "
-                                 f"{len(res.content)} bytes")
+            async with asyncio.timeout(FetchLimits.resolve_timeout):
+                async with self.client.stream("GET", url) as res:
+                    if res.status_code != 200:
+                        raise KeyUnavailable(f"resolving {self.did}: HTTP {res.status_code}")
+                    body = await read_body(res, MAX_DOCUMENT_BYTES)
+        except (httpx.HTTPError, BlockedAddress, BodyError, TimeoutError) as exc:
+            raise KeyUnavailable(f"resolving {self.did}: {exc!r}") from None
         try:
-            return label_key(res.json(), self.did)
+            return label_key(json.loads(body), self.did)
         except (ValueError, LabelKeyError) as exc:
             raise KeyUnavailable(f"{self.did}: {exc}") from None
 
@@ -111,7 +115,7 @@ class LabelFollower:
         self.metrics = LabelMetrics()
         self.state = LabelState(settings.data_dir)
         self.records = RecordIndex(settings.data_dir)
-        self.origin = OriginClient(settings.origin, settings.origin_token)
+        self.origin = OriginClient(settings.origin, settings.origin_token, settings.origin_admin_token)
         self.public = public_client(
             allow_private_networks=settings.allow_private_networks,
             timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
@@ -173,7 +177,10 @@ class LabelFollower:
 
     async def _read_forever(self) -> None:
         await Subscription(
-            self.source, lambda: subscribe_url(self.source, self.cursor), self.handle,
+            # No saved position: from the start (cursor 0), not the live tail, so labels in
+            # force before this follower first ran are applied too (a labeler keeps one
+            # row per label: the replay is its current state).
+            self.source, lambda: subscribe_url(self.source, self.cursor or 0), self.handle,
             self.settings, self.quiet, user_agent="atcdn-ingest-labels",
             retry_on=(KeyUnavailable,), on_connected=self._connected,
             on_reconnect=self.metrics.reconnects.inc, on_error_frame=self._error_frame,
@@ -197,7 +204,7 @@ class LabelFollower:
         if exc.error == "FutureCursor":
             log.error("cursor %s is ahead of %s; following from the start", self.cursor,
                       self.source)
-            self.cursor = None
+            self.cursor = 0
 
     async def handle(self, message: bytes | str) -> None:
         """One frame. Raises only for an error frame (the stream ends) or an unreachable

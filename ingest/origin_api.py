@@ -70,26 +70,29 @@ class OriginClient:
     async def take_down(self, did: str) -> bool:
         """Take an account down; True if the origin had it taken down already (when the
         origin says so)."""
-        answer = await self._admin("takedown", did)
+        answer = await self.admin("takedown", {"did": did})
         if "changed" in answer:  # the origin's answer (docs/authorization.md)
             return not answer["changed"]
         return bool(answer.get("wasTakenDown", False))
 
     async def restore(self, did: str) -> bool:
-        answer = await self._admin("restore", did)
+        answer = await self.admin("restore", {"did": did})
         if "changed" in answer:
             return bool(answer["changed"])
         return bool(answer.get("wasTakenDown", False))
 
-    async def _admin(self, action: str, did: str) -> dict[str, Any]:
+    async def admin(self, action: str, body: dict[str, str]) -> dict[str, Any]:
+        """``POST /admin/{action}`` (takedown, restore) with the admin token; the origin's
+        JSON answer."""
         res = await self._send(lambda: self.client.post(
-            f"{self.base}/admin/{action}", json={"did": did}, headers=self.admin_headers))
+            f"{self.base}/admin/{action}", json=body, headers=self.admin_headers))
         if res.status_code != 200:
             raise self._refusal(res)
         try:
-            return res.json()
+            answer = res.json()
         except ValueError:
             return {}
+        return answer if isinstance(answer, dict) else {}
 
     async def _send(self, request: Callable[[], Any]) -> httpx.Response:
         """One request, retried across connection failures and 5xx answers."""

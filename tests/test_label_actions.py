@@ -16,7 +16,7 @@ from atcdn.ingest.label_state import LabelState
 from atcdn.ingest.origin_api import OriginClient
 from atcdn.ingest.records import RecordIndex
 
-from tests.helpers.env import TOKEN
+from tests.helpers.env import ADMIN_TOKEN, TOKEN
 from tests.helpers.ingest import origin_status
 from tests.helpers.labeler import Signer, jpeg, now_iso, push
 from tests.helpers.nodes import running_origin
@@ -33,7 +33,7 @@ def test_on_record_applies_a_waiting_label_and_sweep_lifts_expired_ones(tmp_path
         async def scenario() -> None:
             settings = IngestSettings(data_dir=tmp_path / "ingest", origin=origin.url)
             state, index = LabelState(settings.data_dir), RecordIndex(settings.data_dir)
-            client = OriginClient(origin.url, TOKEN)
+            client = OriginClient(origin.url, TOKEN, ADMIN_TOKEN)
             actions = LabelActions(settings, state, index, client)
             label = parse_label(Signer().label(LABELER, POST, exp=now_iso(2.0)))
             state.note(label)

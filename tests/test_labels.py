@@ -20,7 +20,7 @@ import httpx
 import pytest
 from atcdn.ingest.records import RecordIndex
 
-from tests.helpers.env import TOKEN
+from tests.helpers.env import ADMIN_TOKEN
 from tests.helpers.firehose import StandinFirehose
 from tests.helpers.ingest import origin_status, wait_until
 from tests.helpers.labeler import (
@@ -77,7 +77,7 @@ def test_labels_from_a_standin_labeler(world: dict) -> None:
     bob1, c1 = push(origin.url, BOB, jpeg(4)), push(origin.url, CAROL, jpeg(5))
     dave1 = push(origin.url, DAVE, jpeg(6))
     r = httpx.post(f"{origin.url}/admin/takedown", json={"did": DAVE},  # an operator's own
-                   headers={"Authorization": f"Bearer {TOKEN}"})
+                   headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     assert r.status_code == 200, r.text
     index = RecordIndex(data_dir)  # what `ingest follow` writes
     index.put(POST_A, ALICE, [a1, a2])

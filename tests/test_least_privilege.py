@@ -97,18 +97,19 @@ def test_image_workers_hold_no_secrets(origin: str, edge_factory) -> None:
 def test_transcoder_holds_no_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The child transcoder reads its source from a FIFO nobody writes: it blocks, alive,
     while its environment is read."""
+    from atcdn.edge.gate import Purges
     from atcdn.edge.transcodes import Transcodes
 
     for name, value in SECRETS.items():
         monkeypatch.setenv(name, value)
     fifo = tmp_path / "source.mp4"
     os.mkfifo(fifo)
-    transcodes = Transcodes(EdgeSettings(cache_dir=tmp_path / "cache"))
+    transcodes = Transcodes(EdgeSettings(cache_dir=tmp_path / "cache"), Purges(tmp_path / "purges"))
     cid = compute(b"a video")
     (transcodes.folder(cid)).mkdir(parents=True)
 
     async def run() -> list[str]:
-        task = asyncio.create_task(transcodes._child(cid, fifo))
+        task = asyncio.create_task(transcodes._child(cid, fifo, Purges.clock()))
         try:
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
