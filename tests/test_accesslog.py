@@ -124,8 +124,12 @@ def test_real_edge_and_origin_log_requests_and_report_health(tmp_path: Path):
             assert first.headers["x-request-id"] == "op-first"
             ours = second.headers["x-request-id"]
             assert ours != "op-first"
-            lines = _wait_for(lambda: [r for r in _lines(tmp_path / "edge.log")
-                                       if r.get("id") in ("op-first", ours)] or None)
+            def both() -> list[dict] | None:
+                found = [r for r in _lines(tmp_path / "edge.log")
+                         if r.get("id") in ("op-first", ours)]
+                return found if len(found) == 2 else None
+
+            lines = _wait_for(both)
             by_id = {r["id"]: r for r in lines}
             assert by_id["op-first"]["cache"] == "miss" and by_id[ours]["cache"] == "memory"
             assert by_id[ours]["bytes"] == len(second.content) and by_id[ours]["status"] == 200

@@ -46,8 +46,9 @@ def edge_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             res = httpx.put(f"{origin.url}/blob/{compute(sample.data)}", params={"did": DID},
                             content=sample.data, headers={"Authorization": f"Bearer {TOKEN}"})
             assert res.status_code in (200, 201), res.text
+        # AVIF on: @avif is refused (400) when it is off, and Chromium must decode it too.
         edge = start_edge(origin.url, tmp / "cache", tmp / "edge.log",
-                          env={"ATCDN_PDS_FALLBACK": "0"})
+                          env={"ATCDN_PDS_FALLBACK": "0", "ATCDN_EDGE_ENABLE_AVIF": "1"})
         try:
             yield edge.url
         finally:
