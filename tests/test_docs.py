@@ -57,3 +57,13 @@ def test_links_point_at_files() -> None:
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
             if "://" not in target:
                 assert (page.parent / target).exists(), f"{page.name} links to {target}"
+
+
+def test_readme_layout_names_every_module() -> None:
+    """A newcomer finds every module of every layer in the README's table."""
+    readme = (ROOT / "README.md").read_text()
+    modules = [path.relative_to(ROOT) for layer in ("core", "origin", "edge", "control", "cli",
+                                                    "ingest")
+               for path in sorted((ROOT / layer).glob("*.py"))
+               if path.name not in ("__init__.py", "__main__.py")]
+    assert [str(m) for m in modules if f"`{m}`" not in readme] == []
