@@ -18,7 +18,6 @@ import logging
 import time
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import websockets
 from atcdn.core.settings import IngestSettings
@@ -41,10 +40,10 @@ from atcdn.ingest.politeness import backoff
 from atcdn.ingest.quietlog import QuietLog
 from atcdn.ingest.records import record_uri
 from atcdn.ingest.status import serve_status, status_app
+from atcdn.ingest.stream import StreamError, Subscription, stream_url
 
 log = logging.getLogger("atcdn.ingest")
 
-SUBSCRIBE = "/xrpc/com.atproto.sync.subscribeRepos"
 TAKEDOWN_STATUSES = frozenset({"takendown", "suspended", "deleted"})
 MESSAGE_TOO_BIG = 1009
 DRAIN_SECONDS = 10.0
@@ -53,12 +52,7 @@ DRAIN_SECONDS = 10.0
 def subscribe_url(source: str, cursor: int | None) -> str:
     """The subscribeRepos URL of ``source`` (``ws(s)://host[:port]``, path optional),
     resuming after ``cursor`` when given (pure)."""
-    parts = urlsplit(source)
-    if parts.scheme not in ("ws", "wss"):
-        raise ValueError(f"a firehose URL is ws:// or wss://, not {source!r}")
-    path = parts.path if parts.path.endswith(SUBSCRIBE) else parts.path.rstrip("/") + SUBSCRIBE
-    query = urlencode({"cursor": cursor}) if cursor is not None else ""
-    return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
+    return stream_url(source, "com.atproto.sync.subscribeRepos", cursor)
 
 
 def event_lag(event_time: str, now: float) -> float | None:
@@ -67,14 +61,6 @@ def event_lag(event_time: str, now: float) -> float | None:
         return now - datetime.fromisoformat(event_time).timestamp()
     except ValueError:
         return None
-
-
-class StreamError(Exception):
-    """The server sent an error frame (it closes the stream after one)."""
-
-    def __init__(self, frame: ErrorFrame) -> None:
-        super().__init__(f"{frame.error}: {frame.message or ''}")
-        self.error = frame.error
 
 
 class Fatal(Exception):
@@ -166,52 +152,34 @@ class Follower:
     # -- the connection ---------------------------------------------------------------
 
     async def _read_forever(self) -> None:
-        attempt = 0
-        while True:
-            url = subscribe_url(self.source, self.received)
-            handled = 0
-            try:
-                async with websockets.connect(
-                        url, ping_interval=self.settings.ping_interval,
-                        ping_timeout=self.settings.ping_timeout,
-                        open_timeout=self.settings.connect_timeout * 2,
-                        close_timeout=5, max_size=self.settings.max_frame_bytes,
-                        max_queue=4, user_agent_header="atcdn-ingest") as ws:
-                    self.connected = True
-                    self.metrics.connected.set(1)
-                    log.info("subscribed to %s", url)
-                    async for message in ws:
-                        await self.handle(message)
-                        handled += 1
-                log.warning("%s closed the stream", self.source)
-            except StreamError as exc:
-                log.warning("%s sent an error frame: %s", self.source, exc)
-                if exc.error == "FutureCursor":
-                    # The server has no such position (reset or a different server):
-                    # start from its live tail.
-                    log.error("cursor %s is ahead of %s; following from the live tail",
-                              self.received, self.source)
-                    self.received = None
-            except websockets.ConnectionClosed as exc:
-                if exc.sent is not None and exc.sent.code == MESSAGE_TOO_BIG:
-                    self.metrics.malformed.labels("too_big").inc()
-                    self.quiet.warning("too_big", "a frame after seq %s exceeds %s bytes; "
-                                       "skipping it", self.received,
-                                       self.settings.max_frame_bytes)
-                    if self.received is not None:
-                        self.received += 1
-                else:
-                    log.warning("stream from %s ended: %s", self.source, exc)
-            except (OSError, TimeoutError, websockets.InvalidHandshake,
-                    websockets.InvalidURI) as exc:
-                self.quiet.warning("connect", "cannot subscribe to %s: %s: %s", url,
-                                   type(exc).__name__, exc)
-            finally:
-                self.connected = False
-                self.metrics.connected.set(0)
-            attempt = 1 if handled else attempt + 1
-            self.metrics.reconnects.inc()
-            await asyncio.sleep(backoff(attempt, 0.5, cap=self.settings.reconnect_max_backoff))
+        await Subscription(
+            self.source, lambda: subscribe_url(self.source, self.received), self.handle,
+            self.settings, self.quiet, on_connected=self._connected,
+            on_reconnect=self.metrics.reconnects.inc, on_error_frame=self._error_frame,
+            on_closed=self._closed,
+        ).run_forever()
+
+    def _connected(self, up: bool) -> None:
+        self.connected = up
+        self.metrics.connected.set(int(up))
+
+    def _error_frame(self, exc: StreamError) -> None:
+        if exc.error == "FutureCursor":
+            # The server has no such position (reset or a different server): start from
+            # its live tail.
+            log.error("cursor %s is ahead of %s; following from the live tail",
+                      self.received, self.source)
+            self.received = None
+
+    def _closed(self, exc: websockets.ConnectionClosed) -> None:
+        """A frame over the size limit closes the connection (1009): step past it, or
+        every reconnect would meet it again."""
+        if exc.sent is not None and exc.sent.code == MESSAGE_TOO_BIG:
+            self.metrics.malformed.labels("too_big").inc()
+            self.quiet.warning("too_big", "a frame after seq %s exceeds %s bytes; skipping it",
+                               self.received, self.settings.max_frame_bytes)
+            if self.received is not None:
+                self.received += 1
 
     # -- events -----------------------------------------------------------------------
 
