@@ -34,7 +34,7 @@ from atcdn.core import cid as cids
 from PIL import Image
 
 from tests.helpers.env import ROOT, need, need_tool
-from tests.helpers.servers import free_port
+from tests.helpers.servers import Process, free_port
 
 ANSIBLE = ROOT / "ansible"
 DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
@@ -97,6 +97,9 @@ class Install:
     user: str
     origin_url: str
     edge_url: str
+    origin_port: int
+    edge_port: int
+    node_exporter_port: int
     cert: Path
     argv: list[str]
     first: subprocess.CompletedProcess[str]
@@ -160,12 +163,14 @@ def install() -> Iterator[Install]:
     user = "atcdnt" + uuid.uuid4().hex[:8]
     cert, key = make_certificate(work)
     origin_port, edge_port, tls_port = free_port(), free_port(), free_port()
+    node_exporter_port = free_port()
     inventory = work / "inventory.json"
     host = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
             "ansible_become": False}
     inventory.write_text(json.dumps({"all": {"children": {
         "origin": {"hosts": {"atcdn-test": host}},
-        "edge": {"hosts": {"atcdn-test": host}}}}}))
+        "edge": {"hosts": {"atcdn-test": host}},
+        "prometheus": {"hosts": {"atcdn-test": host}}}}}))
     variables = {
         "atcdn_prefix": str(prefix), "atcdn_user": user, "atcdn_group": user,
         "atcdn_package": str(ROOT), "atcdn_service_manager": "direct",
@@ -181,6 +186,9 @@ def install() -> Iterator[Install]:
         "edge_nginx_disable_distro_service": False, "edge_pds_fallback": False,
         "edge_allow_private_networks": True, "edge_token": TOKEN, "edge_origin_token": TOKEN,
         "edge_nginx_user": user + "w", "common_firewall_ssh_from_anywhere": True,
+        "monitoring_node_exporter_address": "127.0.0.1",
+        "monitoring_node_exporter_port": node_exporter_port,
+        "monitoring_prometheus_sources": ["10.9.8.7"], "monitoring_scrape_interval": "1s",
     }
     extra = work / "vars.json"
     extra.write_text(json.dumps(variables))
@@ -189,7 +197,8 @@ def install() -> Iterator[Install]:
         first = run(argv, timeout=900)
         assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-3000:]
         yield Install(prefix, user, f"http://127.0.0.1:{origin_port}",
-                      f"https://127.0.0.1:{tls_port}", cert, argv, first)
+                      f"https://127.0.0.1:{tls_port}", origin_port, edge_port,
+                      node_exporter_port, cert, argv, first)
     finally:
         run_dir = prefix / "run" / "atcdn"
         for name in ("nginx", "atcdn-edge", "atcdn-origin"):
@@ -298,6 +307,58 @@ def test_units_pass_systemd_analyze_verify(install: Install) -> None:
         done = subprocess.run([analyze, "verify", "--man=no", str(unit)], cwd=install.prefix,
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0 and not done.stderr.strip(), (name, done.stderr)
+
+
+def test_scrape_targets_follow_the_inventory(install: Install) -> None:
+    config = install.prefix / "etc/prometheus/atcdn"
+    targets = {job: json.loads((config / "targets" / f"{job}.json").read_text())
+               for job in ("atcdn-origin", "atcdn-edge", "node")}
+    assert targets == {
+        "atcdn-origin": [{"targets": [f"127.0.0.1:{install.origin_port}"]}],
+        "atcdn-edge": [{"targets": [f"127.0.0.1:{install.edge_port}"]}],
+        "node": [{"targets": [f"127.0.0.1:{install.node_exporter_port}"]}],
+    }
+    assert (config / "alerts.yml").read_bytes() == (ROOT / "ops/prometheus/alerts.yml").read_bytes()
+    defaults = (install.prefix / "etc/default/prometheus-node-exporter").read_text()
+    assert f'ARGS="--web.listen-address=127.0.0.1:{install.node_exporter_port}"' in defaults
+    # Only the Prometheus sources reach the node exporter and the metrics ports.
+    ruleset = (install.prefix / "etc/nftables.conf").read_text()
+    ports = sorted({install.node_exporter_port, install.origin_port, install.edge_port})
+    allowed = re.findall(r"ip saddr \{ 10\.9\.8\.7 \} tcp dport \{ ([\d, ]+) \}", ruleset)
+    assert [sorted(int(p) for p in a.split(", ")) for a in allowed] == [ports], ruleset
+    done = subprocess.run([need_tool("promtool"), "check", "config", str(config / "prometheus.yml")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_prometheus_scrapes_the_installed_nodes(install: Install) -> None:
+    prometheus = need_tool("prometheus")
+    wait_ok(install.origin_url + "/health")
+    wait_ok(f"http://127.0.0.1:{install.edge_port}/health")
+    port = free_port()
+    work = install.prefix / "test"
+    proc = Process([prometheus, f"--config.file={install.prefix}/etc/prometheus/atcdn/prometheus.yml",
+                    f"--storage.tsdb.path={work / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+                   log=work / "prometheus.log")
+    api = f"http://127.0.0.1:{port}/api/v1"
+    try:
+        proc.wait_http(f"http://127.0.0.1:{port}/-/ready", timeout=60)
+
+        def up() -> set[str]:
+            body = httpx.get(f"{api}/query", params={"query": "up == 1"}).json()
+            return {r["metric"]["job"] for r in body["data"]["result"]}
+
+        deadline = time.monotonic() + 30
+        while not {"atcdn-origin", "atcdn-edge"} <= up() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        targets = httpx.get(f"{api}/targets").json()["data"]["activeTargets"]
+        assert {"atcdn-origin", "atcdn-edge"} <= up(), [
+            (t["labels"]["job"], t["scrapeUrl"], t["health"], t["lastError"]) for t in targets]
+        assert {t["labels"]["job"] for t in targets} == {"atcdn-origin", "atcdn-edge", "node"}
+        groups = httpx.get(f"{api}/rules").json()["data"]["groups"]
+        assert any(g["name"] == "atcdn" and g["rules"] for g in groups), groups
+    finally:
+        proc.stop()
 
 
 def test_second_apply_changes_nothing(install: Install) -> None:
