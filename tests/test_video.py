@@ -333,7 +333,7 @@ def test_takedown_reaches_a_finished_transcode(server: WatchServer, client: http
         refused = client.get(f"{server.video_url(cid)}/{name}")
         assert refused.status_code == 451 and refused.json()["error"] == "TakenDown"
     assert not (server.cache / "video" / cid).exists()  # purged from disk too
-    restored = client.post(server.url + "/admin/takedown", json={"cid": cid, "restore": True},
+    restored = client.post(server.url + "/admin/restore", json={"cid": cid},
                            headers=admin)
     assert restored.status_code == 200
     assert client.get(server.video_url(cid) + "/playlist.m3u8").status_code == 200
@@ -357,7 +357,7 @@ def test_takedown_stops_a_transcode_in_flight(server: WatchServer, client: httpx
     assert not folder.exists()
     time.sleep(1.0)  # the killed transcoder, and its worker, leave nothing behind
     assert not folder.exists()
-    restored = client.post(server.url + "/admin/takedown", json={"cid": cid, "restore": True},
+    restored = client.post(server.url + "/admin/restore", json={"cid": cid},
                            headers=admin)
     assert restored.status_code == 200
     assert client.get(server.video_url(cid) + "/playlist.m3u8").status_code == 200
