@@ -42,7 +42,9 @@ def logged(fmt: str, *requests: tuple[str, dict]) -> tuple[list[httpx.Response],
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             return [await client.get(path, headers=headers) for path, headers in requests]
 
-    return asyncio.run(go()), stream.getvalue()
+    answers = asyncio.run(go())
+    handler.flush()  # lines are written in batches (at most FLUSH_SECONDS late)
+    return answers, stream.getvalue()
 
 
 def test_request_ids_are_echoed_generated_or_kept():
