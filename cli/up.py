@@ -166,7 +166,7 @@ def store_sample(origin_url: str, token: str) -> str:
     return answer.json()["cid"]
 
 
-def edge_usage(edge_url: str, sample_cid: str) -> str:
+def edge_usage(edge_url: str, sample_cid: str, origin_url: str) -> str:
     did = SAMPLE_DID
     return f"""Edge: {edge_url}   (verifies, transforms and caches what the origin holds)
 
@@ -180,6 +180,11 @@ def edge_usage(edge_url: str, sample_cid: str) -> str:
   # a stored video (MP4, MOV, WebM, GIF) plays as HLS (hls.js, Safari, ExoPlayer):
   curl -s "{edge_url}/watch/{did}/$CID/playlist.m3u8"
   curl -s {edge_url}/metrics | grep atcdn_
+
+See what the CDN is doing (docs/observability.md):
+  {edge_url}/status   and   {origin_url}/status   (in a browser)
+  {atcdn_command()} status {origin_url} {edge_url}
+  {atcdn_command()} report --node {origin_url} --node {edge_url}
 
 Ctrl-C stops everything.
 """
@@ -210,7 +215,8 @@ def up(data_dir: str | Path, origin_port: int, edge_port: int) -> None:
         print(usage(origin_url, token_file), flush=True)
         print(f"{fallback}\nLogs (one access line per request): {log_dir}/origin.log, "
               f"{log_dir}/edge.log\n", flush=True)
-        print(edge_usage(f"http://{HOST}:{edge_port}", sample_cid), flush=True)
+        print(edge_usage(f"http://{HOST}:{edge_port}", sample_cid, f"http://{HOST}:{origin_port}"),
+              flush=True)
         while all(service.alive() for service in running):
             time.sleep(0.5)
         stopped = next(service.name for service in running if not service.alive())
