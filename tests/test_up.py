@@ -45,6 +45,11 @@ def test_up_serves_and_stops(tmp_path: Path) -> None:
         answer = httpx.get(sample.group(0), timeout=30)
         assert answer.status_code == 200 and answer.headers["content-type"] == "image/jpeg"
         assert Image.open(io.BytesIO(answer.content)).size == (1600, 1200)
+        # How to see it: the status pages, atcdn status and atcdn report, and they answer.
+        assert f"{edge}/status" in printed and f"{origin}/status" in printed
+        assert f"status {origin} {edge}" in printed
+        assert f"report --node {origin} --node {edge}" in printed
+        assert httpx.get(f"{edge}/status").status_code == 200
 
         # A pushed blob comes back from the origin and out of the edge.
         out = io.BytesIO()
