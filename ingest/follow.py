@@ -19,7 +19,6 @@ import time
 from datetime import datetime
 from typing import Any
 
-import websockets
 from atcdn.core.settings import IngestSettings
 from atcdn.ingest.blobrefs import BlobRef, blob_refs
 from atcdn.ingest.context import IngestContext
@@ -45,7 +44,6 @@ from atcdn.ingest.stream import StreamError, Subscription, stream_url
 log = logging.getLogger("atcdn.ingest")
 
 TAKEDOWN_STATUSES = frozenset({"takendown", "suspended", "deleted"})
-MESSAGE_TOO_BIG = 1009
 DRAIN_SECONDS = 10.0
 
 
@@ -156,7 +154,7 @@ class Follower:
             self.source, lambda: subscribe_url(self.source, self.received), self.handle,
             self.settings, self.quiet, on_connected=self._connected,
             on_reconnect=self.metrics.reconnects.inc, on_error_frame=self._error_frame,
-            on_closed=self._closed,
+            on_too_big=self._too_big,
         ).run_forever()
 
     def _connected(self, up: bool) -> None:
@@ -171,15 +169,10 @@ class Follower:
                       self.received, self.source)
             self.received = None
 
-    def _closed(self, exc: websockets.ConnectionClosed) -> None:
-        """A frame over the size limit closes the connection (1009): step past it, or
-        every reconnect would meet it again."""
-        if exc.sent is not None and exc.sent.code == MESSAGE_TOO_BIG:
-            self.metrics.malformed.labels("too_big").inc()
-            self.quiet.warning("too_big", "a frame after seq %s exceeds %s bytes; skipping it",
-                               self.received, self.settings.max_frame_bytes)
-            if self.received is not None:
-                self.received += 1
+    def _too_big(self) -> None:
+        self.metrics.malformed.labels("too_big").inc()
+        if self.received is not None:
+            self.received += 1
 
     # -- events -----------------------------------------------------------------------
 

@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-import websockets
 from atcdn.core import did as dids
 from atcdn.core.bodies import BodyError, read_body
 from atcdn.core.errors import BlockedAddress
@@ -47,7 +46,6 @@ log = logging.getLogger("atcdn.ingest.labels")
 SUBSCRIBE = "com.atproto.label.subscribeLabels"
 KEY_REFRESH_EVERY = 60.0  # seconds: at most one DID document refetch per minute
 MAX_DOCUMENT_BYTES = FetchLimits.did_document_bytes
-MESSAGE_TOO_BIG = 1009  # the websocket close code for a frame over max_size
 
 
 def subscribe_url(source: str, cursor: int | None) -> str:
@@ -184,21 +182,16 @@ class LabelFollower:
             self.settings, self.quiet, user_agent="atcdn-ingest-labels",
             retry_on=(KeyUnavailable,), on_connected=self._connected,
             on_reconnect=self.metrics.reconnects.inc, on_error_frame=self._error_frame,
-            on_closed=self._closed,
+            on_too_big=self._too_big,
         ).run_forever()
 
     def _connected(self, up: bool) -> None:
         self.connected = up
         self.metrics.connected.set(int(up))
 
-    def _closed(self, exc: websockets.ConnectionClosed) -> None:
-        """A frame over the size limit closes the connection (1009): step past it, or
-        every reconnect would meet it again."""
-        if exc.sent is not None and exc.sent.code == MESSAGE_TOO_BIG:
-            self.metrics.malformed.labels("too_big").inc()
-            self.quiet.warning("too_big", "a label frame after seq %s exceeds %s bytes; "
-                               "skipping it", self.cursor, self.settings.max_frame_bytes)
-            self.cursor = (self.cursor or 0) + 1
+    def _too_big(self) -> None:
+        self.metrics.malformed.labels("too_big").inc()
+        self.cursor = (self.cursor or 0) + 1
 
     def _error_frame(self, exc: StreamError) -> None:
         if exc.error == "FutureCursor":

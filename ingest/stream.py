@@ -35,6 +35,9 @@ def stream_url(source: str, method: str, cursor: int | None) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
 
 
+MESSAGE_TOO_BIG = 1009  # the websocket close code for a frame over max_size
+
+
 class StreamError(Exception):
     """The server sent an error frame (it closes the stream after one)."""
 
@@ -55,7 +58,9 @@ class Subscription:
     on_connected: Callable[[bool], None] = lambda up: None
     on_reconnect: Callable[[], None] = lambda: None
     on_error_frame: Callable[[StreamError], None] = lambda exc: None
-    on_closed: Callable[[websockets.ConnectionClosed], None] = lambda exc: None
+    # A frame over max_frame_bytes closes the connection (1009): the follower steps its
+    # cursor past it, or every reconnect would meet it again.
+    on_too_big: Callable[[], None] = lambda: None
 
     async def run_forever(self) -> None:
         attempt = 0
@@ -79,8 +84,12 @@ class Subscription:
                 log.warning("%s sent an error frame: %s", self.source, exc)
                 self.on_error_frame(exc)
             except websockets.ConnectionClosed as exc:
-                log.warning("stream from %s ended: %s", self.source, exc)
-                self.on_closed(exc)
+                if exc.sent is not None and exc.sent.code == MESSAGE_TOO_BIG:
+                    self.quiet.warning("too_big", "a frame from %s exceeds %s bytes; skipping "
+                                       "it", self.source, self.settings.max_frame_bytes)
+                    self.on_too_big()
+                else:
+                    log.warning("stream from %s ended: %s", self.source, exc)
             except (OSError, TimeoutError, websockets.InvalidHandshake,
                     websockets.InvalidURI) as exc:
                 self.quiet.warning("connect", "cannot subscribe to %s: %s: %s", url,
