@@ -133,12 +133,11 @@ class MemoryTier:
 DISK_SHARE = 0.85  # of the filesystem the tier may fill: SQLite and fetches need the rest
 
 
-def fit_to_disk(directory: Path, budget: int) -> int:
-    """The budget, lowered to what the filesystem under ``directory`` can hold (what the
-    tier holds already plus what is free, times DISK_SHARE): a cache that believes it has
-    more room than its disk fails its writes instead of evicting."""
+def fit_to_disk(directory: Path, budget: int, held: int) -> int:
+    """The budget, lowered to what the filesystem under ``directory`` can hold (``held``,
+    what the tier holds already, plus what is free, times DISK_SHARE): a cache that
+    believes it has more room than its disk fails its writes instead of evicting."""
     stat = os.statvfs(directory)
-    held = sum(entry.stat().st_size for entry in directory.rglob("*") if entry.is_file())
     return max(1, min(budget, int((held + stat.f_bavail * stat.f_frsize) * DISK_SHARE)))
 
 
@@ -192,16 +191,17 @@ class DiskTier:
     def __init__(self, directory: Path, budget: int, min_file_size: int) -> None:
         self.min_file_size = min_file_size
         directory.mkdir(parents=True, exist_ok=True)
-        self.configured = budget
-        self.budget = fit_to_disk(directory, budget)
         self.cache = diskcache.Cache(
             str(directory),
-            size_limit=self.budget,
+            size_limit=budget,
             eviction_policy="least-recently-used",
             disk_min_file_size=min_file_size,
             tag_index=True,
             statistics=False,
         )
+        self.budget = fit_to_disk(directory, budget, self.cache.volume())
+        if self.budget != budget:
+            self.cache.reset("size_limit", self.budget)
         self.holders = Holders(directory / "holders.sqlite", self.has_cid)
 
     def readings(self) -> list[tuple[str, str, float]]:
