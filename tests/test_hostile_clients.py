@@ -74,20 +74,31 @@ def test_avif_on_a_real_edge(origin: str, edge_factory) -> None:
 
 # -- failed transforms are remembered ---------------------------------------------------
 
+def slow_animation() -> bytes:
+    """A GIF of 100 distinct 700x700 frames: seconds to re-encode as an animated WebP,
+    so a 1 ms transform timeout always fires (pebble checks timeouts every 0.1 s; a
+    single still image can finish inside that window)."""
+    frames = [Image.new("P", (700, 700), i) for i in range(100)]
+    for i, frame in enumerate(frames):
+        frame.putpalette([(j * 7 + i) % 256 for j in range(768)])
+    out = io.BytesIO()
+    frames[0].save(out, "GIF", save_all=True, append_images=frames[1:], duration=40)
+    return out.getvalue()
+
+
 def test_failed_transform_is_remembered(origin: str, edge_factory) -> None:
     """Every transform times out here; asking again within the memory costs nothing."""
-    big = io.BytesIO()  # a PNG cannot be decoded at reduced size: a slow source
-    Image.linear_gradient("L").resize((5000, 4000)).save(big, "PNG")
-    cid = put(origin, big.getvalue())
+    cid = put(origin, slow_animation())
     edge = edge_factory(origin, env={"ATCDN_EDGE_TRANSFORM_TIMEOUT": "0.001"})
-    url = f"{edge.url}/img/feed_fullsize/plain/{DID}/{cid}@jpeg"
+    url = f"{edge.url}/img/feed_fullsize/plain/{DID}/{cid}@webp"
     answers = [httpx.get(url, timeout=30) for _ in range(4)]
     assert [r.status_code for r in answers] == [503] * 4
     assert {r.json()["error"] for r in answers} == {"TransformTimeout"}
     assert all("(remembered)" in r.json()["message"] for r in answers[1:])
     assert edge.metric("atcdn_edge_transforms_remembered_total") == 3
     # Another rendering of the same source is its own try.
-    r = httpx.get(f"{edge.url}/img/avatar/plain/{DID}/{cid}@jpeg", timeout=30)
+    r = httpx.get(f"{edge.url}/img/avatar/plain/{DID}/{cid}@webp", timeout=30)
+    assert r.json()["error"] == "TransformTimeout"
     assert "(remembered)" not in r.json()["message"]
     assert edge.metric("atcdn_edge_transforms_remembered_total") == 3
 
