@@ -10,15 +10,11 @@ test made, verified against it), and re-applies expecting changed=0.
 
 from __future__ import annotations
 
-import datetime
 import io
-import ipaddress
 import json
 import os
 import re
 import shutil
-import signal
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -33,24 +29,13 @@ import pytest
 from atcdn.core import cid as cids
 from PIL import Image
 
+from tests.helpers.ansible import (changed_tasks, make_certificate, recap_changed, run,
+                                   stop_pid_file, tool, trust, wait_ok)
 from tests.helpers.env import ROOT, need, need_tool
 from tests.helpers.servers import Process, free_port
 
-ANSIBLE = ROOT / "ansible"
 DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
 TOKEN = "ansible-test-token-" + uuid.uuid4().hex
-
-
-def tool(name: str) -> str:
-    """An Ansible CLI next to this interpreter (pip's scripts dir), else on PATH."""
-    local = Path(sys.executable).parent / name
-    return str(local) if local.exists() else need_tool(name)
-
-
-def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"),
-           "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
-    return subprocess.run(argv, cwd=ANSIBLE, env=env, capture_output=True, text=True, **kwargs)
 
 
 def test_lint_production_profile() -> None:
@@ -58,37 +43,10 @@ def test_lint_production_profile() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("playbook", ["site.yml", "origin.yml", "edge.yml"])
+@pytest.mark.parametrize("playbook", ["site.yml", "origin.yml", "edge.yml", "fleet.yml"])
 def test_syntax_check(playbook: str) -> None:
     done = run([tool("ansible-playbook"), "--syntax-check", playbook], timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-
-
-def make_certificate(directory: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 (the test trusts exactly this one)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "atcdn test edge")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = directory / "edge.crt", directory / "edge.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_path.chmod(0o600)
-    return cert_path, key_path
 
 
 @dataclass
@@ -110,41 +68,6 @@ class Install:
 
     def pid(self, name: str) -> int:
         return int((self.run_dir / f"{name}.pid").read_text().strip())
-
-
-def recap_changed(output: str) -> int:
-    """changed=N summed over the PLAY RECAP lines."""
-    return sum(int(n) for n in re.findall(r"^\S+\s+:\s+ok=\d+\s+changed=(\d+)", output, re.M))
-
-
-def changed_tasks(output: str) -> list[str]:
-    """The TASK headers followed by a ``changed:`` line (for failure messages)."""
-    blocks = re.split(r"^(?=TASK \[|RUNNING HANDLER \[)", output, flags=re.M)
-    return [b.splitlines()[0] for b in blocks if re.search(r"^changed:", b, re.M)]
-
-
-def stop_pid_file(path: Path) -> None:
-    """SIGTERM the PID in ``path`` (uvicorn, granian and nginx masters stop their
-    workers), wait, then SIGKILL whatever is left of its process group."""
-    if not path.exists():
-        return
-    pid = int(path.read_text().strip())
-    try:
-        group = os.getpgid(pid)
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    try:
-        os.killpg(group, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -207,22 +130,6 @@ def install() -> Iterator[Install]:
             subprocess.run(["userdel", name], capture_output=True)
             subprocess.run(["groupdel", name], capture_output=True)  # if userdel left it
         shutil.rmtree(prefix, ignore_errors=True)
-
-
-def trust(cert: Path) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=str(cert))
-
-
-def wait_ok(url: str, **kwargs) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(url, timeout=2, **kwargs).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, f"{url} never answered 200"
-        time.sleep(0.2)
 
 
 def test_installed_edge_serves_an_image_over_tls(install: Install) -> None:
