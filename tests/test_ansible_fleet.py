@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +37,9 @@ from tests.helpers.ansible import (changed_tasks, make_certificate, recap_change
                                    stop_pid_file, tool, trust, wait_ok)
 from tests.helpers.env import ROOT, need, need_tool
 from tests.helpers.servers import free_port
+
+# The fixture applies a seven-node fleet: more than the default 300 s on a loaded machine.
+pytestmark = pytest.mark.timeout(900)
 
 DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
 TOKEN = "fleet-test-token-" + uuid.uuid4().hex
@@ -85,17 +89,32 @@ class Fleet:
         return f"{scheme}://{node.address}:{node.vars[port_var]}"
 
 
+def checkout(prefix: Path) -> Path:
+    """A node's own copy of the source (pip builds in the tree: hosts never share one)."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    source = prefix / "src" / "atcdn"
+    source.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for directory in config["tool"]["setuptools"]["package-dir"].values():
+        shutil.copytree(ROOT / directory, source / directory,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    return source
+
+
 def node_vars(name: str, group: str, address: str, prefix: Path, user: str,
               cert: Path, key: str, ports: dict[str, int]) -> dict[str, object]:
     base: dict[str, object] = {
         "ansible_connection": "local", "ansible_python_interpreter": sys.executable,
         "ansible_become": False, "atcdn_node_address": address,
         "atcdn_prefix": str(prefix), "atcdn_user": user, "atcdn_group": user,
-        "atcdn_package": str(ROOT), "atcdn_service_manager": "direct",
+        "atcdn_service_manager": "direct",
         "common_install_packages": False, "common_sysctl_apply": False,
         "common_firewall_apply": False, "common_firewall_ssh_from_anywhere": True,
         "origin_s3_access_key": S3_KEY, "origin_s3_secret_key": S3_SECRET,
     }
+    if group in ("origin", "edge"):
+        base["atcdn_package"] = str(checkout(prefix))
     if group == "store":
         base.update({
             "seaweedfs_user": user + "s", "seaweedfs_group": user + "s",
