@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from atcdn.core.settings import EdgeSettings
+    from atcdn.core.settings import EdgeSettings, OriginSettings
 
 MiB = 1024 * 1024
 
@@ -46,6 +46,12 @@ class FetchLimits:
                    connect_timeout=settings.fetch_connect_timeout,
                    temp_bytes=settings.fetch_temp_size,
                    resolve_timeout=settings.resolve_timeout)
+
+    @classmethod
+    def from_origin(cls, settings: OriginSettings) -> FetchLimits:
+        """The origin's pulls from PDSes (its shield): blobs up to its upload limit."""
+        return cls(max_bytes=settings.max_blob_bytes, timeout=settings.pull_timeout,
+                   temp_bytes=settings.pull_temp_size)
 
 
 @dataclass(frozen=True)

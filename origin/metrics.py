@@ -58,8 +58,26 @@ class Metrics:
             "atcdn_origin_verification_failures", "bodies that did not match their CID",
             registry=own)
         self.quota_refusals = Counter(
-            "atcdn_origin_quota_refusals", "hand-offs refused: a pulled-tier quota was used up",
+            "atcdn_origin_quota_refusals",
+            "hand-offs and pulls refused: a pulled-tier quota was used up", registry=own)
+        self.pds_pulls = Counter(
+            "atcdn_origin_pds_pulls",
+            "getBlob requests of the shield (pds_pull) by result: an HTTP status, or blocked,"
+            " timeout, unreachable, error", ["result"], registry=own)
+        self.pull_bytes = Counter(
+            "atcdn_origin_pull_bytes", "bytes the shield received from PDSes (on the wire)",
             registry=own)
+
+    # -- core.download.Meter: the shield's pulls (origin/shield.py) ------------------
+
+    def fetched(self, source: str, result: str, seconds: float | None) -> None:
+        self.pds_pulls.labels(result).inc()
+
+    def verification_failed(self, source: str) -> None:
+        self.verification_failures.inc()
+
+    def received(self, source: str, size: int) -> None:
+        self.pull_bytes.inc(size)
 
     def render(self, gauges: Gauges | None = None) -> tuple[bytes, str]:
         from prometheus_client import (
