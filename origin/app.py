@@ -153,12 +153,8 @@ class Origin:
                            via: Via = "push") -> tuple[BlobMeta, bool]:
         """Pin a verified blob (promoting it out of the pulled tier if it was there)."""
         before = self.index.get(cid)
-        try:
+        with self.metrics.verifying():
             created = await self.store.commit(staging, cid)
-        except AtcdnError as exc:
-            if exc.error == "CidMismatch":
-                self.metrics.verification_failures.inc()
-            raise
         meta = self.index.record(cid, staging.size, sniff(staging.head), did, via=via)
         if before is not None and not before.pinned:
             self.pulled.store.path(cid).unlink(missing_ok=True)

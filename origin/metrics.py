@@ -11,11 +11,14 @@ this module imports it lazily.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from atcdn.core.accesslog import Tally
+from atcdn.core.errors import AtcdnError
 from atcdn.core.gauges import Gauges, mark_start
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -67,6 +70,16 @@ class Metrics:
         self.pull_bytes = Counter(
             "atcdn_origin_pull_bytes", "bytes the shield received from PDSes (on the wire)",
             registry=own)
+
+    @contextlib.contextmanager
+    def verifying(self) -> Iterator[None]:
+        """Around a store's commit: count a body that did not match its CID (422)."""
+        try:
+            yield
+        except AtcdnError as exc:
+            if exc.error == "CidMismatch":
+                self.verification_failures.inc()
+            raise
 
     # -- core.download.Meter: the shield's pulls (origin/shield.py) ------------------
 

@@ -73,12 +73,8 @@ class PulledTier:
     async def keep(self, staging: Staging, cid: str, did: str) -> tuple[BlobMeta, bool]:
         """Store a received blob (verified against ``cid`` on commit, 422 otherwise),
         held by ``did``, then evict down to the budget; (meta, whether it was new)."""
-        try:
+        with self.metrics.verifying():
             created = await self.store.commit(staging, cid)
-        except AtcdnError as exc:
-            if exc.error == "CidMismatch":
-                self.metrics.verification_failures.inc()
-            raise
         meta = self.index.record(cid, staging.size, sniff(staging.head), did, via="pds",
                                  pinned=False)
         for victim in self.index.evict_pulled(self.settings.pulled_max_bytes):

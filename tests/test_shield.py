@@ -50,22 +50,6 @@ def stored_files(origin: Origin) -> list[Path]:
 
 
 @pytest.fixture
-def hostile(tmp_path: Path) -> Iterator[Callable[..., Upstream]]:
-    """Start a PDS + PLC stand-in with the given STANDIN_* modes; DID names it."""
-    started: list[Upstream] = []
-
-    def start(**env: str) -> Upstream:
-        up = start_upstream(tmp_path / f"pds{len(started)}", env=env)
-        up.add_did(DID, up.url)
-        started.append(up)
-        return up
-
-    yield start
-    for up in started:
-        up.proc.stop()
-
-
-@pytest.fixture
 def shield(tmp_path: Path) -> Iterator[Callable[..., Origin]]:
     """Start real origins with PDS pull on, resolving through ``plc``."""
     with ExitStack() as stack:
