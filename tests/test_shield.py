@@ -22,6 +22,7 @@ import httpx
 import pytest
 from atcdn.core.cid import compute
 
+from tests.helpers.env import ADMIN_TOKEN
 from tests.helpers.nodes import Origin, Upstream, running_origin, start_upstream
 from tests.helpers.pictures import DID, photo
 
@@ -163,6 +164,21 @@ def test_quota_is_429_and_then_asks_the_pds_nothing(hostile, shield) -> None:
         assert httpx.get(f"{origin.url}/blob/{cid}?did={DID}", timeout=30).status_code == 429
     assert get_blobs(pds) == asked
     assert metric(origin.url, "atcdn_origin_quota_refusals_total") == 3
+
+
+def test_taken_down_is_451_before_any_pull(hostile, shield) -> None:
+    """An account takedown, or a CID takedown, is answered without asking the PDS: a
+    shield must not fetch what it may not serve."""
+    pds = hostile()
+    cid = pds.add_blob(b"taken down before anyone asked")
+    origin = shield(pds.url)
+    admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    for target, did in (({"did": DID}, DID), ({"cid": cid}, OTHER)):
+        r = httpx.post(f"{origin.url}/admin/takedown", json=target, headers=admin, timeout=10)
+        assert r.status_code == 200, r.text
+        r = httpx.get(f"{origin.url}/blob/{cid}?did={did}", timeout=30)
+        assert r.status_code == 451 and r.json()["error"] == "TakenDown", r.text
+    assert get_blobs(pds) == 0 and pds.requests() == []
 
 
 def test_pull_off_is_404_as_before(hostile, tmp_path: Path) -> None:
