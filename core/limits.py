@@ -7,7 +7,7 @@ of the processes that decode them.
 
 The defaults here are the defaults of the ``ATCDN_EDGE_*`` settings (core/settings.py
 uses these values for its fields), and ``from_settings`` builds each set from an
-``EdgeSettings``. Pure dataclasses and no pydantic: the decoder processes (the image
+``EdgeSettings`` (``FetchLimits.from_origin``: the origin's PDS pulls). Pure dataclasses and no pydantic: the decoder processes (the image
 workers, the ``python -m atcdn.edge.video`` child) import this module and start fast.
 ``confine`` is the one place the decoder processes' address space is capped.
 """

@@ -217,6 +217,7 @@ def test_concurrent_misses_on_two_workers_cost_one_getblob(hostile, shield) -> N
     assert all(compute(r.content) == cid for r in answers if r.request.method == "GET")
     assert get_blobs(pds) == 1
     assert metric(origin.url, "atcdn_origin_pds_pulls_total") == 1
+    assert metric(origin.url, "atcdn_origin_pulled_bytes") == len(data)  # evictable tier
 
 
 # -- against the reference PDS ------------------------------------------------------------
