@@ -201,13 +201,14 @@ def test_unknown_blob_is_404_and_remembered_briefly(hostile, shield) -> None:
     assert get_blobs(pds) == 1
 
 
-def test_concurrent_misses_on_two_workers_cost_one_getblob(hostile, shield) -> None:
+@pytest.mark.parametrize("server", ["uvicorn", "granian"])
+def test_concurrent_misses_on_two_workers_cost_one_getblob(hostile, shield, server) -> None:
     """A slow PDS (1 s mid-body) and 24 concurrent cold requests on a two-worker
-    origin: one getBlob, every answer the verified bytes."""
+    origin, under either server: one getBlob, every answer the verified bytes."""
     pds = hostile(STANDIN_STALL_AFTER="5000", STANDIN_STALL="1")
     data = photo(400, 300)
     cid = pds.add_blob(data)
-    origin = shield(pds.url, ATCDN_ORIGIN_WORKERS="2")
+    origin = shield(pds.url, ATCDN_ORIGIN_WORKERS="2", ATCDN_ORIGIN_SERVER=server)
     with ThreadPoolExecutor(24) as pool:
         answers = list(pool.map(
             lambda n: httpx.request("HEAD" if n % 4 == 0 else "GET",
