@@ -40,7 +40,9 @@ def traces(objects: int, requests: int) -> dict[str, list[int]]:
     return {"zipf": zipf(objects, requests),
             "zipf + 30% one-hit wonders": with_scan(zipf(objects, requests), 0.3,
                                                     first_id=objects),
-            "churn": churn(objects // 2, requests, step=objects // 20, epochs=10)}
+            "churn": churn(objects // 2, requests, step=objects // 20, epochs=10),
+            "churn, 4x longer": churn(objects // 2, 4 * requests, step=objects // 20,
+                                      epochs=40)}
 
 
 def replay(tier: DiskTier, trace: list[int], sizes: list[int]) -> tuple[int, int, int, int]:
@@ -58,13 +60,15 @@ def replay(tier: DiskTier, trace: list[int], sizes: list[int]) -> tuple[int, int
     return hits, len(trace), hit_bytes, total
 
 
-def ratios(work: Path, objects: int, requests: int) -> list[dict]:
+def ratios(work: Path, objects: int, requests: int, only: list[str]) -> list[dict]:
     sizes = sizes_for(objects + requests, low=1024, high=64 * 1024)
     budget = sum(sizes[:objects]) // 10
     rows = []
     for name, trace in traces(objects, requests).items():
+        if only and name not in only:
+            continue
         for policy in POLICIES:
-            tier = DiskTier(work / f"{name[:5]}-{policy}", budget, MIN_FILE, policy=policy)
+            tier = DiskTier(work / f"{len(rows)}-{policy}", budget, MIN_FILE, policy=policy)
             started = time.monotonic()
             hits, n, hit_bytes, total = replay(tier, trace, sizes)
             seconds = time.monotonic() - started
@@ -169,14 +173,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sizes-kb", type=int, nargs="+", default=[32, 256],
                         help="entry sizes of the latency phases (under 1 MB: in SQLite)")
     parser.add_argument("--skip-ratios", action="store_true")
+    parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--traces", nargs="+", default=[], help="only these traces (by name)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="atcdn-cachepolicy-") as tmp:
         work = Path(tmp)
-        result = {"ratios": [] if args.skip_ratios else ratios(work, args.objects, args.requests),
-                  "latency": [row for size in args.sizes_kb for policy in POLICIES
-                              for row in latency(work, policy, args.seconds, args.rate,
-                                                 size * 1024)]}
+        result = {"ratios": [] if args.skip_ratios else ratios(work, args.objects, args.requests,
+                                                               args.traces),
+                  "latency": [] if args.skip_latency else [
+                      row for size in args.sizes_kb for policy in POLICIES
+                      for row in latency(work, policy, args.seconds, args.rate, size * 1024)]}
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return result

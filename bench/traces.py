@@ -97,16 +97,23 @@ class Tally:
         return self.hit_bytes / self.bytes if self.bytes else 0.0
 
 
+CULL_BATCH = 10  # diskcache evicts ten rows per transaction, whether in set or in cull()
+
+
 class PolicyCache:
     """A byte-budgeted cache evicting as one of diskcache's policies does:
     least-recently-stored (FIFO), least-recently-used, or least-frequently-used (a use
-    count that never decays, ties broken by age)."""
+    count that never decays, ties broken by age). Like diskcache, once over budget it
+    evicts ``batch`` entries at a time; for LFU this matters: a batch takes the newest
+    entry (used once) and the nine least used with it, which makes room for new entries
+    even when every older one is used more often."""
 
-    def __init__(self, budget: int, policy: str) -> None:
+    def __init__(self, budget: int, policy: str, batch: int = CULL_BATCH) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; one of {POLICIES}")
         self.budget = budget
         self.policy = policy
+        self.batch = batch
         self.used = 0
         self.sizes: OrderedDict[int, int] = OrderedDict()  # oldest stored (or used) first
         self.counts: dict[int, int] = {}
@@ -134,7 +141,8 @@ class PolicyCache:
             if self.policy == "least-frequently-used":
                 heapq.heappush(self._heap, (1, self.stored_at[key], key))
             while self.used > self.budget:
-                self._evict()
+                for _ in range(min(self.batch, len(self.sizes))):
+                    self._evict()
         return False
 
     def _evict(self) -> None:
@@ -150,9 +158,10 @@ class PolicyCache:
         del self.counts[key], self.stored_at[key]
 
 
-def simulate(trace: Sequence[int], sizes: Sequence[int], budget: int, policy: str) -> Tally:
+def simulate(trace: Sequence[int], sizes: Sequence[int], budget: int, policy: str,
+             batch: int = CULL_BATCH) -> Tally:
     """Replay ``trace`` (ids indexing ``sizes``) through a ``PolicyCache``."""
-    cache = PolicyCache(budget, policy)
+    cache = PolicyCache(budget, policy, batch)
     tally = Tally()
     for key in trace:
         size = sizes[key]

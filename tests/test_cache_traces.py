@@ -48,7 +48,7 @@ def test_sizes_are_log_uniform_in_range() -> None:
                                              ("least-recently-used", "a"),
                                              ("least-frequently-used", "a")])
 def test_each_policy_evicts_its_own_victim(policy: str, survivor: str) -> None:
-    cache = PolicyCache(30, policy)
+    cache = PolicyCache(30, policy, batch=1)
     ids = {"a": 1, "b": 2, "c": 3, "d": 4}
     for name in "abc":
         assert not cache.request(ids[name], 10)
@@ -61,10 +61,20 @@ def test_each_policy_evicts_its_own_victim(policy: str, survivor: str) -> None:
     assert cache.used <= 30
 
 
+def test_like_diskcache_a_full_cache_evicts_ten_at_a_time() -> None:
+    cache = PolicyCache(100, "least-frequently-used")
+    for i in range(10):
+        cache.request(i, 10)
+        cache.request(i, 10)  # every old entry is used twice
+    cache.request(99, 10)  # over budget: the newest (used once) and the nine least used go
+    assert 99 not in cache and len(cache.sizes) == 1
+    assert not cache.request(98, 10) and 98 in cache  # room again for a new entry
+
+
 def test_frequency_wins_on_static_zipf_and_loses_to_churn() -> None:
-    sizes = [1] * 10_000
+    sizes = [1] * 30_000
     static = zipf(2000, 40_000)
-    moving = churn(1000, 40_000, step=100, epochs=10)
+    moving = churn(1000, 100_000, step=100, epochs=50)
     lru, lfu = "least-recently-used", "least-frequently-used"
     assert simulate(static, sizes, 200, lfu).hit_ratio > simulate(static, sizes, 200, lru).hit_ratio
     assert simulate(moving, sizes, 200, lru).hit_ratio > simulate(moving, sizes, 200, lfu).hit_ratio
