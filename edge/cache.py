@@ -7,7 +7,8 @@
   budget and LRU eviction; it survives restarts. diskcache writes a value's file under a
   fresh name and only then commits its row, so a crash never leaves a half-written entry
   that is later served. Eviction runs in a background thread (``Culler``), never inside a
-  request's write: a miss stores and returns, a hit never waits for a cull.
+  request's store: a miss stores and returns, and a read waits at most for one batch of
+  ten evictions, never for a whole cull.
 
 Why LRU: ``bench/cache_policy.py`` replays Zipf(1.0) traces over ten times the budget
 through this tier with each of diskcache's policies. Frequency (LFU) wins on a static
@@ -217,6 +218,10 @@ class Culler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def wake(self) -> None:
         if self._thread is None:

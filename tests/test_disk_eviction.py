@@ -45,7 +45,7 @@ def test_the_chosen_policy_evicts_the_least_recently_used(tmp_path: Path) -> Non
         # The unused half went first; whatever of the old entries stayed was used again.
         assert all(i % 2 == 0 for i in kept), kept
         assert tier.get("new/399") is not None  # the newest stay
-        assert tier.culler is not None and tier.culler.evicted > 0
+        assert tier.culler is not None and tier.culler.running and tier.culler.evicted > 0
     finally:
         tier.close()
 
@@ -93,7 +93,7 @@ def test_a_process_that_never_writes_runs_no_culler(tmp_path: Path) -> None:
     tier = DiskTier(tmp_path / "disk", 1 << 20, 1 << 20)
     try:
         tier.get("nothing")
-        assert tier.culler is not None and tier.culler._thread is None
+        assert tier.culler is not None and not tier.culler.running
     finally:
         tier.close()
 
