@@ -60,14 +60,15 @@ def replay(tier: DiskTier, trace: list[int], sizes: list[int]) -> tuple[int, int
     return hits, len(trace), hit_bytes, total
 
 
-def ratios(work: Path, objects: int, requests: int, only: list[str]) -> list[dict]:
+def ratios(work: Path, objects: int, requests: int, only: list[str],
+           policies: list[str]) -> list[dict]:
     sizes = sizes_for(objects + requests, low=1024, high=64 * 1024)
     budget = sum(sizes[:objects]) // 10
     rows = []
     for name, trace in traces(objects, requests).items():
         if only and name not in only:
             continue
-        for policy in POLICIES:
+        for policy in policies:
             tier = DiskTier(work / f"{len(rows)}-{policy}", budget, MIN_FILE, policy=policy)
             started = time.monotonic()
             hits, n, hit_bytes, total = replay(tier, trace, sizes)
@@ -175,12 +176,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--skip-ratios", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--traces", nargs="+", default=[], help="only these traces (by name)")
+    parser.add_argument("--policies", nargs="+", choices=POLICIES, default=list(POLICIES))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="atcdn-cachepolicy-") as tmp:
         work = Path(tmp)
         result = {"ratios": [] if args.skip_ratios else ratios(work, args.objects, args.requests,
-                                                               args.traces),
+                                                               args.traces, args.policies),
                   "latency": [] if args.skip_latency else [
                       row for size in args.sizes_kb for policy in POLICIES
                       for row in latency(work, policy, args.seconds, args.rate, size * 1024)]}

@@ -7,8 +7,16 @@ from collections import Counter
 
 import pytest
 
-from bench.traces import (POLICIES, PolicyCache, churn, simulate, sizes_for, with_scan, zipf,
-                          zipf_weights)
+from bench.traces import (
+    POLICIES,
+    PolicyCache,
+    churn,
+    simulate,
+    sizes_for,
+    with_scan,
+    zipf,
+    zipf_weights,
+)
 
 
 def test_zipf_popularity_and_repeatability() -> None:
