@@ -98,6 +98,15 @@ def human_bytes(n: float) -> str:
     return f"{n:,.1f} TiB"
 
 
+def cache_ratios(disk_hits: float, misses: float, miss_bytes: float,
+                 served_bytes: float) -> list[tuple[str, str]]:
+    """The disk tier's own hit ratio (of the lookups that missed memory: what its
+    eviction policy earns) and the byte hit ratio (bytes not fetched or made again)."""
+    disk = disk_hits + misses
+    return [("disk tier hit ratio", f"{disk_hits / disk:.1%}" if disk else "n/a"),
+            ("byte hit ratio", f"{1 - miss_bytes / served_bytes:.1%}" if served_bytes else "n/a")]
+
+
 def numbers(kind: str, samples: list[Sample]) -> list[tuple[str, str]]:
     """The node's headline numbers, as (label, human value) rows."""
     rows: list[tuple[str, str]] = []
@@ -106,6 +115,9 @@ def numbers(kind: str, samples: list[Sample]) -> list[tuple[str, str]]:
         misses = total(samples, "atcdn_edge_cache_misses_total")
         lookups = sum(hits.values()) + misses
         rows.append(("hit ratio", f"{sum(hits.values()) / lookups:.1%}" if lookups else "n/a"))
+        rows += cache_ratios(hits.get("disk", 0.0), misses,
+                             total(samples, "atcdn_edge_cache_miss_bytes_total"),
+                             total(samples, "atcdn_edge_bytes_served_total"))
         for tier in sorted(hits):
             rows.append((f"hits from {tier}", f"{hits[tier]:,.0f}"))
         rows.append(("misses", f"{misses:,.0f}"))

@@ -51,6 +51,9 @@ class Metrics:
         self.cache_hits = Counter("atcdn_edge_cache_hits", "Cache hits", ["route", "tier"])
         self.cache_misses = Counter("atcdn_edge_cache_misses", "Cache misses", ["route"])
         self.bytes_served = Counter("atcdn_edge_bytes_served", "Response body bytes", ["route"])
+        self.miss_bytes = Counter("atcdn_edge_cache_miss_bytes",
+                                  "Response body bytes of cache misses (byte hit ratio:"
+                                  " 1 - this / atcdn_edge_bytes_served)", ["route"])
         self.errors = Counter("atcdn_edge_errors", "Error responses", ["route", "status"])
         self.request_seconds = Histogram(
             "atcdn_edge_request_seconds", "Time to answer a request that missed memory",
