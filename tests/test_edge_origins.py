@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -71,6 +72,12 @@ def push(origin: Origin, data: bytes) -> str:
     r = httpx.put(f"{origin.url}/blob/{compute(data)}", params={"did": DID}, content=data,
                   headers=AUTH)
     assert r.status_code in (200, 201), r.text
+    return compute(data)
+
+
+def push_all(origins: list[Origin], data: bytes) -> str:
+    for origin in origins:
+        push(origin, data)
     return compute(data)
 
 
@@ -257,4 +264,88 @@ def test_every_origins_takedown_feed_is_followed(origins: list[Origin], tmp_path
         httpx.post(f"{a.url}/admin/takedown", json={"cid": y}, headers=ADMIN).raise_for_status()
         wait_for(lambda: httpx.get(f"{edge.url}/blob/{DID}/{y}").status_code == 451)
     finally:
+        edge.proc.stop()
+
+
+def test_an_origin_whose_health_answers_5xx_is_down_until_it_passes(tmp_path: Path):
+    """Stand-in origins (an origin's /health failing needs a failed store): 5xx on /health
+    moves its CIDs to the next origin; a passed check brings them home."""
+    stand_ins = [start_upstream(tmp_path / f"s{i}") for i in range(2)]
+    try:
+        urls = [s.url for s in stand_ins]
+        ring = Ring(urls)
+        cids = [compute(blob(3000 + i)) for i in range(30)]
+        for s in stand_ins:  # both hold every blob
+            for i in range(30):
+                s.add_blob(blob(3000 + i))
+        edge = start_edge(urls, tmp_path / "edge", tmp_path / "edge.log",
+                          env={"ATCDN_PDS_FALLBACK": "0"})
+        try:
+            sick, well = stand_ins
+            mine = [c for c in cids if ring.home(c) == sick.url]
+            (sick.root / "unhealthy").touch()
+            down = wait_for(lambda: origin_up(httpx.get(edge.url + "/metrics").text,
+                                              sick.url) == 0, timeout=5)
+            for cid in mine[:5]:
+                assert httpx.get(f"{edge.url}/blob/{DID}/{cid}", timeout=30).status_code == 200
+            asked = "\n".join(sick.requests())
+            assert not any(cid in asked for cid in mine[:5])  # not even tried
+            assert all(cid in "\n".join(well.requests()) for cid in mine[:5])
+            reason = {o["url"]: o for o in httpx.get(edge.url + "/health").json()["origins"]}
+            assert "HTTP 503" in reason[sick.url]["reason"]
+            (sick.root / "unhealthy").unlink()
+            wait_for(lambda: origin_up(httpx.get(edge.url + "/metrics").text, sick.url) == 1,
+                     timeout=5)
+            for cid in mine[5:10]:
+                assert httpx.get(f"{edge.url}/blob/{DID}/{cid}", timeout=30).status_code == 200
+            assert all(cid in "\n".join(sick.requests()) for cid in mine[5:10])
+            print(f"\n/health 503: marked down within {down:.1f} s")
+        finally:
+            edge.proc.stop()
+    finally:
+        for s in stand_ins:
+            s.proc.stop()
+
+
+def test_a_frozen_origin_times_out_and_is_marked_down(origins: list[Origin], tmp_path: Path):
+    """SIGSTOP: the origin accepts connections and never answers (a hung host)."""
+    urls = [o.url for o in origins]
+    ring = Ring(urls)
+    victim = origins[0]
+    cids = [c for c in (push_all(origins, blob(4000 + i)) for i in range(60))
+            if ring.home(c) == victim.url]
+    edge = start_edge(urls, tmp_path / "edge", tmp_path / "edge.log",
+                      env={"ATCDN_PDS_FALLBACK": "0", "ATCDN_EDGE_FETCH_TIMEOUT": "3"})
+    try:
+        os.killpg(victim.proc.pid, signal.SIGSTOP)
+        frozen = time.monotonic()
+
+        async def in_flight() -> list[int]:
+            async with httpx.AsyncClient(timeout=30) as http:
+                answers = await asyncio.gather(*(http.get(f"{edge.url}/blob/{DID}/{c}")
+                                                 for c in cids[:4]))
+            return [a.status_code for a in answers]
+
+        assert asyncio.run(in_flight()) == [200] * 4  # timed out, then the next origin
+        assert time.monotonic() - frozen < 3 + 2  # one fetch timeout, then at once
+        wait_for(lambda: origin_up(httpx.get(edge.url + "/metrics").text, victim.url) == 0,
+                 timeout=5)
+        marked = time.monotonic() - frozen
+        assert marked <= FAILOVER_GOAL
+        failovers = httpx.get(edge.url + "/metrics").text
+        assert (f'atcdn_edge_origin_failovers_total{{origin="{victim.url}",reason="failed"}} 4.0'
+                in failovers)
+        started = time.monotonic()
+        assert httpx.get(f"{edge.url}/blob/{DID}/{cids[4]}", timeout=30).status_code == 200
+        assert time.monotonic() - started < 1.0  # straight to the next origin
+        print(f"\nfrozen origin: marked down {marked:.1f} s after the freeze")
+        os.killpg(victim.proc.pid, signal.SIGCONT)
+        wait_for(lambda: origin_up(httpx.get(edge.url + "/metrics").text, victim.url) == 1,
+                 timeout=5)
+        time.sleep(0.2)
+        before = served(victim)
+        assert httpx.get(f"{edge.url}/blob/{DID}/{cids[5]}", timeout=30).status_code == 200
+        wait_for(lambda: cids[5] in served(victim) - before, timeout=5)
+    finally:
+        os.killpg(victim.proc.pid, signal.SIGCONT)
         edge.proc.stop()
