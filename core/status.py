@@ -149,8 +149,8 @@ def origin_rows(samples: list[Sample]) -> list[tuple[str, str]]:
         return []
     requests = by_label(samples, "atcdn_edge_origin_requests_total", "origin")
     failovers = by_label(samples, "atcdn_edge_origin_failovers_total", "origin")
-    return [(f"origin {url}", f"{'up' if up[url] else 'DOWN'}, "
-             f"{requests.get(url, 0):,.0f} requests, {failovers.get(url, 0):,.0f} failovers")
+    return [(f"origin {url}", (f"{'up' if up[url] else 'DOWN'}, {requests.get(url, 0):,.0f}"
+                               f" requests, {failovers.get(url, 0):,.0f} failovers"))
             for url in sorted(up)]
 
 
