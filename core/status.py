@@ -130,6 +130,7 @@ def numbers(kind: str, samples: list[Sample]) -> list[tuple[str, str]]:
         budget = total(samples, "atcdn_edge_disk_cache_budget_bytes")
         if budget:
             rows.append(("disk cache budget", human_bytes(budget)))
+        rows += origin_rows(samples)
         for name, label in (("atcdn_edge_disk_cache_entries", "disk cache entries"),
                             ("atcdn_video_transcode_queue_length", "transcodes queued"),
                             ("atcdn_edge_verification_failures_total", "verification failures")):
@@ -151,6 +152,18 @@ def numbers(kind: str, samples: list[Sample]) -> list[tuple[str, str]]:
     if any(s[0] == "atcdn_takedown_feed_lag_seconds" for s in samples):
         rows.append(("takedown feed lag", f"{lag:,.1f} s"))
     return rows
+
+
+def origin_rows(samples: list[Sample]) -> list[tuple[str, str]]:
+    """An edge with several origins: each one's state, requests and failovers."""
+    up = by_label(samples, "atcdn_edge_origin_up", "origin")
+    if len(up) < 2:
+        return []
+    requests = by_label(samples, "atcdn_edge_origin_requests_total", "origin")
+    failovers = by_label(samples, "atcdn_edge_origin_failovers_total", "origin")
+    return [(f"origin {url}", (f"{'up' if up[url] else 'DOWN'}, {requests.get(url, 0):,.0f}"
+                               f" requests, {failovers.get(url, 0):,.0f} failovers"))
+            for url in sorted(up)]
 
 
 def _ago(seconds: float) -> str:
