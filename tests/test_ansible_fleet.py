@@ -1,4 +1,4 @@
-"""The Ansible fleet playbook, for real: a store, two origins, three edges and a PoP
+"""The Ansible fleet playbook, for real: a store, two origins, two edges and a PoP
 load balancer provisioned on this machine in one run of fleet.yml, each node on its own
 loopback address (127.0.0.x) with its own prefix, system user and ports.
 
@@ -12,7 +12,6 @@ expecting changed=0 and the same PIDs.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -34,11 +33,11 @@ from atcdn.core import cid as cids
 from PIL import Image
 
 from tests.helpers.ansible import (changed_tasks, make_certificate, recap_changed, run,
-                                   stop_pid_file, tool, trust, wait_ok)
+                                   stop_pid_files, tool, trust, wait_ok)
 from tests.helpers.env import ROOT, need, need_tool
 from tests.helpers.servers import free_port
 
-# The fixture applies a seven-node fleet: more than the default 300 s on a loaded machine.
+# The fixture applies a six-node fleet: more than the default 300 s on a loaded machine.
 pytestmark = pytest.mark.timeout(900)
 
 DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
@@ -46,10 +45,9 @@ TOKEN = "fleet-test-token-" + uuid.uuid4().hex
 S3_KEY, S3_SECRET = "fleet-" + uuid.uuid4().hex[:8], "fleet-secret-" + uuid.uuid4().hex
 # Each node on its own loopback address.
 ADDRESSES = {"store1": "127.0.0.21", "origin1": "127.0.0.22", "origin2": "127.0.0.23",
-             "edge1": "127.0.0.24", "edge2": "127.0.0.25", "edge3": "127.0.0.26",
-             "lb1": "127.0.0.27"}
-GROUPS = {"store": ["store1"], "origin": ["origin1", "origin2"],
-          "edge": ["edge1", "edge2", "edge3"], "lb": ["lb1"]}
+             "edge1": "127.0.0.24", "edge2": "127.0.0.25", "lb1": "127.0.0.27"}
+GROUPS = {"store": ["store1"], "origin": ["origin1", "origin2"], "edge": ["edge1", "edge2"],
+          "lb": ["lb1"]}
 # The directories a Debian host already has (the roles' parents).
 FILESYSTEM = ("etc", "opt", "run", "usr/local/sbin", "var/cache", "var/lib", "var/log")
 # The pid files each kind of node leaves (under its prefix), in stopping order.
@@ -151,18 +149,6 @@ def node_vars(name: str, group: str, address: str, prefix: Path, user: str,
     return base
 
 
-def origin_of_each_edge(nodes: dict[str, Node]) -> None:
-    """Until edges take several origins (edge/origins.py: ATCDN_EDGE_ORIGIN with commas,
-    which the role writes from the origin group), each edge gets one, alternating, so
-    both origins serve through the PoP."""
-    if importlib.util.find_spec("atcdn.edge.origins") is not None:
-        return
-    origins = [nodes[n] for n in GROUPS["origin"]]
-    for i, name in enumerate(GROUPS["edge"]):
-        origin = origins[i % len(origins)]
-        nodes[name].vars["edge_origin_url"] = f"http://{origin.address}:{origin.vars['origin_port']}"
-
-
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[Fleet]:
     need(os.geteuid() == 0, "the fleet apply creates system users: run as root")
@@ -191,7 +177,6 @@ def fleet() -> Iterator[Fleet]:
             nodes[name] = Node(name, group, ADDRESSES[name], prefix, user,
                                node_vars(name, group, ADDRESSES[name], prefix, user, cert,
                                          str(key), ports))
-    origin_of_each_edge(nodes)
     inventory = work / "inventory.json"
     inventory.write_text(json.dumps({"all": {"children": {
         group: {"hosts": {n: nodes[n].vars for n in names}} for group, names in GROUPS.items()
@@ -202,10 +187,8 @@ def fleet() -> Iterator[Fleet]:
         assert first.returncode == 0, first.stdout[-8000:] + first.stderr[-3000:]
         yield Fleet(nodes, cert, argv, first)
     finally:
-        for group in ("lb", "edge", "origin", "store"):
-            for name in GROUPS[group]:
-                for relative in PID_FILES[group]:
-                    stop_pid_file(nodes[name].prefix / relative)
+        stop_pid_files([node.prefix / relative for node in nodes.values()
+                        for relative in PID_FILES[node.group]], grace=10)
         for node in nodes.values():
             for suffix in ("", "w", "s", "l"):
                 subprocess.run(["userdel", node.user + suffix], capture_output=True)
@@ -245,7 +228,7 @@ def test_an_image_put_to_one_origin_is_served_resized_through_the_pop(fleet: Fle
                        timeout=60).headers["x-atcdn-edge"]
              for preset in ("feed_thumbnail", "avatar", "feed_fullsize")}
     assert len(edges) == 1 and edges <= set(GROUPS["edge"]), edges
-    # Every edge serves it (each from its own origin), over TLS to its own address.
+    # Every edge serves it, over TLS to its own address.
     for name in GROUPS["edge"]:
         direct = httpx.get(f"{fleet.url(name, 'edge_tls_port', 'https')}/img/avatar/plain/"
                            f"{DID}/{cid}@jpeg", verify=trust(fleet.cert), timeout=60)

@@ -75,25 +75,35 @@ def changed_tasks(output: str) -> list[str]:
 def stop_pid_file(path: Path) -> None:
     """SIGTERM the PID in ``path`` (uvicorn, granian, nginx and haproxy masters stop their
     workers), wait, then SIGKILL whatever is left of its process group."""
-    if not path.exists():
-        return
-    pid = int(path.read_text().strip())
-    try:
-        group = os.getpgid(pid)
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+    stop_pid_files([path])
+
+
+def stop_pid_files(paths: list[Path], grace: float = 15) -> None:
+    """Stop the processes named in ``paths`` at once: SIGTERM to each, up to ``grace``
+    seconds for all of them together, then SIGKILL what is left of their groups."""
+    groups: dict[int, int] = {}
+    for path in paths:
+        if not path.exists():
+            continue
+        pid = int(path.read_text().strip())
         try:
-            os.kill(pid, 0)
+            groups[pid] = os.getpgid(pid)
+            os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
-            break
+            continue
+    deadline = time.monotonic() + grace
+    while groups and time.monotonic() < deadline:
+        for pid in list(groups):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                groups.pop(pid)
         time.sleep(0.1)
-    try:
-        os.killpg(group, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    for group in groups.values():
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def trust(cert: Path) -> ssl.SSLContext:
