@@ -17,7 +17,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,9 +28,9 @@ import pytest
 from atcdn.core import cid as cids
 from PIL import Image
 
-from tests.helpers.ansible import (changed_tasks, make_certificate, recap_changed, run,
-                                   stop_pid_file, tool, trust, wait_ok)
-from tests.helpers.env import ROOT, need, need_tool
+from tests.helpers.ansible import (apply_workspace, changed_tasks, make_certificate,
+                                   recap_changed, run, stop_pid_file, tool, trust, wait_ok)
+from tests.helpers.env import ROOT, need_tool
 from tests.helpers.servers import Process, free_port
 
 DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
@@ -72,17 +71,7 @@ class Install:
 
 @pytest.fixture(scope="module")
 def install() -> Iterator[Install]:
-    need(os.geteuid() == 0, "the apply test creates a system user: run as root")
-    for name in ("nginx", "start-stop-daemon", "useradd"):
-        need_tool(name)
-    need(Path("/usr/bin/python3").exists(), "/usr/bin/python3 (Debian python3-venv) missing")
-    playbook = tool("ansible-playbook")
-    # Not under pytest's 0700 tmp root: the throwaway user must reach its venv and dirs.
-    prefix = Path(tempfile.mkdtemp(prefix="atcdn-ansible-", dir="/tmp"))
-    prefix.chmod(0o755)
-    work = prefix / "test"
-    work.mkdir()
-    work.chmod(0o700)
+    playbook, prefix, work = apply_workspace("ansible", ("nginx",))
     user = "atcdnt" + uuid.uuid4().hex[:8]
     cert, key = make_certificate(work)
     origin_port, edge_port, tls_port = free_port(), free_port(), free_port()

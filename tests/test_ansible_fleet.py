@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import pwd
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import tomllib
 import uuid
 from collections.abc import Iterator
@@ -32,9 +30,9 @@ import pytest
 from atcdn.core import cid as cids
 from PIL import Image
 
-from tests.helpers.ansible import (changed_tasks, make_certificate, recap_changed, run,
-                                   stop_pid_files, tool, trust, wait_ok)
-from tests.helpers.env import ROOT, need, need_tool
+from tests.helpers.ansible import (apply_workspace, changed_tasks, make_certificate,
+                                   recap_changed, run, stop_pid_files, trust, wait_ok)
+from tests.helpers.env import ROOT, need_tool
 from tests.helpers.servers import free_port
 
 # The fixture applies a six-node fleet: more than the default 300 s on a loaded machine.
@@ -151,16 +149,7 @@ def node_vars(name: str, group: str, address: str, prefix: Path, user: str,
 
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[Fleet]:
-    need(os.geteuid() == 0, "the fleet apply creates system users: run as root")
-    for name in ("nginx", "haproxy", "start-stop-daemon", "useradd"):
-        need_tool(name)
-    need(Path("/usr/bin/python3").exists(), "/usr/bin/python3 (Debian python3-venv) missing")
-    playbook = tool("ansible-playbook")
-    base = Path(tempfile.mkdtemp(prefix="atcdn-fleet-", dir="/tmp"))
-    base.chmod(0o755)
-    work = base / "test"
-    work.mkdir()
-    work.chmod(0o700)
+    playbook, base, work = apply_workspace("fleetops", ("nginx", "haproxy"))
     cert, key = make_certificate(work, tuple(ADDRESSES.values()), "fleet")
     tag = uuid.uuid4().hex[:6]
     nodes: dict[str, Node] = {}

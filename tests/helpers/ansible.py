@@ -11,12 +11,13 @@ import signal
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-from tests.helpers.env import ROOT, need_tool
+from tests.helpers.env import ROOT, need, need_tool
 
 ANSIBLE = ROOT / "ansible"
 
@@ -31,6 +32,23 @@ def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"),
            "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
     return subprocess.run(argv, cwd=ANSIBLE, env=env, capture_output=True, text=True, **kwargs)
+
+
+def apply_workspace(name: str, tools: tuple[str, ...]) -> tuple[str, Path, Path]:
+    """What an apply to this machine needs: root, ``tools``, Debian's python3; then
+    ansible-playbook, a throwaway prefix and its private ``test`` directory. The prefix
+    is not under pytest's 0700 tmp root: the throwaway users must reach their dirs."""
+    need(os.geteuid() == 0, "the apply test creates system users: run as root")
+    for tool_name in ("start-stop-daemon", "useradd", *tools):
+        need_tool(tool_name)
+    need(Path("/usr/bin/python3").exists(), "/usr/bin/python3 (Debian python3-venv) missing")
+    playbook = tool("ansible-playbook")
+    prefix = Path(tempfile.mkdtemp(prefix=f"atcdn-{name}-", dir="/tmp"))
+    prefix.chmod(0o755)
+    work = prefix / "test"
+    work.mkdir()
+    work.chmod(0o700)
+    return playbook, prefix, work
 
 
 def make_certificate(directory: Path, addresses: tuple[str, ...] = ("127.0.0.1",),
