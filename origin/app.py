@@ -7,7 +7,9 @@ a blob is served under a DID only when that DID holds it and no takedown applies
 store itself, origin/store.py): operators' pushes are *pinned* (kept); edges' hand-offs
 of blobs pulled from a PDS for a stranger go to the bounded, evictable *pulled* tier,
 under per-account and per-PDS quotas. Takedown and restore need the admin token
-(``ATCDN_ORIGIN_ADMIN_TOKEN``), which edges never hold. Neither token opens the other's
+(``ATCDN_ORIGIN_ADMIN_TOKEN``), which edges never hold. Several origins over one S3
+bucket behave as one (docs/fleet-store.md): holders are shared as marker objects in the
+bucket (origin/holders.py), takedowns through the AWS takedown feed they all follow. Neither token opens the other's
 routes, except the takedown feed (``/admin/feed``): read-only, readable with either, so
 edges deployed without AWS follow it. Errors are ``AtcdnError``s (atcdn.core.errors). ``create_app`` is the factory the
 servers run (``atcdn origin serve``); it reads the settings from the environment.
@@ -17,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
+import logging
 import time
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
@@ -26,7 +30,7 @@ from atcdn.core import cid as cids
 from atcdn.core import did as dids
 from atcdn.core.accesslog import AccessLog
 from atcdn.core.errors import AtcdnError, error_handlers, invalid
-from atcdn.core.feed import Event, start_follower
+from atcdn.core.feed import Action, Event, Feed, start_follower
 from atcdn.core.gauges import Gauges
 from atcdn.core.mime import is_active, sniff
 from atcdn.core.ranges import IMMUTABLE, RangeNotSatisfiable, etag_matches, parse_range
@@ -34,31 +38,38 @@ from atcdn.core.settings import ControlSettings, LogSettings, OriginSettings
 from atcdn.core.staging import Staging
 from atcdn.core.status_route import StatusPage
 from atcdn.core.takedowns import Target
-from atcdn.origin.index import BlobMeta, Index, Via
+from atcdn.origin.holders import SharedHolders
+from atcdn.origin.index import BlobMeta, Decision, Index, Via
 from atcdn.origin.metrics import Metrics, MetricsMiddleware
-from atcdn.origin.store import BlobStore, FileStore, open_store
+from atcdn.origin.store import BlobStore, FileStore, S3Store, open_store
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Lifespan
 
+log = logging.getLogger("atcdn.origin")
 SANDBOX = "default-src 'none'; sandbox"
 AUTH_REQUIRED = {"WWW-Authenticate": "Bearer"}
 DRAIN_MAX = 1024 * 1024  # a refused body up to this size is read before the answer
 VIA: tuple[Via, ...] = ("push", "ingest")  # what ?via= may say on a PUT (hand-offs: "pds")
+HOLDERS_TTL = 5.0  # seconds a read of the shared holders answers unsettled decisions
 
 
 class Origin:
     """The handlers, sharing one store, index, metrics and settings."""
 
     def __init__(self, settings: OriginSettings, store: BlobStore, index: Index,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, feed: Feed | None = None) -> None:
         self.settings = settings
         self.store = store  # pinned: what operators pushed and ingest found
         self.pulled = FileStore(settings.data_dir / "pulled")  # evictable, bounded
         self.index = index
         self.metrics = metrics
+        self.feed = feed  # the fleet's takedown feed, when this origin follows it
+        # An S3 bucket may be shared by several origins: so are the holders.
+        self.holders = (SharedHolders(store.client, store.bucket, settings.s3_holders_prefix)
+                        if isinstance(store, S3Store) else None)
 
     # -- request parts -------------------------------------------------------------
 
@@ -155,10 +166,29 @@ class Origin:
             if exc.error == "CidMismatch":
                 self.metrics.verification_failures.inc()
             raise
+        if did is not None:
+            await self.share_holder(cid, did, via)
         meta = self.index.record(cid, staging.size, sniff(staging.head), did, via=via)
         if before is not None and not before.pinned:
             self.pulled.path(cid).unlink(missing_ok=True)
         return meta, created
+
+    async def share_holder(self, cid: str, did: str, via: Via) -> None:
+        """Tell the other origins that ``did`` holds ``cid`` (before answering)."""
+        if self.holders is not None:
+            await asyncio.to_thread(self.holders.add, cid, did, via)
+
+    async def authorize(self, cid: str, did: str | None) -> Decision:
+        """``Index.authorize``, reading the shared holders through when the answer rests
+        on holders this origin may not know yet (not read for ``HOLDERS_TTL``)."""
+        decision = self.index.authorize(cid, did)
+        if self.holders is None or self.index.settled(cid, did):
+            return decision
+        meta = await self.lookup(cid)  # 404 when not stored: nothing to authorize
+        if time.time() - meta.synced > HOLDERS_TTL:
+            self.index.learn(cid, await asyncio.to_thread(self.holders.read, cid))
+            decision = self.index.authorize(cid, did)
+        return decision
 
     async def lookup(self, cid: str) -> BlobMeta:
         meta = self.index.get(cid)
@@ -185,7 +215,7 @@ class Origin:
         return await self.serve(request, self.parse_cid(cid), did)
 
     async def serve(self, request: Request, cid: str, did: str | None) -> Response:
-        decision = self.index.authorize(cid, did)
+        decision = await self.authorize(cid, did)
         if decision == "taken-down":
             raise AtcdnError(451, "TakenDown", f"blob {cid} is taken down")
         if decision == "not-held":
@@ -281,6 +311,7 @@ class Origin:
         if meta is not None:  # bytes already here: only the holder is news
             async for _ in request.stream():
                 pass
+            await self.share_holder(cid, did, "pds")
             self.index.add_holder(cid, did, "pds")
             return JSONResponse({**self.describe(meta), "tier": _tier(meta)}, 200)
         left, whose, window = self.quota_left(did, pds)
@@ -295,6 +326,7 @@ class Origin:
             raise
         finally:  # bytes received count, stored or not
             self.index.charge([did, pds], window, getattr(request.state, "received", 0))
+        await self.share_holder(cid, did, "pds")
         meta = self.index.record(cid, staging.size, sniff(staging.head), did, via="pds",
                                  pinned=False)
         for victim in self.index.evict_pulled(self.settings.pulled_max_bytes):
@@ -329,13 +361,29 @@ class Origin:
         except ValueError as exc:  # bad JSON, or a bad target
             raise invalid(str(exc)[:300] or "body must be JSON") from None
 
+    async def publish(self, action: Action, target: Target) -> None:
+        """Put a takedown or restore on the fleet's feed (when this origin follows one)
+        before applying it here, so every origin applies it; unless it changes nothing
+        here, which means the feed already carries it."""
+        if self.feed is None or self.index.has_block(target) == (action == "takedown"):
+            return
+        try:
+            await asyncio.to_thread(functools.partial(
+                self.feed.publish, action, cid=target.cid, did=target.did,
+                reason=target.reason))
+        except Exception as exc:  # noqa: BLE001 - any failure: nothing applied, retry
+            raise AtcdnError(503, "Unavailable", f"the takedown feed refused the {action}:"
+                             f" {exc!r}"[:300] + "; nothing applied, retry") from None
+
     async def takedown(self, request: Request) -> Response:
         target = await self.target(request)
+        await self.publish("takedown", target)
         changed, seq = self.index.take_down(target)
         return JSONResponse(target.answer("takedown", changed=changed, seq=seq))
 
     async def restore(self, request: Request) -> Response:
         target = await self.target(request)
+        await self.publish("restore", target)
         changed, seq = self.index.restore(target)
         return JSONResponse(target.answer("restore", changed=changed, seq=seq))
 
@@ -392,7 +440,15 @@ def follow_takedowns(index: Index, settings: OriginSettings,
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        follower = start_follower(apply, control, settings.data_dir / "takedown-position")
+        position = control.takedown_state_file or settings.data_dir / "takedown-position"
+        if index.created:  # a new index knows no takedown: replay the feed from its start
+            position.unlink(missing_ok=True)
+        follower = start_follower(apply, control, position)
+        if follower is not None:  # serve only once caught up with the fleet's takedowns
+            try:
+                await asyncio.to_thread(follower.poll)
+            except Exception:  # noqa: BLE001 - the feed is down: serve what is known
+                log.exception("takedown feed unreachable at start; following it later")
         yield
         if follower is not None:
             follower.stop()
@@ -429,7 +485,7 @@ def create_app(settings: OriginSettings | None = None, control: ControlSettings 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     metrics = Metrics()
     origin = Origin(settings, open_store(settings), Index(settings.data_dir / "index.sqlite"),
-                    metrics)
+                    metrics, Feed(control) if control.takedown_follow else None)
     routes = [
         Route("/blob/{cid}", origin.get_blob, methods=["GET", "HEAD"]),
         Route("/blob/{cid}", origin.put_blob, methods=["PUT"]),
