@@ -66,7 +66,7 @@ class Origin:
         self.pulled = FileStore(settings.data_dir / "pulled")  # evictable, bounded
         self.index = index
         self.metrics = metrics
-        self.feed = feed  # the fleet's takedown feed, when this origin follows it
+        self.fleet_feed = feed  # the fleet's takedown feed, when this origin follows it
         # An S3 bucket may be shared by several origins: so are the holders.
         self.holders = (SharedHolders(store.client, store.bucket, settings.s3_holders_prefix)
                         if isinstance(store, S3Store) else None)
@@ -365,11 +365,11 @@ class Origin:
         """Put a takedown or restore on the fleet's feed (when this origin follows one)
         before applying it here, so every origin applies it; unless it changes nothing
         here, which means the feed already carries it."""
-        if self.feed is None or self.index.has_block(target) == (action == "takedown"):
+        if self.fleet_feed is None or self.index.has_block(target) == (action == "takedown"):
             return
         try:
             await asyncio.to_thread(functools.partial(
-                self.feed.publish, action, cid=target.cid, did=target.did,
+                self.fleet_feed.publish, action, cid=target.cid, did=target.did,
                 reason=target.reason))
         except Exception as exc:  # noqa: BLE001 - any failure: nothing applied, retry
             raise AtcdnError(503, "Unavailable", f"the takedown feed refused the {action}:"
@@ -447,7 +447,7 @@ def follow_takedowns(index: Index, settings: OriginSettings,
         if follower is not None:  # serve only once caught up with the fleet's takedowns
             try:
                 await asyncio.to_thread(follower.poll)
-            except Exception:  # noqa: BLE001 - the feed is down: serve what is known
+            except Exception:
                 log.exception("takedown feed unreachable at start; following it later")
         yield
         if follower is not None:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from atcdn.core.cid import compute
+
 from tests.helpers.env import ADMIN_TOKEN, TOKEN
 from tests.helpers.labeler import jpeg, takedown_feed
 from tests.helpers.nodes import Origin
