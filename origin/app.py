@@ -184,22 +184,29 @@ class Origin:
         decision = self.index.authorize(cid, did)
         if self.holders is None or self.index.settled(cid, did):
             return decision
-        meta = await self.lookup(cid)  # 404 when not stored: nothing to authorize
-        if time.time() - meta.synced > HOLDERS_TTL:
+        meta = await self.find(cid)
+        if meta is not None and time.time() - meta.synced > HOLDERS_TTL:
             self.index.learn(cid, await asyncio.to_thread(self.holders.read, cid))
             decision = self.index.authorize(cid, did)
         return decision
 
-    async def lookup(self, cid: str) -> BlobMeta:
+    async def find(self, cid: str) -> BlobMeta | None:
+        """The blob's metadata from the index, else from the store (a blob another origin
+        over the same bucket stored, or one stored by other means); None if not stored."""
         meta = self.index.get(cid)
         if meta is not None:
             return meta
-        # Stored without the index knowing (e.g. a bucket filled by other means).
         size = await self.store.size(cid)
         if size is None:
-            raise AtcdnError(404, "BlobNotFound", f"blob {cid} is not stored")
+            return None
         head = await self.store.head(cid) if size else b""
         return self.index.record(cid, size, sniff(head))
+
+    async def lookup(self, cid: str) -> BlobMeta:
+        meta = await self.find(cid)
+        if meta is None:
+            raise AtcdnError(404, "BlobNotFound", f"blob {cid} is not stored")
+        return meta
 
     # -- routes --------------------------------------------------------------------
 
