@@ -28,6 +28,7 @@ from atcdn.core.settings import EdgeSettings, OriginSettings
 
 from tests.helpers.env import need_tool
 from tests.helpers.fleet import Fleet, running_fleet
+from tests.helpers.herd import stampede
 from tests.helpers.labeler import jpeg, takedown_feed
 from tests.helpers.pds import ReferencePDS, User
 
@@ -74,20 +75,12 @@ def getblobs(pds: ReferencePDS, cid: str) -> int:
 def test_a_hug_of_death_on_every_edge_costs_the_pds_one_getblob(
         fleet: Fleet, pds: ReferencePDS, user: User) -> None:
     [cid] = post(user, 1, seed=1)
-    urls = [f"{edge.url}/img/feed_thumbnail/plain/{user.did}/{cid}@jpeg"
-            for edge in fleet.edges.values()]
-
-    async def hug() -> list[int | str]:
-        limits = httpx.Limits(max_connections=HUG, max_keepalive_connections=0)
-        async with httpx.AsyncClient(timeout=60, limits=limits) as http:
-            async def one(n: int) -> int | str:
-                try:
-                    return (await http.get(urls[n % len(urls)])).status_code
-                except httpx.HTTPError as exc:
-                    return type(exc).__name__
-            return await asyncio.gather(*(one(n) for n in range(HUG)))
-
-    assert Counter(asyncio.run(hug())) == {200: HUG}
+    edges = list(fleet.edges.values())
+    urls = [f"{edges[n % len(edges)].url}/img/feed_thumbnail/plain/{user.did}/{cid}@jpeg"
+            for n in range(HUG)]
+    result = asyncio.run(stampede(urls, timeout=60))
+    assert result["outcomes"] == {"200": HUG}, result
+    assert result["distinct_bodies"] == 1
     assert getblobs(pds, cid) == 1
 
 
