@@ -174,3 +174,46 @@ def test_the_cluster_is_separate_processes(seaweed_cluster, tmp_path: Path) -> N
     parts = seaweed_cluster.parts()
     assert len(parts) == 6 and len({p.proc.pid for p in parts}) == 6
     assert len({p.workdir for p in parts}) == 6
+
+
+def test_markers_that_are_not_holders_are_ignored(origins, seaweed_cluster) -> None:
+    """The bucket is shared, so its keys are read as data: a key under a blob's holders
+    that is not ``<did>/<via>`` with a valid DID and a known via names no holder."""
+    import boto3
+
+    a, b = origins
+    cid = push(a, jpeg(70), ALICE)
+    s3 = boto3.client("s3", endpoint_url=seaweed_cluster.endpoint, region_name="us-east-1",
+                      aws_access_key_id=seaweed_cluster.access_key,
+                      aws_secret_access_key=seaweed_cluster.secret_key)
+    bucket = a.env["ATCDN_ORIGIN_S3_BUCKET"]
+    for junk in (f"{BOB}/owner", "did:plc:short/push", f"{CAROL}", f"{CAROL}/push/extra"):
+        s3.put_object(Bucket=bucket, Key=f"holders/{cid}/{junk}", Body=b"")
+    assert get(b, cid, ALICE).status_code == 200
+    for did in (BOB, CAROL):
+        assert get(b, cid, did).status_code == 404
+
+
+def test_settled_decisions_need_no_shared_read(tmp_path: Path) -> None:
+    """``Index.settled``: only answers that rest on holders unknown here are re-read."""
+    from atcdn.core.takedowns import Target
+    from atcdn.origin.index import Index
+
+    index = Index(tmp_path / "index.sqlite")
+    try:
+        index.record("bafkheld", 10, "image/png", ALICE)
+        index.record("bafknone", 10, "image/png")
+        assert index.settled("bafkheld", ALICE)  # a holder backs it
+        assert not index.settled("bafkheld", BOB)  # not held: maybe held elsewhere
+        assert not index.settled("bafknone", ALICE)  # no holder known
+        assert index.settled("bafkheld", None)  # a live holder
+        assert not index.settled("bafknone", None)
+        index.take_down(Target(did=ALICE))
+        assert not index.settled("bafkheld", None)  # every known holder down
+        assert index.settled("bafkheld", ALICE)  # the account's takedown decides
+        index.take_down(Target(cid="bafknone"))
+        assert index.settled("bafknone", BOB)  # a CID takedown decides
+        index.learn("bafkheld", {BOB: "pds"})
+        assert index.settled("bafkheld", None) and index.get("bafkheld").synced > 0
+    finally:
+        index.close()
