@@ -397,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = origin_cmds.add_parser("serve", help="run the origin HTTP API",
                                    description="Run the origin HTTP API.")
     for name in ("host", "port", "data_dir", "store", "pds_blobstore", "max_blob_bytes", "workers",
-                 "server"):
+                 "server", "pds_pull", "plc_url"):
         add_setting(serve, OriginSettings, name)
     _add_log_flags(serve)
     serve.set_defaults(func=_origin_serve)

@@ -38,7 +38,7 @@ def check_base_url(value: str) -> str:
 class OriginSettings(BaseSettings):
     """The origin: content-addressed blob storage. Variables ``ATCDN_ORIGIN_*``."""
 
-    model_config = SettingsConfigDict(env_prefix="ATCDN_ORIGIN_")
+    model_config = SettingsConfigDict(env_prefix="ATCDN_ORIGIN_", populate_by_name=True)
 
     host: str = Field(default="127.0.0.1", description="address to listen on")
     port: int = Field(default=8100, description="TCP port to listen on")
@@ -89,6 +89,34 @@ class OriginSettings(BaseSettings):
         default=4 * 1024**3,
         description="bytes one PDS's hand-offs may bring in per quota window (429 beyond)")
     pulled_quota_window: int = Field(default=3600, gt=0, description="quota window, seconds")
+    # The shield (origin/shield.py, docs/shield.md): on a miss, the origin pulls the blob
+    # from the author's PDS itself, once for all its workers, into the pulled tier.
+    pds_pull: bool = Field(
+        default=False,
+        description="on a miss under ?did=, pull the blob from that DID's PDS (verified, once"
+                    " for all workers, into the pulled tier): edges then need no PDS access")
+    plc_url: str = Field(
+        default="https://plc.directory",
+        validation_alias=AliasChoices("ATCDN_PLC_URL", "plc_url"),
+        description="PLC directory that resolves did:plc for PDS pulls")
+    allow_private_networks: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("ATCDN_ALLOW_PRIVATE_NETWORKS", "allow_private_networks"),
+        description="let DID documents and PDSes point at private addresses (tests, LANs)")
+    pull_timeout: float = Field(
+        default=FetchLimits.timeout, gt=0, description="seconds for one getBlob from a PDS")
+    pull_deadline: float = Field(
+        default=90.0, gt=0,
+        description="seconds a request waits for a pull, its own or another worker's (504)")
+    pull_temp_size: Size = Field(
+        default=FetchLimits.temp_bytes,
+        description="bytes all pulls and hand-offs in progress may hold in"
+                    " {data_dir}/pulled/tmp; one that would pass it is refused with 503")
+
+    @field_validator("plc_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        return check_base_url(value)
 
 
 class EdgeSettings(BaseSettings):

@@ -28,7 +28,7 @@ from atcdn.core.status_route import StatusPage
 from atcdn.edge.admin import Admin
 from atcdn.edge.cache import DiskTier, MemoryTier
 from atcdn.edge.fetch import Fetcher
-from atcdn.edge.flight import SingleFlight
+from atcdn.core.flight import SingleFlight
 from atcdn.edge.front import Front
 from atcdn.edge.gate import Gate, Purges
 from atcdn.edge.health import OriginProbe, health_routes

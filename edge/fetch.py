@@ -1,16 +1,10 @@
 """Getting a blob's bytes: from the origin, else from the account's PDS; always verified.
 
-Every byte is hashed while it streams to a temporary file (a ``Staging``, as the origin
-receives uploads); only a staging whose sha256 matches the CID is ever returned, so
-nothing unverified can be transformed, cached or served. A mismatch is counted, logged
-and answered 502.
-
-The origin is the operator's own service; everything reached through a DID document goes
-through the SSRF guard (``atcdn.core.ssrf``). Bodies are read raw and decoded by
-``atcdn.core.bodies``: the bytes received on the wire and the decoded bytes are both held
-to ``max_fetch_bytes``, and a body that inflates like a bomb is refused. Every fetch in
-progress on the node shares ``fetch_temp_size`` bytes of temporary space (503 beyond),
-and a PDS's failures are remembered (``edge/refusals.py``).
+The origin is the operator's own service; the PDS is a stranger's, reached through its
+DID document and the SSRF guard (core/pull.py, shared with the origin's shield). Both
+downloads stream into a staging while they are hashed, under the same bounds
+(core/download.py): only bytes matching the CID are returned. A blob pulled from a PDS
+is handed on to the origin in the background, so the next edge finds it there.
 """
 
 from __future__ import annotations
@@ -18,40 +12,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 from atcdn.core.accesslog import current_id
-from atcdn.core.bodies import (
-    BodyError,
-    BodyTooLarge,
-    InflatedTooFar,
-    Inflater,
-    iter_body,
-)
-from atcdn.core.errors import AtcdnError, BlockedAddress
+from atcdn.core.download import Downloads
+from atcdn.core.errors import AtcdnError
 from atcdn.core.limits import FetchLimits
-from atcdn.core.resolver import Resolver
+from atcdn.core.pull import PdsPull
 from atcdn.core.settings import EdgeSettings
-from atcdn.core.ssrf import public_client
 from atcdn.core.staging import Staging, sweep
 from atcdn.edge.metrics import Metrics
-from atcdn.edge.refusals import Refusals
 
 log = logging.getLogger("atcdn.edge")
-RETRYABLE = (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
-TEMP_CHECK_EVERY = 256 * 1024  # bytes written between looks at the node's temp usage
-
-
-def _timeout(limits: FetchLimits) -> httpx.Timeout:
-    return httpx.Timeout(limits.timeout, connect=limits.connect_timeout)
 
 
 def origin_client(settings: EdgeSettings) -> httpx.AsyncClient:
+    limits = FetchLimits.from_settings(settings)
     return httpx.AsyncClient(base_url=settings.origin.rstrip("/"),
-                             timeout=_timeout(FetchLimits.from_settings(settings)),
+                             timeout=httpx.Timeout(limits.timeout, connect=limits.connect_timeout),
                              trust_env=False, limits=httpx.Limits(max_connections=64),
                              event_hooks={"request": [_pass_request_id]})
 
@@ -66,32 +46,28 @@ async def _pass_request_id(request: httpx.Request) -> None:
 class Fetcher:
     def __init__(self, settings: EdgeSettings, metrics: Metrics, tmp_dir: Path) -> None:
         self.settings = settings
-        self.limits = FetchLimits.from_settings(settings)
         self.metrics = metrics
-        self.tmp_dir = tmp_dir
         tmp_dir.mkdir(parents=True, exist_ok=True)
         sweep(tmp_dir, min_age=3600.0)  # a hand-off may outlive its staging's lock
+        self.downloads = Downloads(tmp_dir, FetchLimits.from_settings(settings),
+                                   settings.fetch_retries, metrics)
         self.origin = origin_client(settings)
-        self.public = public_client(
-            allow_private_networks=settings.allow_private_networks,
-            timeout=_timeout(self.limits), max_redirects=self.limits.max_redirects,
-            user_agent="atcdn-edge")
-        self.resolver = Resolver(self.public, settings.plc_url,
-                                 deadline=self.limits.resolve_timeout,
-                                 max_document=self.limits.did_document_bytes)
-        self.refusals = Refusals()
+        self.pull = PdsPull(self.downloads, plc_url=settings.plc_url,
+                            allow_private_networks=settings.allow_private_networks,
+                            user_agent="atcdn-edge")
         self._handoffs: set[asyncio.Task] = set()
 
     async def aclose(self) -> None:
         await self.origin.aclose()
-        await self.public.aclose()
+        await self.pull.aclose()
 
     async def fetch(self, did: str, cid: str) -> Staging:
         """The verified bytes of ``cid`` in a finished staging (the caller discards it):
         the origin's copy, else the PDS's (handed on to the origin so the next edge finds
         it). 404 unknown, 451 taken down at the origin (never looked for elsewhere),
         502/504 upstream trouble."""
-        status, fetched = await self._get(self.origin, f"/blob/{cid}", {"did": did}, cid, "origin")
+        status, fetched = await self.downloads.get(self.origin, f"/blob/{cid}", {"did": did},
+                                                   cid, "origin")
         if fetched is not None:
             return fetched
         if status == 451:
@@ -100,113 +76,9 @@ class Fetcher:
             raise AtcdnError(502, "UpstreamFailed", f"origin answered HTTP {status}")
         if not self.settings.pds_fallback:
             raise AtcdnError(404, "BlobNotFound", f"no blob {cid}")
-        pds = await self.resolver.pds(did)
-        self.refusals.check(pds, cid)
-        try:
-            status, fetched = await self._get(
-                self.public, f"{pds}/xrpc/com.atproto.sync.getBlob", {"did": did, "cid": cid},
-                cid, "pds")
-        except AtcdnError as exc:
-            self.refusals.failed(pds, cid, exc)
-            raise
-        if fetched is None:
-            # A PDS answers unknown (and taken-down) blobs with 400, like the AppView: 404.
-            if 400 <= status < 500:
-                raise AtcdnError(404, "BlobNotFound", f"no blob {cid} for {did}")
-            raise AtcdnError(502, "UpstreamFailed", f"PDS answered HTTP {status}")
+        pds, fetched = await self.pull.pull(did, cid)
         self._hand_to_origin(did, cid, pds, fetched)
         return fetched
-
-    async def _get(self, client: httpx.AsyncClient, url: str, params: dict[str, str],
-                   cid: str, source: str) -> tuple[int, Staging | None]:
-        """(status, verified file or None); retries 5xx and connection errors, never 4xx."""
-        counter = self.metrics.origin_fetches if source == "origin" else self.metrics.pds_fetches
-        started = time.monotonic()
-        for attempt in range(self.settings.fetch_retries + 1):
-            if attempt:
-                await asyncio.sleep(0.1 * 2**attempt)
-            try:
-                async with asyncio.timeout(self.limits.timeout):
-                    async with client.stream("GET", url, params=params) as response:
-                        if response.status_code >= 500 and attempt < self.settings.fetch_retries:
-                            continue
-                        if response.status_code != 200:
-                            counter.labels(str(response.status_code)).inc()
-                            return response.status_code, None
-                        fetched = await self._save(response, cid, source)
-            except BlockedAddress as exc:
-                counter.labels("blocked").inc()
-                raise AtcdnError(502, "ForbiddenAddress", str(exc)) from None
-            except (httpx.TimeoutException, TimeoutError):
-                counter.labels("timeout").inc()
-                raise AtcdnError(504, "UpstreamTimeout", f"{source} timed out") from None
-            except RETRYABLE as exc:
-                if attempt < self.settings.fetch_retries:
-                    continue
-                counter.labels("unreachable").inc()
-                raise AtcdnError(502, "UpstreamUnavailable", f"{source}: {exc!r}") from None
-            except httpx.HTTPError as exc:
-                counter.labels("error").inc()
-                raise AtcdnError(502, "UpstreamFailed", f"{source}: {exc!r}") from None
-            counter.labels("200").inc()
-            self.metrics.fetch_seconds.labels(source).observe(time.monotonic() - started)
-            return 200, fetched
-        raise AssertionError("unreachable")
-
-    async def _save(self, response: httpx.Response, cid: str, source: str) -> Staging:
-        """Stream into a staging while hashing; keep it only if it is ``cid``."""
-        limit = self.limits.max_bytes
-        declared = response.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise AtcdnError(413, "BlobTooLarge", f"blob is {declared} bytes, limit {limit}")
-        expected = int(declared) if declared and declared.isdigit() else 0
-        self._reserve(expected)
-        try:
-            inflater = Inflater(response.headers.get("content-encoding"), limit)
-        except BodyError as exc:
-            raise AtcdnError(502, "UndecodableBody", f"{source}: {exc}") from None
-        staging = Staging(self.tmp_dir, reserve=expected)
-        checked = 0
-        try:
-            async for chunk in iter_body(response, inflater):
-                await staging.write(chunk)
-                staging.reserve(staging.size)  # what arrived counts at once, for every worker
-                if staging.size - checked >= TEMP_CHECK_EVERY:
-                    checked = staging.size
-                    self._reserve(0)
-            await staging.finish()
-            if not staging.matches(cid):
-                self.metrics.verification_failures.labels(source).inc()
-                log.warning("verification failed: %s sent %s for %s", source,
-                            staging.verifier.cid, cid)
-                raise AtcdnError(502, "VerificationFailed",
-                                 f"{source} bytes do not match {cid}; not served")
-            staging.close()
-            staging.received = inflater.received
-        except BodyTooLarge:
-            staging.discard()
-            raise AtcdnError(413, "BlobTooLarge", f"blob exceeds {limit} bytes") from None
-        except InflatedTooFar as exc:
-            staging.discard()
-            raise AtcdnError(502, "InflatedTooFar", f"{source}: {exc}; refused") from None
-        except BodyError as exc:
-            staging.discard()
-            raise AtcdnError(502, "UndecodableBody", f"{source}: {exc}") from None
-        except BaseException:
-            staging.discard()
-            raise
-        finally:
-            self.metrics.bytes_received.labels(source).inc(inflater.received)
-        return staging
-
-    def _reserve(self, more: int) -> None:
-        """503 when the node's fetch temp space (all workers' files) plus ``more`` would
-        pass ``fetch_temp_size``."""
-        used = temp_usage(self.tmp_dir)
-        cap = self.limits.temp_bytes
-        if used + more > cap:
-            raise AtcdnError(503, "TempSpaceFull",
-                             f"fetches in progress hold {used} bytes, the cap is {cap}")
 
     def _hand_to_origin(self, did: str, cid: str, pds: str, staging: Staging) -> None:
         """Give a PDS-fetched blob to the origin in the background (needs a token): it
@@ -233,18 +105,6 @@ class Fetcher:
             log.warning("handing %s to the origin failed: %r", cid, exc)
         finally:
             path.unlink(missing_ok=True)
-
-
-def temp_usage(tmp_dir: Path) -> int:
-    """Bytes held by the files in ``tmp_dir`` (fetches and hand-offs in progress)."""
-    total = 0
-    with os.scandir(tmp_dir) as entries:
-        for entry in entries:
-            try:
-                total += entry.stat(follow_symlinks=False).st_size
-            except FileNotFoundError:
-                pass
-    return total
 
 
 async def _chunks(path: Path) -> AsyncIterator[bytes]:

@@ -129,7 +129,7 @@ class Front:
         """Run a memory miss and send its entry; every failure is answered as JSON.
 
         Requests that join a miss already running here for the same entry and DID (the
-        same work: edge/flight.py) cost one future, not a fetch or a transform, so they
+        same work: core/flight.py) cost one future, not a fetch or a transform, so they
         neither count nor are refused: a herd of identical requests is one miss
         (bench/edge.py sends 2,000 at once)."""
         joining = miss in self.misses

@@ -75,6 +75,20 @@ class Metrics:
         self._bytes: dict[str, int] = {"img": 0, "blob": 0}
         self._flusher: asyncio.TimerHandle | None = None
 
+    # -- core.download.Meter: the fetches of edge/fetch.py ----------------------------
+
+    def fetched(self, source: str, result: str, seconds: float | None) -> None:
+        counter = self.origin_fetches if source == "origin" else self.pds_fetches
+        counter.labels(result).inc()
+        if seconds is not None:
+            self.fetch_seconds.labels(source).observe(seconds)
+
+    def verification_failed(self, source: str) -> None:
+        self.verification_failures.labels(source).inc()
+
+    def received(self, source: str, size: int) -> None:
+        self.bytes_received.labels(source).inc(size)
+
     def memory_hit(self, route: str, size: int) -> None:
         self._hits[route] += 1
         self._bytes[route] += size

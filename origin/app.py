@@ -2,7 +2,8 @@
 
 Reads are public and immutable (the URL names the bytes) but authorized per (DID, CID):
 a blob is served under a DID only when that DID holds it and no takedown applies
-(``Index.authorize``, docs/authorization.md). Writes need the write token
+(``Index.authorize``, docs/authorization.md). With ``pds_pull`` on, a read under a DID
+that misses is pulled from that DID's PDS first (the shield: origin/shield.py). Writes need the write token
 (``ATCDN_ORIGIN_TOKEN``) and are verified against the CID before anything is stored (by the
 store itself, origin/store.py): operators' pushes are *pinned* (kept); edges' hand-offs
 of blobs pulled from a PDS for a stranger go to the bounded, evictable *pulled* tier,
@@ -24,7 +25,6 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
 
 from atcdn.core import cid as cids
 from atcdn.core import did as dids
@@ -41,7 +41,9 @@ from atcdn.core.takedowns import Target
 from atcdn.origin.holders import SharedHolders
 from atcdn.origin.index import BlobMeta, Decision, Index, Via
 from atcdn.origin.metrics import Metrics, MetricsMiddleware
-from atcdn.origin.store import BlobStore, FileStore, S3Store, open_store
+from atcdn.origin.pulled import PulledTier, Quota
+from atcdn.origin.shield import Shield
+from atcdn.origin.store import BlobStore, S3Store, open_store
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -63,13 +65,16 @@ class Origin:
                  metrics: Metrics, feed: Feed | None = None) -> None:
         self.settings = settings
         self.store = store  # pinned: what operators pushed and ingest found
-        self.pulled = FileStore(settings.data_dir / "pulled")  # evictable, bounded
-        self.index = index
-        self.metrics = metrics
         self.fleet_feed = feed  # the fleet's takedown feed, when this origin follows it
         # An S3 bucket may be shared by several origins: so are the holders.
         self.holders = (SharedHolders(store.client, store.bucket, settings.s3_holders_prefix)
                         if isinstance(store, S3Store) else None)
+        self.pulled = PulledTier(settings, index, metrics, self.holders)  # evictable, bounded
+        self.index = index
+        self.metrics = metrics
+        # With pds_pull on, misses are pulled from the DID's PDS (origin/shield.py).
+        self.shield = (Shield(settings, index, store, self.pulled, metrics)
+                       if settings.pds_pull else None)
 
     # -- request parts -------------------------------------------------------------
 
@@ -119,11 +124,11 @@ class Origin:
                              headers={"Allow": "GET, HEAD"})
 
     async def receive(self, request: Request, store: BlobStore | None = None,
-                      quota: tuple[int, str] | None = None) -> Staging:
+                      quota: Quota | None = None) -> Staging:
         """Stream the body into a staging file, refusing oversized bodies early.
 
-        ``quota``: (bytes left, whose quota) — a body beyond it is refused with 429
-        before or while it arrives."""
+        ``quota``: a body beyond what it leaves is refused with 429 before or while it
+        arrives."""
         limit = self.settings.max_blob_bytes
         declared = request.headers.get("content-length")
         if declared is not None:
@@ -132,11 +137,11 @@ class Origin:
             if int(declared) > limit:
                 raise AtcdnError(413, "BlobTooLarge",
                                  f"blob is {declared} bytes; the limit is {limit}")
-        left = quota[0] if quota else limit
+        left = quota.left if quota else limit
         if declared is not None and quota is not None and int(declared) > left:
             if int(declared) <= DRAIN_MAX:  # read a small body, so the client hears why
                 request.state.received = sum([len(chunk) async for chunk in request.stream()])
-            raise self.over_quota(quota[1])
+            raise quota.refusal()
         staging = (store or self.store).stage()
         try:
             async for chunk in request.stream():
@@ -144,7 +149,7 @@ class Origin:
                     raise AtcdnError(413, "BlobTooLarge",
                                      f"blob exceeds the limit of {limit} bytes")
                 if quota is not None and staging.size + len(chunk) > left:
-                    raise self.over_quota(quota[1])
+                    raise quota.refusal()
                 await staging.write(chunk)
             await staging.finish()
         except BaseException:
@@ -160,23 +165,19 @@ class Origin:
                            via: Via = "push") -> tuple[BlobMeta, bool]:
         """Pin a verified blob (promoting it out of the pulled tier if it was there)."""
         before = self.index.get(cid)
-        try:
+        with self.metrics.verifying():
             created = await self.store.commit(staging, cid)
-        except AtcdnError as exc:
-            if exc.error == "CidMismatch":
-                self.metrics.verification_failures.inc()
-            raise
         if did is not None:
             await self.share_holder(cid, did, via)
         meta = self.index.record(cid, staging.size, sniff(staging.head), did, via=via)
         if before is not None and not before.pinned:
-            self.pulled.path(cid).unlink(missing_ok=True)
+            self.pulled.store.path(cid).unlink(missing_ok=True)
         return meta, created
 
     async def share_holder(self, cid: str, did: str, via: Via) -> None:
         """Tell the other origins that ``did`` holds ``cid`` (before answering)."""
         if self.holders is not None:
-            await asyncio.to_thread(self.holders.add, cid, did, via)
+            await self.holders.share(cid, did, via)
 
     async def authorize(self, cid: str, did: str | None) -> Decision:
         """``Index.authorize``, reading the shared holders through when the answer rests
@@ -223,6 +224,9 @@ class Origin:
 
     async def serve(self, request: Request, cid: str, did: str | None) -> Response:
         decision = await self.authorize(cid, did)
+        if decision != "taken-down" and self.shield is not None and did is not None:
+            await self.shield.ensure(cid, did)  # a miss: pulled from the DID's PDS
+            decision = self.index.authorize(cid, did)  # a takedown may have come meanwhile
         if decision == "taken-down":
             raise AtcdnError(451, "TakenDown", f"blob {cid} is taken down")
         if decision == "not-held":
@@ -231,7 +235,7 @@ class Origin:
             raise AtcdnError(404, "BlobNotFound",
                              f"blob {cid} is not held for {did or 'any account'}")
         meta = await self.lookup(cid)
-        store = self.store if meta.pinned else self.pulled
+        store = self.store if meta.pinned else self.pulled.store
         self.index.touch(meta)
         etag = f'"{cid}"'
         headers = {"ETag": etag, "Cache-Control": IMMUTABLE, "Accept-Ranges": "bytes",
@@ -289,21 +293,6 @@ class Origin:
 
     # -- the pulled tier -------------------------------------------------------------
 
-    def over_quota(self, whose: str) -> AtcdnError:
-        window = self.settings.pulled_quota_window
-        retry = window - int(time.time()) % window
-        return AtcdnError(429, "QuotaExceeded",
-                          f"the pulled-blob quota of {whose} is used up for this window; "
-                          "nothing stored", headers={"Retry-After": str(retry)})
-
-    def quota_left(self, did: str, pds: str) -> tuple[int, str, int]:
-        """(bytes left, whose quota binds, window) for a hand-off by ``did`` from ``pds``."""
-        window = int(time.time()) // self.settings.pulled_quota_window
-        left = [(self.settings.pulled_quota_did - self.index.usage(did, window), did),
-                (self.settings.pulled_quota_pds - self.index.usage(pds, window), pds)]
-        bytes_left, whose = min(left)
-        return max(0, bytes_left), whose, window
-
     async def handoff(self, request: Request) -> Response:
         """``PUT /handoff/{cid}?did=D&pds=URL``: an edge hands over a blob it pulled from
         D's PDS (``pds``) for a stranger's request and verified. Proves that D holds it;
@@ -313,31 +302,22 @@ class Origin:
         did = self.parse_did(request.query_params.get("did"))
         if did is None:
             raise invalid("a hand-off names the DID whose PDS served it (?did=)")
-        pds = "pds:" + _site(request.query_params.get("pds", ""))
         meta = self.index.get(cid)
         if meta is not None:  # bytes already here: only the holder is news
             async for _ in request.stream():
                 pass
-            await self.share_holder(cid, did, "pds")
-            self.index.add_holder(cid, did, "pds")
+            await self.pulled.hold(cid, did)
             return JSONResponse({**self.describe(meta), "tier": _tier(meta)}, 200)
-        left, whose, window = self.quota_left(did, pds)
+        quota = self.pulled.quota(did, request.query_params.get("pds", ""))
         try:
-            staging = await self.receive(request, self.pulled, (left, whose))
-            created = await self.pulled.commit(staging, cid)
+            staging = await self.receive(request, self.pulled.store, quota)
         except AtcdnError as exc:
             if exc.status == 429:
                 self.metrics.quota_refusals.inc()
-            if exc.error == "CidMismatch":
-                self.metrics.verification_failures.inc()
             raise
         finally:  # bytes received count, stored or not
-            self.index.charge([did, pds], window, getattr(request.state, "received", 0))
-        await self.share_holder(cid, did, "pds")
-        meta = self.index.record(cid, staging.size, sniff(staging.head), did, via="pds",
-                                 pinned=False)
-        for victim in self.index.evict_pulled(self.settings.pulled_max_bytes):
-            self.pulled.path(victim).unlink(missing_ok=True)
+            self.pulled.charge(quota, getattr(request.state, "received", 0))
+        meta, created = await self.pulled.keep(staging, cid, did)
         return JSONResponse({**self.describe(meta), "tier": _tier(meta)},
                             201 if created else 200)
 
@@ -423,12 +403,6 @@ class Origin:
         return Response(body, headers={"Content-Type": content_type})
 
 
-def _site(url: str) -> str:
-    """A PDS URL reduced to what a quota is kept for: scheme://host[:port]."""
-    parts = urlsplit(url.strip().lower())
-    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else "unknown"
-
-
 def _tier(meta: BlobMeta) -> str:
     return "pinned" if meta.pinned else "pulled"
 
@@ -478,6 +452,8 @@ def run_store(origin: Origin, status: StatusPage,
         finally:
             recording.cancel()
             origin.store.stop()
+            if origin.shield is not None:
+                await origin.shield.aclose()
 
     return lifespan
 

@@ -11,6 +11,7 @@ docs/fleet-store.md says why the store, and not the index, is the record.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from atcdn.core import did as dids
@@ -32,6 +33,10 @@ class SharedHolders:
     def add(self, cid: str, did: str, via: str) -> None:
         """Record that ``did`` holds ``cid`` (idempotent: the same empty object)."""
         self.client.put_object(Bucket=self.bucket, Key=self.key(cid, did, via), Body=b"")
+
+    async def share(self, cid: str, did: str, via: str) -> None:
+        """``add`` off the event loop (a request's handler awaits it before answering)."""
+        await asyncio.to_thread(self.add, cid, did, via)
 
     def read(self, cid: str) -> dict[str, str]:
         """DID -> how it was learned, for every holder of ``cid`` any origin recorded.
