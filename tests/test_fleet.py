@@ -63,7 +63,8 @@ def post(user: User, count: int, seed: int) -> list[str]:
     """``count`` images posted by ``user`` (four to a post); their CIDs."""
     cids: list[str] = []
     for start in range(0, count, 4):
-        images = [jpeg(seed + n, (320, 240)) for n in range(start, min(count, start + 4))]
+        images = [jpeg(seed + n, (200 + seed + n, 150))  # distinct sizes: distinct CIDs
+                  for n in range(start, min(count, start + 4))]
         cids += user.post_images(*images)[1]
     return cids
 

@@ -26,6 +26,7 @@ from tests.helpers.nodes import Origin
 ALICE = "did:plc:" + "a" * 24
 BOB = "did:plc:" + "b" * 24
 CAROL = "did:plc:" + "c" * 24
+DAVE = "did:plc:" + "d" * 24  # never taken down, never a holder
 BOUND = 5.0  # seconds a takedown may take to reach the other origin (feed polled every 0.5 s)
 WRITE = {"authorization": f"Bearer {TOKEN}"}
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -45,6 +46,11 @@ def origins(seaweed_cluster, moto: dict[str, str],
     finally:
         for node in pair:
             node.stop()
+
+
+def picture(n: int) -> bytes:
+    """A small JPEG, different for every ``n`` (its width says which)."""
+    return jpeg(n, (64 + n, 48))
 
 
 def push(origin: Origin, data: bytes, did: str | None = None) -> str:
@@ -77,7 +83,7 @@ def within(seconds: float, check: Callable[[], bool]) -> float:
 
 def test_a_push_through_one_origin_is_served_by_the_other(origins) -> None:
     a, b = origins
-    data = jpeg(1)
+    data = picture(1)
     cid = push(a, data, ALICE)
     served = get(b, cid, ALICE)
     assert served.status_code == 200 and served.content == data
@@ -91,7 +97,7 @@ def test_a_push_through_one_origin_is_served_by_the_other(origins) -> None:
 
 def test_a_takedown_through_one_origin_is_451_at_the_other(origins) -> None:
     a, b = origins
-    blob = push(a, jpeg(2), ALICE)
+    blob = push(a, picture(2), ALICE)
     assert get(b, blob, ALICE).status_code == 200  # B served it before
     admin(a, "takedown", cid=blob, reason="illegal")
     took = within(BOUND, lambda: get(b, blob, ALICE).status_code == 451)
@@ -100,14 +106,14 @@ def test_a_takedown_through_one_origin_is_451_at_the_other(origins) -> None:
     within(BOUND, lambda: get(a, blob, ALICE).status_code == 200)
 
     # An account taken down through B: A withholds every blob only it holds.
-    account = push(a, jpeg(3), CAROL)
+    account = push(a, picture(3), CAROL)
     admin(b, "takedown", did=CAROL)
     within(BOUND, lambda: get(a, account).status_code == 451)
     assert get(a, account, CAROL).status_code == 451
 
     # One repo's blob, taken down through A, for a blob B has never seen: B reads its
     # holders from the store and finds the only one taken down.
-    unseen = compute(data := jpeg(4))
+    unseen = compute(data := picture(4))
     httpx.put(f"{a.url}/blob/{unseen}", content=data, headers=WRITE,
               params={"did": BOB}, timeout=30).raise_for_status()
     admin(a, "takedown", did=BOB, cid=unseen)
@@ -118,8 +124,8 @@ def test_a_takedown_through_one_origin_is_451_at_the_other(origins) -> None:
 
 def test_an_origin_rebuilds_its_index_from_the_store_and_the_feed(origins) -> None:
     a, b = origins
-    kept = push(b, jpeg(5), ALICE)
-    gone = push(b, jpeg(6), ALICE)
+    kept = push(b, picture(5), ALICE)
+    gone = push(b, picture(6), ALICE)
     admin(b, "takedown", cid=gone)
     within(BOUND, lambda: get(a, gone).status_code == 451)
     a.stop()
@@ -133,7 +139,7 @@ def test_an_origin_rebuilds_its_index_from_the_store_and_the_feed(origins) -> No
 
 def test_a_volume_server_killed_loses_no_blob(origins, seaweed_cluster) -> None:
     a, b = origins
-    blobs = {push(a, data, ALICE): data for data in (jpeg(10 + n, (160, 120)) for n in range(20))}
+    blobs = {push(a, data, ALICE): data for data in (picture(10 + n) for n in range(20))}
     seaweed_cluster.volumes[0].kill()
     try:
         for cid, data in blobs.items():
@@ -142,7 +148,7 @@ def test_a_volume_server_killed_loses_no_blob(origins, seaweed_cluster) -> None:
                 assert answer.status_code == 200 and answer.content == data
         failed = 0
         for n in range(10):  # writes: at most one failure, then success on retry
-            data = jpeg(40 + n, (160, 120))
+            data = picture(40 + n)
             cid = compute(data)
             for _attempt in range(2):
                 answer = httpx.put(f"{b.url}/blob/{cid}", content=data, headers=WRITE,
@@ -163,7 +169,7 @@ def test_a_volume_server_killed_loses_no_blob(origins, seaweed_cluster) -> None:
         for cid, data in blobs.items():
             answer = get(a, cid, ALICE)
             assert answer.status_code == 200 and answer.content == data
-        push(a, jpeg(60), ALICE)
+        push(a, picture(60), ALICE)
     finally:
         seaweed_cluster.volumes[1].start()
     seaweed_cluster.wait_volume_servers(3)
@@ -182,15 +188,15 @@ def test_markers_that_are_not_holders_are_ignored(origins, seaweed_cluster) -> N
     import boto3
 
     a, b = origins
-    cid = push(a, jpeg(70), ALICE)
+    cid = push(a, picture(70), ALICE)
     s3 = boto3.client("s3", endpoint_url=seaweed_cluster.endpoint, region_name="us-east-1",
                       aws_access_key_id=seaweed_cluster.access_key,
                       aws_secret_access_key=seaweed_cluster.secret_key)
     bucket = a.env["ATCDN_ORIGIN_S3_BUCKET"]
-    for junk in (f"{BOB}/owner", "did:plc:short/push", f"{CAROL}", f"{CAROL}/push/extra"):
+    for junk in (f"{BOB}/owner", "did:plc:short/push", f"{DAVE}", f"{DAVE}/push/extra"):
         s3.put_object(Bucket=bucket, Key=f"holders/{cid}/{junk}", Body=b"")
     assert get(b, cid, ALICE).status_code == 200
-    for did in (BOB, CAROL):
+    for did in (BOB, DAVE):
         assert get(b, cid, did).status_code == 404
 
 
