@@ -18,6 +18,8 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from atcdn.core.cid import compute
 from atcdn.core.settings import EdgeSettings, OriginSettings
 
 from tests.helpers.env import need_tool
-from tests.helpers.fleet import Fleet, running_fleet
+from tests.helpers.fleet import Fleet, running_fleet, seaweed_cluster
 from tests.helpers.herd import stampede
 from tests.helpers.labeler import jpeg, takedown_feed
 from tests.helpers.pds import ReferencePDS, User
@@ -46,12 +48,17 @@ CLIENTS = 8
 
 
 @pytest.fixture(scope="module")
-def fleet(pds: ReferencePDS, moto: dict[str, str],
+def fleet(request: pytest.FixtureRequest, moto: dict[str, str],
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     weed, haproxy = need_tool("weed"), need_tool("haproxy")
-    with running_fleet(tmp_path_factory.mktemp("fleet"), weed=weed, haproxy=haproxy,
-                       plc_url=pds.plc_url, feed_env=takedown_feed(moto)) as running:
-        yield running
+    work = tmp_path_factory.mktemp("fleet")
+    with ExitStack() as stack, ThreadPoolExecutor(1) as pool:
+        # The store boots while the reference PDS does.
+        booting = pool.submit(stack.enter_context, seaweed_cluster(weed, work))
+        pds: ReferencePDS = request.getfixturevalue("pds")
+        with running_fleet(work, booting.result(), haproxy=haproxy, plc_url=pds.plc_url,
+                           feed_env=takedown_feed(moto)) as running:
+            yield running
 
 
 @pytest.fixture(scope="module")

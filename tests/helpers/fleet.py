@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,29 +72,34 @@ class Fleet:
                 time.sleep(0.2)
 
 
+def seaweed_cluster(weed: str, workdir: Path) -> AbstractContextManager[Cluster]:
+    """The fleet's store, to start first (it may boot while the PDS does)."""
+    return contextmanager(run_seaweed_cluster)(weed, workdir / "cluster")
+
+
 @contextmanager
-def running_fleet(workdir: Path, *, weed: str, haproxy: str, plc_url: str,
+def running_fleet(workdir: Path, cluster: Cluster, *, haproxy: str, plc_url: str,
                   feed_env: Mapping[str, str]) -> Iterator[Fleet]:
-    """Start the fleet (see the module doc); ``feed_env`` names the takedown feed."""
-    with contextmanager(run_seaweed_cluster)(weed, workdir / "cluster") as cluster:
-        pulls = {"ATCDN_ORIGIN_PDS_PULL": "1", "ATCDN_PLC_URL": plc_url,
-                 "ATCDN_ALLOW_PRIVATE_NETWORKS": "1"}
-        env = {**cluster.origin_env(f"atcdn-{uuid.uuid4().hex[:12]}"), **feed_env, **pulls}
-        fleet = Fleet(cluster, [Origin(workdir / f"o{n}", env, workdir / f"o{n}.log")
-                                for n in (1, 2)], {}, workdir=workdir,
-                      edge_env={"ATCDN_PDS_FALLBACK": "0", "ATCDN_PLC_URL": plc_url,
-                                **feed_env})
-        try:
-            for origin in fleet.origins:
-                origin.start()
-            for name in EDGES:
-                fleet.start_edge(name)
-            with running_haproxy(haproxy, {n: e.url for n, e in fleet.edges.items()},
-                                 workdir) as pop:
-                fleet.pop = pop
-                yield fleet
-        finally:
-            for edge in fleet.edges.values():
-                edge.proc.stop()
-            for origin in fleet.origins:
-                origin.stop()
+    """Start the fleet's origins, edges and HAProxy over ``cluster`` (see the module
+    doc); ``feed_env`` names the takedown feed."""
+    pulls = {"ATCDN_ORIGIN_PDS_PULL": "1", "ATCDN_PLC_URL": plc_url,
+             "ATCDN_ALLOW_PRIVATE_NETWORKS": "1"}
+    env = {**cluster.origin_env(f"atcdn-{uuid.uuid4().hex[:12]}"), **feed_env, **pulls}
+    fleet = Fleet(cluster, [Origin(workdir / f"o{n}", env, workdir / f"o{n}.log")
+                            for n in (1, 2)], {}, workdir=workdir,
+                  edge_env={"ATCDN_PDS_FALLBACK": "0", "ATCDN_PLC_URL": plc_url,
+                            **feed_env})
+    try:
+        for origin in fleet.origins:
+            origin.start()
+        for name in EDGES:
+            fleet.start_edge(name)
+        with running_haproxy(haproxy, {n: e.url for n, e in fleet.edges.items()},
+                             workdir) as pop:
+            fleet.pop = pop
+            yield fleet
+    finally:
+        for edge in fleet.edges.values():
+            edge.proc.stop()
+        for origin in fleet.origins:
+            origin.stop()
