@@ -157,6 +157,12 @@ def test_killing_an_origin_a_volume_server_and_an_edge_under_load(
                  if any(o.started <= after and o.ended >= before for before, after in killed)]
     assert len(outcomes) > 200
     assert failed == in_flight, Counter(o.answer for o in failed if o not in in_flight)
+    # The origin's death was met (edges moved CIDs off it), and cost the PDS at most one
+    # more getBlob per blob (its other origin pulling what the dead one had pulled).
+    survivors = [e for name, e in fleet.edges.items() if name != "e1"]
+    assert sum(e.metric("atcdn_edge_origin_failovers_total") for e in survivors) > 0
+    pulls = Counter(entry["cid"] for entry in pds.get_blob_log())
+    assert all(1 <= pulls[cid] <= 2 for cid in warm + cold), pulls
     # No blob lost: every one is served, whole, with one volume server, origin, edge down.
     with httpx.Client(timeout=30) as http:
         for cid in warm + cold:
