@@ -408,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Run the edge HTTP server.")
     for name in ("host", "port", "origin", "cache_dir", "cache_size", "memory_cache_size",
                  "pds_fallback", "plc_url", "workers", "server"):
-        add_setting(serve, EdgeSettings, name)
+        add_setting(serve, EdgeSettings, name, repeat=name == "origin")
     _add_log_flags(serve)
     serve.set_defaults(func=_edge_serve)
 

@@ -73,10 +73,12 @@ class Downloads:
         tmp_dir.mkdir(parents=True, exist_ok=True)
 
     async def get(self, client: httpx.AsyncClient, url: str, params: dict[str, str],
-                  cid: str, source: str, budget: Budget | None = None
-                  ) -> tuple[int, Staging | None]:
+                  cid: str, source: str, budget: Budget | None = None, *,
+                  retry_connections: bool = True) -> tuple[int, Staging | None]:
         """(status, verified finished staging or None when the status is not 200); the
-        caller discards the staging. AtcdnError 502/504 (and 413, 503) for trouble."""
+        caller discards the staging. AtcdnError 502/504 (and 413, 503) for trouble.
+        ``retry_connections=False``: a failed connection is not retried (an edge with
+        several origins tries the next one instead)."""
         started = time.monotonic()
         for attempt in range(self.retries + 1):
             if attempt:
@@ -84,8 +86,9 @@ class Downloads:
             try:
                 async with asyncio.timeout(self.limits.timeout):
                     async with client.stream("GET", url, params=params) as response:
-                        if response.status_code >= 500 and attempt < self.retries:
-                            continue
+                        if (response.status_code >= 500 and response.status_code != 504
+                                and attempt < self.retries):  # a 504 already waited its
+                            continue  # deadline upstream: asking again doubles the wait
                         if response.status_code != 200:
                             self.meter.fetched(source, str(response.status_code), None)
                             return response.status_code, None
@@ -97,7 +100,7 @@ class Downloads:
                 self.meter.fetched(source, "timeout", None)
                 raise AtcdnError(504, "UpstreamTimeout", f"{source} timed out") from None
             except RETRYABLE as exc:
-                if attempt < self.retries:
+                if attempt < self.retries and retry_connections:
                     continue
                 self.meter.fetched(source, "unreachable", None)
                 raise AtcdnError(502, "UpstreamUnavailable", f"{source}: {exc!r}") from None

@@ -129,7 +129,9 @@ class EdgeSettings(BaseSettings):
     workers: int = Field(default=2, description="server worker processes")
     server: Server = Field(default="uvicorn", description="HTTP server: uvicorn or granian")
     origin: str = Field(
-        default="http://127.0.0.1:8100", description="origin base URL, with its scheme")
+        default="http://127.0.0.1:8100",
+        description="origin base URL, with its scheme; several (comma-separated, or the flag"
+                    " repeated): each CID has a home origin among them (docs/origins.md)")
     cache_dir: Path = Field(
         default=Path("atcdn-data/edge"),
         description="disk cache, takedown list, transcodes, metrics")
@@ -196,6 +198,16 @@ class EdgeSettings(BaseSettings):
     health_probe_interval: float = Field(
         default=5.0, gt=0,
         description="seconds a readiness probe of the origin is reused by /health")
+    # Several origins (edge/origins.py, docs/origins.md): health checks and failover.
+    origin_check_interval: float = Field(
+        default=1.0, gt=0,
+        description="with several origins: seconds between health checks (GET /health) of each")
+    origin_check_timeout: float = Field(
+        default=1.0, gt=0, description="seconds an origin's /health may take before it fails")
+    origin_down_after: int = Field(
+        default=2, ge=1,
+        description="failed checks or connections in a row that mark an origin down (its CIDs"
+                    " go to the next origin); one passed check marks it up again")
     # Image transforms (edge/image.py, edge/transform.py): source limits and worker pool.
     image_max_source_bytes: Size = Field(
         default=ImageLimits.max_source_bytes, description="largest image source transformed")
@@ -229,10 +241,23 @@ class EdgeSettings(BaseSettings):
     video_threads: int = Field(
         default=VideoLimits.threads, description="encoder threads per transcode; 0: auto")
 
-    @field_validator("origin", "plc_url")
+    @field_validator("origin")
+    @classmethod
+    def _base_urls(cls, value: str) -> str:
+        urls = [url.strip() for url in value.split(",")]
+        if not all(urls):
+            raise ValueError(f"{value!r} has an empty origin URL")
+        return ",".join(check_base_url(url) for url in urls)
+
+    @field_validator("plc_url")
     @classmethod
     def _base_url(cls, value: str) -> str:
         return check_base_url(value)
+
+    @property
+    def origins(self) -> list[str]:
+        """The origin base URLs (no trailing slash, duplicates dropped), in the order given."""
+        return list(dict.fromkeys(url.rstrip("/") for url in self.origin.split(",")))
 
 
 class LogSettings(BaseSettings):

@@ -4,11 +4,12 @@ The parts, in the order a request meets them (Varnish's shape):
 
 - ``front.Front``: ASGI dispatch, the takedown gate (``gate.Gate``) and memory hits;
 - ``renditions.Renditions``: the miss path (disk tier, else transform);
-- ``sources.Sources``: source blobs (disk tier, else ``fetch.Fetcher``: origin, else PDS;
-  always verified), for ``/blob``, ``/img`` and ``/watch`` alike;
+- ``sources.Sources``: source blobs (disk tier, else ``fetch.Fetcher``: the CID's home
+  origin (``origins.Origins``), else PDS; always verified), for ``/blob``, ``/img`` and
+  ``/watch`` alike;
 - ``watch``/``transcodes``: the HLS routes and their transcodes;
 - ``admin.Admin``: metrics, purge and takedown routes, and the takedown feed;
-  ``health``: liveness and readiness;
+  ``health``: liveness and readiness (each origin's state);
 - ``core.accesslog.AccessLog`` around it all: request IDs and access lines.
 
 ``create_app`` is the one place the settings are read from ``ATCDN_*`` (when not given);
@@ -31,7 +32,7 @@ from atcdn.edge.fetch import Fetcher
 from atcdn.core.flight import SingleFlight
 from atcdn.edge.front import Front
 from atcdn.edge.gate import Gate, Purges
-from atcdn.edge.health import OriginProbe, health_routes
+from atcdn.edge.health import health_routes
 from atcdn.edge.metrics import Metrics, use_dir
 from atcdn.edge.presets import load_presets
 from atcdn.edge.renditions import Renditions
@@ -68,25 +69,28 @@ def create_app(settings: EdgeSettings | None = None, control: ControlSettings | 
     transcodes = Transcodes(settings, purges)
     admin = Admin(settings, node, disk, takedowns, purges, metrics)
 
-    probe = OriginProbe(fetcher.origin, settings.health_probe_interval)
+    origins = fetcher.origins
     status = StatusPage("edge", settings.cache_dir,
                         lambda: metrics.render(Gauges(disk.readings)),
-                        settings.model_dump(), probe.reasons, settings.status_interval)
+                        settings.model_dump(), origins.problems, settings.status_interval)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        follower = follow_feed(admin.apply, settings, control)
+        followers = follow_feed(admin.apply, settings, control)
         recording = status.start()
+        checks = origins.start()
         yield
         recording.cancel()
-        if follower is not None:
+        if checks is not None:
+            checks.cancel()
+        for follower in followers:
             follower.stop()
         await transcodes.close()
         await fetcher.aclose()
         transformer.close()
         metrics.flush()
 
-    router = Starlette(routes=[*health_routes(probe, settings.retry_after), *admin.routes(),
+    router = Starlette(routes=[*health_routes(origins, settings.retry_after), *admin.routes(),
                                status.route(),
                                *watch_routes(sources.file, transcodes)],
                        exception_handlers=error_handlers(retry_after=settings.retry_after),
