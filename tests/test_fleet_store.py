@@ -21,7 +21,7 @@ from atcdn.core.cid import compute
 
 from tests.helpers.env import ADMIN_TOKEN, TOKEN
 from tests.helpers.labeler import jpeg, takedown_feed
-from tests.helpers.nodes import Origin
+from tests.helpers.nodes import Origin, running_origins
 
 ALICE = "did:plc:" + "a" * 24
 BOB = "did:plc:" + "b" * 24
@@ -38,14 +38,8 @@ def origins(seaweed_cluster, moto: dict[str, str],
     tmp = tmp_path_factory.mktemp("fleet-store")
     env = {**seaweed_cluster.origin_env(f"atcdn-{uuid.uuid4().hex[:12]}"),
            **takedown_feed(moto)}
-    pair = (Origin(tmp / "a", env, tmp / "a.log"), Origin(tmp / "b", env, tmp / "b.log"))
-    try:
-        for node in pair:
-            node.start()
-        yield pair
-    finally:
-        for node in pair:
-            node.stop()
+    with running_origins(tmp, 2, env) as (a, b):
+        yield a, b
 
 
 def picture(n: int) -> bytes:

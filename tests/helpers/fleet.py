@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers.nodes import Edge, Origin, start_edge
+from tests.helpers.nodes import Edge, Origin, running_origins, start_edge
 from tests.helpers.pop import running_haproxy
 from tests.helpers.seaweed import Cluster, run_seaweed_cluster
 
@@ -85,21 +85,17 @@ def running_fleet(workdir: Path, cluster: Cluster, *, haproxy: str, plc_url: str
     pulls = {"ATCDN_ORIGIN_PDS_PULL": "1", "ATCDN_PLC_URL": plc_url,
              "ATCDN_ALLOW_PRIVATE_NETWORKS": "1"}
     env = {**cluster.origin_env(f"atcdn-{uuid.uuid4().hex[:12]}"), **feed_env, **pulls}
-    fleet = Fleet(cluster, [Origin(workdir / f"o{n}", env, workdir / f"o{n}.log")
-                            for n in (1, 2)], {}, workdir=workdir,
-                  edge_env={"ATCDN_PDS_FALLBACK": "0", "ATCDN_PLC_URL": plc_url,
-                            **feed_env})
-    try:
-        for origin in fleet.origins:
-            origin.start()
-        for name in EDGES:
-            fleet.start_edge(name)
-        with running_haproxy(haproxy, {n: e.url for n, e in fleet.edges.items()},
-                             workdir) as pop:
-            fleet.pop = pop
-            yield fleet
-    finally:
-        for edge in fleet.edges.values():
-            edge.proc.stop()
-        for origin in fleet.origins:
-            origin.stop()
+    with running_origins(workdir, 2, env) as origins:
+        fleet = Fleet(cluster, origins, {}, workdir=workdir,
+                      edge_env={"ATCDN_PDS_FALLBACK": "0", "ATCDN_PLC_URL": plc_url,
+                                **feed_env})
+        try:
+            for name in EDGES:
+                fleet.start_edge(name)
+            with running_haproxy(haproxy, {n: e.url for n, e in fleet.edges.items()},
+                                 workdir) as pop:
+                fleet.pop = pop
+                yield fleet
+        finally:
+            for edge in fleet.edges.values():
+                edge.proc.stop()
