@@ -58,7 +58,8 @@ def _listening(port: int) -> bool:
 def _extra_s3_listeners_off(weed: str, command: str, prefix: str) -> list[str]:
     """Newer weed (4.x) also opens Iceberg (8181) and Lance (9101) catalog listeners on
     fixed ports, so two clusters on one machine collide: switch off the ones it has."""
-    usage = subprocess.run([weed, command, "-h"], capture_output=True, text=True).stderr
+    usage = subprocess.run([weed, command, "-h"], capture_output=True, text=True,
+                           check=False).stderr
     return [f"-{prefix}{flag}=0" for flag in ("port.iceberg", "port.lance")
             if f"-{prefix}{flag} " in usage]
 
