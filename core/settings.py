@@ -181,6 +181,10 @@ class EdgeSettings(BaseSettings):
         default=WorkerLimits.timeout, description="seconds per image transform")
     transform_memory_mb: int = Field(
         default=WorkerLimits.memory_mb, description="memory limit of a transform process, MiB")
+    transform_queue_size: Size = Field(
+        default=WorkerLimits.queue_bytes,
+        description="source bytes of transforms queued or running per worker process;"
+                    " beyond it 503 Busy")
 
     # Video (/watch): transcodes to HLS run in child processes, at most
     # video_max_concurrent per node, video_queue_length more waiting per worker.

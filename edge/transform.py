@@ -9,6 +9,9 @@ from a clean fork server, so a request costs no process start, and only the sour
 and the rendition cross the process boundary. The fork server is started with no secrets
 in its environment (``core/environment.py``), so no worker holds a token either.
 
+Sources waiting for a worker are held in the server process, so their bytes are
+bounded (``queue_bytes``; 503 Busy with Retry-After beyond, never remembered).
+
 A failed transform (refused, undecodable, crashed, timed out) is remembered per rendition
 key for ``FAILURE_MEMORY`` seconds (bounded, per server process), so a source that takes
 the whole timeout cannot be asked for again and again.
@@ -44,7 +47,8 @@ T = TypeVar("T")
 FAILURE_MEMORY = 60.0  # seconds a failed rendition is answered from memory
 MAX_FAILURES = 10_000  # remembered failures per server process
 # Failures of the pool itself (e.g. closing) say nothing about the source.
-NOT_REMEMBERED = frozenset({"TransformFailed"})
+NOT_REMEMBERED = frozenset({"TransformFailed", "Busy"})
+BUSY_RETRY_AFTER = 2  # seconds, with a 503 Busy
 REMEMBERED = Counter("atcdn_edge_transforms_remembered",
                      "Transforms answered with a remembered failure, no worker asked")
 
@@ -71,6 +75,7 @@ class Transformer:
                                  initializer=_init_worker, initargs=(pool.memory_mb,),
                                  context=context)
         self._failed: TTLCache[str, MediaError] = TTLCache(MAX_FAILURES, FAILURE_MEMORY)
+        self.queued = 0  # source bytes of the transforms queued or running here
 
     @classmethod
     def from_settings(cls, settings: EdgeSettings) -> Transformer:
@@ -81,7 +86,8 @@ class Transformer:
         """Render ``source`` (verified blob bytes) for ``preset`` in ``fmt``.
 
         Raises MediaError: 415 unsupported type, 422 undecodable / too many pixels,
-        413 too large, 503 worker crashed or timed out. With ``key`` (the rendition's
+        413 too large, 503 worker crashed or timed out, or Busy when the sources already
+        waiting for a worker hold ``queue_bytes`` (not remembered). With ``key`` (the rendition's
         cache key) a failure is remembered for FAILURE_MEMORY seconds and answered again
         without a worker.
         """
@@ -89,12 +95,20 @@ class Transformer:
         if failed is not None:
             REMEMBERED.inc()
             raise MediaError(failed.status, failed.error, f"{failed.message} (remembered)")
+        cap = self.pool_limits.queue_bytes
+        if self.queued and self.queued + len(source) > cap:
+            raise MediaError(503, "Busy", f"image transforms waiting here hold {self.queued}"
+                             f" bytes of sources, the cap is {cap}; retry later",
+                             retry_after=BUSY_RETRY_AFTER)
+        self.queued += len(source)
         try:
             body = await self.run(render, source, preset, fmt, self.limits)
         except MediaError as exc:
             if key and exc.error not in NOT_REMEMBERED:
                 self._failed[key] = exc
             raise
+        finally:
+            self.queued -= len(source)
         return Rendered(body, CONTENT_TYPES[fmt])
 
     async def run(self, function: Callable[..., T], *args: Any) -> T:
