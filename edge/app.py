@@ -33,6 +33,7 @@ from atcdn.edge.front import Front
 from atcdn.edge.gate import Gate, Purges
 from atcdn.edge.health import OriginProbe, health_routes
 from atcdn.edge.metrics import Metrics, use_dir
+from atcdn.edge.misses import Misses
 from atcdn.edge.presets import load_presets
 from atcdn.edge.renditions import Renditions
 from atcdn.edge.sources import Sources
@@ -67,6 +68,7 @@ def create_app(settings: EdgeSettings | None = None, control: ControlSettings | 
     renditions = Renditions(settings, disk, memory, sources, transformer, flight, gate, metrics)
     transcodes = Transcodes(settings, purges)
     admin = Admin(settings, node, disk, takedowns, purges, metrics)
+    misses = Misses(settings.max_pending_misses)  # /img, /blob and /watch's source fetches
 
     probe = OriginProbe(fetcher.origin, settings.health_probe_interval)
     status = StatusPage("edge", settings.cache_dir,
@@ -88,9 +90,9 @@ def create_app(settings: EdgeSettings | None = None, control: ControlSettings | 
 
     router = Starlette(routes=[*health_routes(probe, settings.retry_after), *admin.routes(),
                                status.route(),
-                               *watch_routes(sources.file, transcodes)],
+                               *watch_routes(misses.bounded(sources.file), transcodes)],
                        exception_handlers=error_handlers(retry_after=settings.retry_after),
                        lifespan=lifespan)
     front = Front(settings, load_presets(settings.presets), gate, memory, renditions, metrics,
-                  router)
+                  router, misses)
     return AccessLog(front, logs)  # outermost: request IDs and one access line per request
