@@ -20,6 +20,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -33,16 +34,28 @@ from atcdn.core.bodies import (
 )
 from atcdn.core.errors import AtcdnError, BlockedAddress
 from atcdn.core.limits import FetchLimits
+from atcdn.core.quotas import TIER_HEADER, subject_of
 from atcdn.core.resolver import Resolver
 from atcdn.core.settings import EdgeSettings
 from atcdn.core.ssrf import public_client
 from atcdn.core.staging import Staging, sweep
 from atcdn.edge.metrics import Metrics
 from atcdn.edge.refusals import Refusals
+from atcdn.edge.shares import Allowance, Shares
 
 log = logging.getLogger("atcdn.edge")
 RETRYABLE = (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 TEMP_CHECK_EVERY = 256 * 1024  # bytes written between looks at the node's temp usage
+UNRESOLVED = "pds:unresolved"  # the PDS charged for a pulled blob whose DID does not resolve
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A verified blob in a finished staging, and the stranger it is charged to (None:
+    the operator's own, pinned at the origin)."""
+
+    staging: Staging
+    allowance: Allowance | None = None
 
 
 def _timeout(limits: FetchLimits) -> httpx.Timeout:
@@ -64,8 +77,10 @@ async def _pass_request_id(request: httpx.Request) -> None:
 
 
 class Fetcher:
-    def __init__(self, settings: EdgeSettings, metrics: Metrics, tmp_dir: Path) -> None:
+    def __init__(self, settings: EdgeSettings, metrics: Metrics, tmp_dir: Path,
+                 shares: Shares | None = None) -> None:
         self.settings = settings
+        self.shares = shares  # per-stranger quotas (edge/shares.py); None: none
         self.limits = FetchLimits.from_settings(settings)
         self.metrics = metrics
         self.tmp_dir = tmp_dir
@@ -86,14 +101,17 @@ class Fetcher:
         await self.origin.aclose()
         await self.public.aclose()
 
-    async def fetch(self, did: str, cid: str) -> Staging:
+    async def fetch(self, did: str, cid: str) -> Fetched:
         """The verified bytes of ``cid`` in a finished staging (the caller discards it):
         the origin's copy, else the PDS's (handed on to the origin so the next edge finds
         it). 404 unknown, 451 taken down at the origin (never looked for elsewhere),
-        502/504 upstream trouble."""
-        status, fetched = await self._get(self.origin, f"/blob/{cid}", {"did": did}, cid, "origin")
+        502/504 upstream trouble, 429/413 past the stranger's quota or share."""
+        status, fetched, pulled = await self._get(self.origin, f"/blob/{cid}", {"did": did},
+                                                  cid, "origin")
         if fetched is not None:
-            return fetched
+            if not pulled or self.shares is None:
+                return Fetched(fetched)
+            return Fetched(fetched, await self._charge_pulled(did, fetched))
         if status == 451:
             raise AtcdnError(451, "TakenDown", f"{cid} is taken down")
         if status != 404:
@@ -102,10 +120,11 @@ class Fetcher:
             raise AtcdnError(404, "BlobNotFound", f"no blob {cid}")
         pds = await self.resolver.pds(did)
         self.refusals.check(pds, cid)
+        allowance = self.shares.allow(did, subject_of(pds)) if self.shares else None
         try:
-            status, fetched = await self._get(
+            status, fetched, _ = await self._get(
                 self.public, f"{pds}/xrpc/com.atproto.sync.getBlob", {"did": did, "cid": cid},
-                cid, "pds")
+                cid, "pds", allowance)
         except AtcdnError as exc:
             self.refusals.failed(pds, cid, exc)
             raise
@@ -115,11 +134,32 @@ class Fetcher:
                 raise AtcdnError(404, "BlobNotFound", f"no blob {cid} for {did}")
             raise AtcdnError(502, "UpstreamFailed", f"PDS answered HTTP {status}")
         self._hand_to_origin(did, cid, pds, fetched)
-        return fetched
+        return Fetched(fetched, allowance)
+
+    async def _charge_pulled(self, did: str, staging: Staging) -> Allowance:
+        """A blob of the origin's pulled tier is a stranger's: charged like a PDS fetch
+        (to the PDS ``did`` names now), refused when its quota was used up."""
+        assert self.shares is not None
+        try:
+            pds = subject_of(await self.resolver.pds(did))
+        except AtcdnError:
+            pds = UNRESOLVED
+        try:
+            allowance = self.shares.allow(did, pds)
+            self.shares.charge(allowance, staging.size)
+            if staging.size > allowance.bytes:
+                raise allowance.refusal
+        except AtcdnError:
+            staging.discard()
+            raise
+        return allowance
 
     async def _get(self, client: httpx.AsyncClient, url: str, params: dict[str, str],
-                   cid: str, source: str) -> tuple[int, Staging | None]:
-        """(status, verified file or None); retries 5xx and connection errors, never 4xx."""
+                   cid: str, source: str, allowance: Allowance | None = None
+                   ) -> tuple[int, Staging | None, bool]:
+        """(status, verified file or None, whether the origin said it is of its pulled
+        tier); retries 5xx and connection errors, never 4xx. ``allowance``: the stranger's
+        quota, charged with what arrives, and where the body is cut."""
         counter = self.metrics.origin_fetches if source == "origin" else self.metrics.pds_fetches
         started = time.monotonic()
         for attempt in range(self.settings.fetch_retries + 1):
@@ -132,8 +172,9 @@ class Fetcher:
                             continue
                         if response.status_code != 200:
                             counter.labels(str(response.status_code)).inc()
-                            return response.status_code, None
-                        fetched = await self._save(response, cid, source)
+                            return response.status_code, None, False
+                        pulled = response.headers.get(TIER_HEADER) == "pulled"
+                        fetched = await self._save(response, cid, source, allowance)
             except BlockedAddress as exc:
                 counter.labels("blocked").inc()
                 raise AtcdnError(502, "ForbiddenAddress", str(exc)) from None
@@ -150,15 +191,19 @@ class Fetcher:
                 raise AtcdnError(502, "UpstreamFailed", f"{source}: {exc!r}") from None
             counter.labels("200").inc()
             self.metrics.fetch_seconds.labels(source).observe(time.monotonic() - started)
-            return 200, fetched
+            return 200, fetched, pulled
         raise AssertionError("unreachable")
 
-    async def _save(self, response: httpx.Response, cid: str, source: str) -> Staging:
+    async def _save(self, response: httpx.Response, cid: str, source: str,
+                    allowance: Allowance | None = None) -> Staging:
         """Stream into a staging while hashing; keep it only if it is ``cid``."""
         limit = self.limits.max_bytes
+        too_large = AtcdnError(413, "BlobTooLarge", f"blob exceeds {limit} bytes")
+        if allowance is not None and allowance.bytes < limit:
+            limit, too_large = allowance.bytes, allowance.refusal
         declared = response.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
-            raise AtcdnError(413, "BlobTooLarge", f"blob is {declared} bytes, limit {limit}")
+            raise too_large
         expected = int(declared) if declared and declared.isdigit() else 0
         self._reserve(expected)
         try:
@@ -185,7 +230,7 @@ class Fetcher:
             staging.received = inflater.received
         except BodyTooLarge:
             staging.discard()
-            raise AtcdnError(413, "BlobTooLarge", f"blob exceeds {limit} bytes") from None
+            raise too_large from None
         except InflatedTooFar as exc:
             staging.discard()
             raise AtcdnError(502, "InflatedTooFar", f"{source}: {exc}; refused") from None
@@ -197,6 +242,8 @@ class Fetcher:
             raise
         finally:
             self.metrics.bytes_received.labels(source).inc(inflater.received)
+            if allowance is not None and self.shares is not None:  # stored or not
+                self.shares.charge(allowance, max(inflater.received, staging.size))
         return staging
 
     def _reserve(self, more: int) -> None:

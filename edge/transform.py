@@ -7,7 +7,8 @@ decoder that segfaults or runs away costs one request (503) and one worker, whic
 replaces; a MemoryError is the source's fault (422). Workers are long-lived and forked
 from a clean fork server, so a request costs no process start, and only the source bytes
 and the rendition cross the process boundary. The fork server is started with no secrets
-in its environment (``core/environment.py``), so no worker holds a token either.
+in its environment (``core/environment.py``), so no worker holds a token either; each
+worker leaves the network and, under root, becomes the decoder user (``core/sandbox.py``).
 
 Sources waiting for a worker are held in the server process, so their bytes are
 bounded (``queue_bytes``; 503 Busy with Retry-After beyond, never remembered).
@@ -34,11 +35,13 @@ from typing import Any, TypeVar
 
 from atcdn.core.environment import without_secrets
 from atcdn.core.limits import ImageLimits, MiB, WorkerLimits, confine
+from atcdn.core.sandbox import isolate
 from atcdn.core.settings import EdgeSettings
 from atcdn.edge.image import MediaError, render
 from atcdn.edge.presets import CONTENT_TYPES, Format, Preset
 from cachetools import TTLCache
 from pebble import ProcessExpired, ProcessPool
+from PIL import Image
 from prometheus_client import Counter
 
 __all__ = ["MediaError", "Rendered", "Transformer"]
@@ -63,7 +66,7 @@ class Transformer:
     """A pool of isolated image workers; one per server process."""
 
     def __init__(self, limits: ImageLimits = ImageLimits(),
-                 pool: WorkerLimits = WorkerLimits()) -> None:
+                 pool: WorkerLimits = WorkerLimits(), decoder_user: str = "") -> None:
         self.limits = limits
         self.pool_limits = pool
         context = multiprocessing.get_context("forkserver")
@@ -72,14 +75,16 @@ class Transformer:
         context.set_forkserver_preload(["atcdn.edge.image"])
         _start_forkserver()
         self._pool = ProcessPool(max_workers=pool.workers, max_tasks=pool.max_tasks,
-                                 initializer=_init_worker, initargs=(pool.memory_mb,),
+                                 initializer=_init_worker,
+                                 initargs=(pool.memory_mb, decoder_user),
                                  context=context)
         self._failed: TTLCache[str, MediaError] = TTLCache(MAX_FAILURES, FAILURE_MEMORY)
         self.queued = 0  # source bytes of the transforms queued or running here
 
     @classmethod
     def from_settings(cls, settings: EdgeSettings) -> Transformer:
-        return cls(ImageLimits.from_settings(settings), WorkerLimits.from_settings(settings))
+        return cls(ImageLimits.from_settings(settings), WorkerLimits.from_settings(settings),
+                   settings.decoder_user)
 
     async def transform(self, source: bytes, preset: Preset, fmt: Format,
                         key: str | None = None) -> Rendered:
@@ -160,7 +165,11 @@ def _start_forkserver() -> None:
 _environ_lock = threading.Lock()
 
 
-def _init_worker(memory_mb: int) -> None:
-    """Runs in each worker before any task: cap its address space, no core dumps."""
+def _init_worker(memory_mb: int, user: str) -> None:
+    """Runs in each worker before any task: cap its address space, no core dumps, no
+    network, and (when started as root) the decoder user (core/sandbox.py; what the
+    platform refuses was logged once by the server)."""
     confine(memory_mb * MiB)
+    Image.init()  # every format plugin, imported while the Python files are still readable
+    isolate(user)
     os.environ["OMP_NUM_THREADS"] = "1"

@@ -20,7 +20,6 @@ import contextlib
 import hmac
 import time
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
 
 from atcdn.core import cid as cids
 from atcdn.core import did as dids
@@ -29,6 +28,7 @@ from atcdn.core.errors import AtcdnError, error_handlers, invalid
 from atcdn.core.feed import Event, start_follower
 from atcdn.core.gauges import Gauges
 from atcdn.core.mime import is_active, sniff
+from atcdn.core.quotas import TIER_HEADER, Quota, subject_of
 from atcdn.core.ranges import IMMUTABLE, RangeNotSatisfiable, etag_matches, parse_range
 from atcdn.core.settings import ControlSettings, LogSettings, OriginSettings
 from atcdn.core.staging import Staging
@@ -57,6 +57,8 @@ class Origin:
         self.settings = settings
         self.store = store  # pinned: what operators pushed and ingest found
         self.pulled = FileStore(settings.data_dir / "pulled")  # evictable, bounded
+        self.quota = Quota(settings.pulled_quota_did, settings.pulled_quota_pds,
+                           settings.pulled_quota_window)
         self.index = index
         self.metrics = metrics
 
@@ -198,7 +200,8 @@ class Origin:
         self.index.touch(meta)
         etag = f'"{cid}"'
         headers = {"ETag": etag, "Cache-Control": IMMUTABLE, "Accept-Ranges": "bytes",
-                   "X-Content-Type-Options": "nosniff", "Content-Security-Policy": SANDBOX}
+                   "X-Content-Type-Options": "nosniff", "Content-Security-Policy": SANDBOX,
+                   TIER_HEADER: _tier(meta)}  # an edge charges a pulled blob to its DID
         if_none_match = request.headers.get("if-none-match")
         if if_none_match is not None and etag_matches(if_none_match, etag):
             return Response(status_code=304, headers=headers)
@@ -253,19 +256,13 @@ class Origin:
     # -- the pulled tier -------------------------------------------------------------
 
     def over_quota(self, whose: str) -> AtcdnError:
-        window = self.settings.pulled_quota_window
-        retry = window - int(time.time()) % window
-        return AtcdnError(429, "QuotaExceeded",
-                          f"the pulled-blob quota of {whose} is used up for this window; "
-                          "nothing stored", headers={"Retry-After": str(retry)})
+        return self.quota.exceeded(whose, time.time(), "pulled-blob")
 
     def quota_left(self, did: str, pds: str) -> tuple[int, str, int]:
         """(bytes left, whose quota binds, window) for a hand-off by ``did`` from ``pds``."""
-        window = int(time.time()) // self.settings.pulled_quota_window
-        left = [(self.settings.pulled_quota_did - self.index.usage(did, window), did),
-                (self.settings.pulled_quota_pds - self.index.usage(pds, window), pds)]
-        bytes_left, whose = min(left)
-        return max(0, bytes_left), whose, window
+        window = self.quota.window_of(time.time())
+        bytes_left, whose = self.quota.left(did, pds, lambda s: self.index.usage(s, window))
+        return bytes_left, whose, window
 
     async def handoff(self, request: Request) -> Response:
         """``PUT /handoff/{cid}?did=D&pds=URL``: an edge hands over a blob it pulled from
@@ -276,7 +273,7 @@ class Origin:
         did = self.parse_did(request.query_params.get("did"))
         if did is None:
             raise invalid("a hand-off names the DID whose PDS served it (?did=)")
-        pds = "pds:" + _site(request.query_params.get("pds", ""))
+        pds = subject_of(request.query_params.get("pds", ""))
         meta = self.index.get(cid)
         if meta is not None:  # bytes already here: only the holder is news
             async for _ in request.stream():
@@ -366,12 +363,6 @@ class Origin:
         body, content_type = await asyncio.to_thread(self.metrics.render,
                                                      Gauges(self.index.readings))
         return Response(body, headers={"Content-Type": content_type})
-
-
-def _site(url: str) -> str:
-    """A PDS URL reduced to what a quota is kept for: scheme://host[:port]."""
-    parts = urlsplit(url.strip().lower())
-    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else "unknown"
 
 
 def _tier(meta: BlobMeta) -> str:
