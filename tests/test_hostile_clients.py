@@ -184,7 +184,10 @@ def test_transform_queue_is_bounded_in_bytes(origin: str, edge_factory) -> None:
         time.sleep(0.5)  # its source is now with the one worker
         answers = list(pool.map(lambda cid: httpx.get(
             f"{edge.url}/img/avatar/plain/{DID}/{cid}@jpeg", timeout=60), others))
-        assert busy.result().status_code == 200
+        # It only has to hold the worker (under load it may pass the 20 s timeout).
+        assert busy.result().status_code in (200, 503)
+        assert busy.result().headers["content-type"] != "application/json" or \
+            busy.result().json()["error"] == "TransformTimeout"
     assert [r.status_code for r in answers] == [503] * 4, [r.text for r in answers]
     assert {r.json()["error"] for r in answers} == {"Busy"}
     assert all(int(r.headers["retry-after"]) >= 1 for r in answers)

@@ -74,17 +74,35 @@ def test_without_secrets_is_pure() -> None:
                                     "LANG": "C.UTF-8", "PYTHONPATH": "/src", "TZ": "UTC"}
 
 
-def test_image_workers_hold_no_secrets(origin: str, edge_factory) -> None:
+def image_served(origin: str, edge_factory, env: dict[str, str] | None = None) -> list[int]:
+    """Start an edge and have it render one image; the PIDs of its session (the server,
+    the fork server and its workers)."""
     out = io.BytesIO()
     Image.new("RGB", (64, 48), (1, 2, 3)).save(out, "JPEG")
     data = out.getvalue()
     cid = compute(data)
     httpx.put(f"{origin}/blob/{cid}", content=data, params={"did": DID},
               headers={"authorization": f"Bearer {TOKEN}"}).raise_for_status()
-    edge = edge_factory(origin, env=SECRETS)
+    edge = edge_factory(origin, env=env)
     r = httpx.get(f"{edge.url}/img/avatar/plain/{DID}/{cid}@jpeg", timeout=30)
     assert r.status_code == 200
-    pids = session_processes(edge.proc.pid)
+    return session_processes(edge.proc.pid)
+
+
+async def transcoder_of(fifo: Path) -> int:
+    """The PID of the transcoder child started on ``fifo``, once it runs."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        children = [p for p in session_processes(os.getsid(0))
+                    if "atcdn.edge.video" in cmdline_of(p) and str(fifo) in cmdline_of(p)]
+        if children:
+            return children[0]
+        await asyncio.sleep(0.05)
+    raise AssertionError("the transcoder did not start")
+
+
+def test_image_workers_hold_no_secrets(origin: str, edge_factory) -> None:
+    pids = image_served(origin, edge_factory, SECRETS)
     decoders = [p for p in pids if "multiprocessing.forkserver" in cmdline_of(p)]
     servers = [p for p in pids if p not in decoders and "multiprocessing" not in cmdline_of(p)]
     assert decoders, [cmdline_of(p) for p in pids]  # the fork server and its workers
@@ -111,14 +129,7 @@ def test_transcoder_holds_no_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyP
     async def run() -> list[str]:
         task = asyncio.create_task(transcodes._child(cid, fifo, Purges.clock()))
         try:
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                children = [p for p in session_processes(os.getsid(0))
-                            if "atcdn.edge.video" in cmdline_of(p) and str(fifo) in cmdline_of(p)]
-                if children:
-                    return leaked(children[0])
-                await asyncio.sleep(0.05)
-            raise AssertionError("the transcoder did not start")
+            return leaked(await transcoder_of(fifo))
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -228,15 +239,7 @@ def check_decoder(pid: int, port: int) -> None:
 
 def test_image_workers_have_no_network(origin: str, edge_factory, listener: int) -> None:
     isolation_or_skip()
-    out = io.BytesIO()
-    Image.new("RGB", (64, 48), (9, 8, 7)).save(out, "PNG")
-    data = out.getvalue()
-    cid = compute(data)
-    httpx.put(f"{origin}/blob/{cid}", content=data, params={"did": DID},
-              headers={"authorization": f"Bearer {TOKEN}"}).raise_for_status()
-    edge = edge_factory(origin)
-    assert httpx.get(f"{edge.url}/img/avatar/plain/{DID}/{cid}@jpeg", timeout=30).status_code == 200
-    pids = session_processes(edge.proc.pid)
+    pids = image_served(origin, edge_factory)
     forkservers = {p for p in pids if "multiprocessing.forkserver" in cmdline_of(p)}
     workers = [p for p in forkservers
                if int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])
@@ -264,17 +267,9 @@ def test_transcoder_has_no_network(tmp_path: Path, listener: int) -> None:
         task = asyncio.create_task(transcodes._child(cid, fifo, Purges.clock()))
         writer = None
         try:
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                children = [p for p in session_processes(os.getsid(0))
-                            if "atcdn.edge.video" in cmdline_of(p) and str(fifo) in cmdline_of(p)]
-                if children:
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("the transcoder did not start")
+            child = await transcoder_of(fifo)
             writer = await asyncio.to_thread(os.open, fifo, os.O_WRONLY)
-            await asyncio.to_thread(check_decoder, children[0], listener)
+            await asyncio.to_thread(check_decoder, child, listener)
         finally:
             if writer is not None:
                 os.close(writer)
