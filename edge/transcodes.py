@@ -25,6 +25,7 @@ removes its folder, and a transcode that finishes after a purge leaves nothing b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -180,7 +181,8 @@ class Transcodes:
         finally:
             slot.release()
             self.jobs.pop(cid, None)
-            await asyncio.to_thread(self.space.trim)  # with this video counted
+            with contextlib.suppress(OSError):  # e.g. the folder purged under us
+                await asyncio.to_thread(self.space.trim)  # with this video counted
 
     async def _slot(self) -> FileLock:
         while True:
