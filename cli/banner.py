@@ -44,6 +44,14 @@ def fallback_line(settings: EdgeSettings) -> str:
             f"(DIDs resolved at {settings.plc_url}; {guard})")
 
 
+def origins_line(settings: EdgeSettings) -> str:
+    if len(settings.origins) == 1:
+        return f"  origin: {settings.origins[0]}"
+    return (f"  origins: {', '.join(settings.origins)} (each CID has a home origin among them;"
+            f" checked every {settings.origin_check_interval:g} s, down after"
+            f" {settings.origin_down_after} failures)")
+
+
 def edge_banner(settings: EdgeSettings, logs: LogSettings) -> list[str]:
     handoff = ("PDS-fetched blobs handed to the origin (ATCDN_EDGE_ORIGIN_TOKEN set)"
                if settings.origin_token else "PDS-fetched blobs kept here only "
@@ -53,7 +61,7 @@ def edge_banner(settings: EdgeSettings, logs: LogSettings) -> list[str]:
     return [
         f"atcdn edge on http://{settings.host}:{settings.port} "
         f"({_workers(settings.server, settings.workers)})",
-        f"  origin: {settings.origin}",
+        origins_line(settings),
         f"  cache: {settings.cache_dir.resolve()}, disk budget "
         f"{format_size(settings.cache_size)}, memory {format_size(settings.memory_cache_size)}"
         " per worker",

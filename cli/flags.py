@@ -65,13 +65,16 @@ def help_text(model: Model, name: str) -> str:
 
 
 def add_setting(parser: argparse.ArgumentParser, model: Model, name: str,
-                flag: str | None = None) -> None:
-    """Add ``--name`` for ``model.name`` with generated help; None unless given."""
+                flag: str | None = None, *, repeat: bool = False) -> None:
+    """Add ``--name`` for ``model.name`` with generated help; None unless given.
+    ``repeat``: the flag may be given more than once; the values are joined with commas."""
     field = model.model_fields[name]
     flag = flag or "--" + name.replace("_", "-")
     dest = flag.lstrip("-").replace("-", "_")
     kwargs: dict[str, typing.Any] = {"dest": dest, "default": None,
                                      "help": help_text(model, name)}
+    if repeat:
+        kwargs["action"] = "append"
     if field.annotation is bool:
         kwargs["action"] = argparse.BooleanOptionalAction
     else:
@@ -92,6 +95,8 @@ def export(args: argparse.Namespace) -> None:
             continue
         if isinstance(value, bool):
             value = "1" if value else "0"
+        elif isinstance(value, list):
+            value = ",".join(value)
         os.environ[env_name(model, name)] = str(value)
 
 

@@ -397,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = origin_cmds.add_parser("serve", help="run the origin HTTP API",
                                    description="Run the origin HTTP API.")
     for name in ("host", "port", "data_dir", "store", "pds_blobstore", "max_blob_bytes", "workers",
-                 "server"):
+                 "server", "pds_pull", "plc_url"):
         add_setting(serve, OriginSettings, name)
     _add_log_flags(serve)
     serve.set_defaults(func=_origin_serve)
@@ -408,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Run the edge HTTP server.")
     for name in ("host", "port", "origin", "cache_dir", "cache_size", "memory_cache_size",
                  "pds_fallback", "plc_url", "workers", "server"):
-        add_setting(serve, EdgeSettings, name)
+        add_setting(serve, EdgeSettings, name, repeat=name == "origin")
     _add_log_flags(serve)
     serve.set_defaults(func=_edge_serve)
 

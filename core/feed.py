@@ -241,30 +241,37 @@ class Follower:
     def run(self) -> None:
         """Poll until ``stop()``; errors are logged and retried at the next tick. After
         each tick, ``atcdn_takedown_feed_lag_seconds`` says how long ago a poll last
-        reached the end of the feed (about one interval when all is well)."""
+        reached the end of the feed (about one interval when all is well); a process
+        following several feeds (an edge with several origins) shows the furthest behind."""
         lag = _lag_gauge()
         while not self._stop.is_set():
             started = time.monotonic()
             try:
                 self.poll()
                 self.synced = time.time()
+            except httpx.HTTPError as exc:  # an origin down: no traceback every tick
+                log.warning("takedown feed poll failed (%r); retrying in %ss", exc,
+                            self.interval)
             except Exception:
                 log.exception("takedown feed poll failed; retrying in %ss", self.interval)
-            lag.set(time.time() - self.synced)
+            lag.set(time.time() - min(f.synced for f in (tuple(_RUNNING) or (self,))))
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
     def start(self) -> None:
         """Run in a daemon thread (for an app's startup)."""
+        _RUNNING.add(self)
         self._thread = threading.Thread(target=self.run, name="takedown-follower", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
+        _RUNNING.discard(self)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.interval + 5)
 
 
 _LAG = None
+_RUNNING: set[Follower] = set()  # started in this process (their worst lag is shown)
 
 
 def _lag_gauge():

@@ -7,7 +7,7 @@ of the processes that decode them.
 
 The defaults here are the defaults of the ``ATCDN_EDGE_*`` settings (core/settings.py
 uses these values for its fields), and ``from_settings`` builds each set from an
-``EdgeSettings``. Pure dataclasses and no pydantic: the decoder processes (the image
+``EdgeSettings`` (``FetchLimits.from_origin``: the origin's PDS pulls). Pure dataclasses and no pydantic: the decoder processes (the image
 workers, the ``python -m atcdn.edge.video`` child) import this module and start fast.
 ``confine`` is the one place the decoder processes' address space is capped.
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from atcdn.core.settings import EdgeSettings
+    from atcdn.core.settings import EdgeSettings, OriginSettings
 
 MiB = 1024 * 1024
 
@@ -46,6 +46,12 @@ class FetchLimits:
                    connect_timeout=settings.fetch_connect_timeout,
                    temp_bytes=settings.fetch_temp_size,
                    resolve_timeout=settings.resolve_timeout)
+
+    @classmethod
+    def from_origin(cls, settings: OriginSettings) -> FetchLimits:
+        """The origin's pulls from PDSes (its shield): blobs up to its upload limit."""
+        return cls(max_bytes=settings.max_blob_bytes, timeout=settings.pull_timeout,
+                   temp_bytes=settings.pull_temp_size)
 
 
 @dataclass(frozen=True)

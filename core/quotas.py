@@ -1,7 +1,7 @@
 """Quotas of strangers, as pure arithmetic: bytes per account and per PDS in a window,
 and shares of a bounded tier evicted oldest first.
 
-The origin's pulled tier (origin/app.py, origin/index.py) and an edge's cache
+The origin's pulled tier (origin/pulled.py, origin/index.py) and an edge's cache
 (edge/shares.py) keep their own counts in SQLite; what a count means, when a window
 ends, which quota binds and what to evict is decided here, once. Subjects are named
 ``did:...`` for an account and ``pds:<scheme>://<host>[:port]`` for a PDS (``subject_of``).
@@ -15,10 +15,6 @@ from urllib.parse import urlsplit
 
 from atcdn.core.errors import AtcdnError
 
-# The origin names the tier of every blob it serves: "pinned" (pushed by an operator or
-# found by ingest: nobody's quota) or "pulled" (handed over after a stranger's request).
-TIER_HEADER = "X-Atcdn-Tier"
-
 
 def subject_of(pds_url: str) -> str:
     """A PDS URL reduced to what a quota is kept for: ``pds:scheme://host[:port]``."""
@@ -28,7 +24,7 @@ def subject_of(pds_url: str) -> str:
 
 
 @dataclass(frozen=True)
-class Quota:
+class Quotas:
     """``per_did`` bytes per account and ``per_pds`` per PDS, every ``window`` seconds."""
 
     per_did: int

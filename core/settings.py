@@ -38,7 +38,7 @@ def check_base_url(value: str) -> str:
 class OriginSettings(BaseSettings):
     """The origin: content-addressed blob storage. Variables ``ATCDN_ORIGIN_*``."""
 
-    model_config = SettingsConfigDict(env_prefix="ATCDN_ORIGIN_")
+    model_config = SettingsConfigDict(env_prefix="ATCDN_ORIGIN_", populate_by_name=True)
 
     host: str = Field(default="127.0.0.1", description="address to listen on")
     port: int = Field(default=8100, description="TCP port to listen on")
@@ -86,6 +86,34 @@ class OriginSettings(BaseSettings):
         default=4 * 1024**3,
         description="bytes one PDS's hand-offs may bring in per quota window (429 beyond)")
     pulled_quota_window: int = Field(default=3600, gt=0, description="quota window, seconds")
+    # The shield (origin/shield.py, docs/shield.md): on a miss, the origin pulls the blob
+    # from the author's PDS itself, once for all its workers, into the pulled tier.
+    pds_pull: bool = Field(
+        default=False,
+        description="on a miss under ?did=, pull the blob from that DID's PDS (verified, once"
+                    " for all workers, into the pulled tier): edges then need no PDS access")
+    plc_url: str = Field(
+        default="https://plc.directory",
+        validation_alias=AliasChoices("ATCDN_PLC_URL", "plc_url"),
+        description="PLC directory that resolves did:plc for PDS pulls")
+    allow_private_networks: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("ATCDN_ALLOW_PRIVATE_NETWORKS", "allow_private_networks"),
+        description="let DID documents and PDSes point at private addresses (tests, LANs)")
+    pull_timeout: float = Field(
+        default=FetchLimits.timeout, gt=0, description="seconds for one getBlob from a PDS")
+    pull_deadline: float = Field(
+        default=90.0, gt=0,
+        description="seconds a request waits for a pull, its own or another worker's (504)")
+    pull_temp_size: Size = Field(
+        default=FetchLimits.temp_bytes,
+        description="bytes all pulls and hand-offs in progress may hold in"
+                    " {data_dir}/pulled/tmp; one that would pass it is refused with 503")
+
+    @field_validator("plc_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        return check_base_url(value)
 
 
 class EdgeSettings(BaseSettings):
@@ -98,7 +126,9 @@ class EdgeSettings(BaseSettings):
     workers: int = Field(default=2, description="server worker processes")
     server: Server = Field(default="uvicorn", description="HTTP server: uvicorn or granian")
     origin: str = Field(
-        default="http://127.0.0.1:8100", description="origin base URL, with its scheme")
+        default="http://127.0.0.1:8100",
+        description="origin base URL, with its scheme; several (comma-separated, or the flag"
+                    " repeated): each CID has a home origin among them (docs/origins.md)")
     cache_dir: Path = Field(
         default=Path("atcdn-data/edge"),
         description="disk cache, takedown list, transcodes, metrics")
@@ -182,6 +212,16 @@ class EdgeSettings(BaseSettings):
     health_probe_interval: float = Field(
         default=5.0, gt=0,
         description="seconds a readiness probe of the origin is reused by /health")
+    # Several origins (edge/origins.py, docs/origins.md): health checks and failover.
+    origin_check_interval: float = Field(
+        default=1.0, gt=0,
+        description="with several origins: seconds between health checks (GET /health) of each")
+    origin_check_timeout: float = Field(
+        default=1.0, gt=0, description="seconds an origin's /health may take before it fails")
+    origin_down_after: int = Field(
+        default=2, ge=1,
+        description="failed checks or connections in a row that mark an origin down (its CIDs"
+                    " go to the next origin); one passed check marks it up again")
     # Image transforms (edge/image.py, edge/transform.py): source limits and worker pool.
     image_max_source_bytes: Size = Field(
         default=ImageLimits.max_source_bytes, description="largest image source transformed")
@@ -227,10 +267,23 @@ class EdgeSettings(BaseSettings):
     video_threads: int = Field(
         default=VideoLimits.threads, description="encoder threads per transcode; 0: auto")
 
-    @field_validator("origin", "plc_url")
+    @field_validator("origin")
+    @classmethod
+    def _base_urls(cls, value: str) -> str:
+        urls = [url.strip() for url in value.split(",")]
+        if not all(urls):
+            raise ValueError(f"{value!r} has an empty origin URL")
+        return ",".join(check_base_url(url) for url in urls)
+
+    @field_validator("plc_url")
     @classmethod
     def _base_url(cls, value: str) -> str:
         return check_base_url(value)
+
+    @property
+    def origins(self) -> list[str]:
+        """The origin base URLs (no trailing slash, duplicates dropped), in the order given."""
+        return list(dict.fromkeys(url.rstrip("/") for url in self.origin.split(",")))
 
 
 class LogSettings(BaseSettings):

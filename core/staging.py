@@ -84,8 +84,13 @@ class Staging:
         return self.verifier.matches(cid)
 
     def sync_and_close(self) -> None:
-        """Make the bytes durable before they are committed."""
-        os.fsync(self._fd)  # type: ignore[arg-type]
+        """Make the bytes durable before they are committed (also once closed)."""
+        fd = self._fd if self._fd is not None else os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            if fd != self._fd:
+                os.close(fd)
         self.close()
 
     def discard(self) -> None:

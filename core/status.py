@@ -98,6 +98,15 @@ def human_bytes(n: float) -> str:
     return f"{n:,.1f} TiB"
 
 
+def cache_ratios(disk_hits: float, misses: float, miss_bytes: float,
+                 served_bytes: float) -> list[tuple[str, str]]:
+    """The disk tier's own hit ratio (of the lookups that missed memory: what its
+    eviction policy earns) and the byte hit ratio (bytes not fetched or made again)."""
+    disk = disk_hits + misses
+    return [("disk tier hit ratio", f"{disk_hits / disk:.1%}" if disk else "n/a"),
+            ("byte hit ratio", f"{1 - miss_bytes / served_bytes:.1%}" if served_bytes else "n/a")]
+
+
 def numbers(kind: str, samples: list[Sample]) -> list[tuple[str, str]]:
     """The node's headline numbers, as (label, human value) rows."""
     rows: list[tuple[str, str]] = []
@@ -106,6 +115,9 @@ def numbers(kind: str, samples: list[Sample]) -> list[tuple[str, str]]:
         misses = total(samples, "atcdn_edge_cache_misses_total")
         lookups = sum(hits.values()) + misses
         rows.append(("hit ratio", f"{sum(hits.values()) / lookups:.1%}" if lookups else "n/a"))
+        rows += cache_ratios(hits.get("disk", 0.0), misses,
+                             total(samples, "atcdn_edge_cache_miss_bytes_total"),
+                             total(samples, "atcdn_edge_bytes_served_total"))
         for tier in sorted(hits):
             rows.append((f"hits from {tier}", f"{hits[tier]:,.0f}"))
         rows.append(("misses", f"{misses:,.0f}"))
@@ -118,6 +130,7 @@ def numbers(kind: str, samples: list[Sample]) -> list[tuple[str, str]]:
         budget = total(samples, "atcdn_edge_disk_cache_budget_bytes")
         if budget:
             rows.append(("disk cache budget", human_bytes(budget)))
+        rows += origin_rows(samples)
         for name, label in (("atcdn_edge_disk_cache_entries", "disk cache entries"),
                             ("atcdn_video_transcode_queue_length", "transcodes queued"),
                             ("atcdn_edge_verification_failures_total", "verification failures")):
@@ -139,6 +152,18 @@ def numbers(kind: str, samples: list[Sample]) -> list[tuple[str, str]]:
     if any(s[0] == "atcdn_takedown_feed_lag_seconds" for s in samples):
         rows.append(("takedown feed lag", f"{lag:,.1f} s"))
     return rows
+
+
+def origin_rows(samples: list[Sample]) -> list[tuple[str, str]]:
+    """An edge with several origins: each one's state, requests and failovers."""
+    up = by_label(samples, "atcdn_edge_origin_up", "origin")
+    if len(up) < 2:
+        return []
+    requests = by_label(samples, "atcdn_edge_origin_requests_total", "origin")
+    failovers = by_label(samples, "atcdn_edge_origin_failovers_total", "origin")
+    return [(f"origin {url}", (f"{'up' if up[url] else 'DOWN'}, {requests.get(url, 0):,.0f}"
+                               f" requests, {failovers.get(url, 0):,.0f} failovers"))
+            for url in sorted(up)]
 
 
 def _ago(seconds: float) -> str:

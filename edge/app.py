@@ -4,11 +4,12 @@ The parts, in the order a request meets them (Varnish's shape):
 
 - ``front.Front``: ASGI dispatch, the takedown gate (``gate.Gate``) and memory hits;
 - ``renditions.Renditions``: the miss path (disk tier, else transform);
-- ``sources.Sources``: source blobs (disk tier, else ``fetch.Fetcher``: origin, else PDS;
-  always verified), for ``/blob``, ``/img`` and ``/watch`` alike;
+- ``sources.Sources``: source blobs (disk tier, else ``fetch.Fetcher``: the CID's home
+  origin (``origins.Origins``), else PDS; always verified), for ``/blob``, ``/img`` and
+  ``/watch`` alike;
 - ``watch``/``transcodes``: the HLS routes and their transcodes;
 - ``admin.Admin``: metrics, purge and takedown routes, and the takedown feed;
-  ``health``: liveness and readiness;
+  ``health``: liveness and readiness (each origin's state);
 - ``core.accesslog.AccessLog`` around it all: request IDs and access lines.
 
 ``create_app`` is the one place the settings are read from ``ATCDN_*`` (when not given);
@@ -24,17 +25,17 @@ from collections.abc import AsyncIterator
 from atcdn.core.accesslog import AccessLog
 from atcdn.core.errors import error_handlers
 from atcdn.core.gauges import Gauges
-from atcdn.core.quotas import Quota
+from atcdn.core.quotas import Quotas
 from atcdn.core import sandbox
 from atcdn.core.settings import ControlSettings, EdgeSettings, LogSettings
 from atcdn.core.status_route import StatusPage
 from atcdn.edge.admin import Admin
 from atcdn.edge.cache import DiskTier, MemoryTier
 from atcdn.edge.fetch import Fetcher
-from atcdn.edge.flight import SingleFlight
+from atcdn.core.flight import SingleFlight
 from atcdn.edge.front import Front
 from atcdn.edge.gate import Gate, Purges
-from atcdn.edge.health import OriginProbe, health_routes
+from atcdn.edge.health import health_routes
 from atcdn.edge.metrics import Metrics, use_dir
 from atcdn.edge.misses import Misses
 from atcdn.edge.presets import load_presets
@@ -70,7 +71,7 @@ def create_app(settings: EdgeSettings | None = None, control: ControlSettings | 
     # No wait for the same work lasts longer than the work itself may.
     flight = SingleFlight(node.lock_dir, deadline=2 * settings.fetch_timeout + 60)
     shares = Shares(settings.cache_dir / "shares.sqlite",
-                    Quota(settings.quota_did, settings.quota_pds, settings.quota_window),
+                    Quotas(settings.quota_did, settings.quota_pds, settings.quota_window),
                     int(settings.share_did * disk.budget), int(settings.share_pds * disk.budget),
                     evict=disk.evict_cid, cached=disk.has_cid)
     fetcher = Fetcher(settings, metrics, node.tmp_dir, shares)
@@ -84,25 +85,28 @@ def create_app(settings: EdgeSettings | None = None, control: ControlSettings | 
     admin = Admin(settings, node, disk, takedowns, purges, metrics)
     misses = Misses(settings.max_pending_misses)  # /img, /blob and /watch's source fetches
 
-    probe = OriginProbe(fetcher.origin, settings.health_probe_interval)
+    origins = fetcher.origins
     status = StatusPage("edge", settings.cache_dir,
                         lambda: metrics.render(Gauges(disk.readings)),
-                        settings.model_dump(), probe.reasons, settings.status_interval)
+                        settings.model_dump(), origins.problems, settings.status_interval)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        follower = follow_feed(admin.apply, settings, control)
+        followers = follow_feed(admin.apply, settings, control)
         recording = status.start()
+        checks = origins.start()
         yield
         recording.cancel()
-        if follower is not None:
+        if checks is not None:
+            checks.cancel()
+        for follower in followers:
             follower.stop()
         await transcodes.close()
         await fetcher.aclose()
         transformer.close()
         metrics.flush()
 
-    router = Starlette(routes=[*health_routes(probe, settings.retry_after), *admin.routes(),
+    router = Starlette(routes=[*health_routes(origins, settings.retry_after), *admin.routes(),
                                status.route(),
                                *watch_routes(misses.bounded(sources.file), transcodes)],
                        exception_handlers=error_handlers(retry_after=settings.retry_after),

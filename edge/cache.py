@@ -6,7 +6,16 @@
 - ``DiskTier``: a ``diskcache`` directory shared by every worker of the node, with a byte
   budget and LRU eviction; it survives restarts. diskcache writes a value's file under a
   fresh name and only then commits its row, so a crash never leaves a half-written entry
-  that is later served.
+  that is later served. Eviction runs in a background thread (``Culler``), never inside a
+  request's store: a miss stores and returns, and a read waits at most for one batch of
+  ten evictions, never for a whole cull.
+
+Why LRU: ``bench/cache_policy.py`` replays Zipf(1.0) traces over ten times the budget
+through this tier with each of diskcache's policies. Frequency (LFU) wins while
+popularity stands still (0.715 against 0.660), but its counts never decay: when popular
+objects come and go, as posts do, it falls behind and keeps falling (0.625 against 0.753
+after 40 epochs of churn). LRU has no case that goes wrong (docs/benchmarks.md, "Disk
+tier eviction").
 
 Every entry is tagged with its CID, so a purge by CID drops the source blob and all its
 renderings at once. A source enters the disk tier only as a ``Staging`` whose bytes hash
@@ -18,6 +27,7 @@ that DID holds.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -32,6 +42,7 @@ from atcdn.core.errors import AtcdnError
 from atcdn.core.ranges import IMMUTABLE
 from atcdn.core.staging import Staging
 
+log = logging.getLogger("atcdn.edge")
 CACHE_CONTROL = (b"cache-control", IMMUTABLE.encode())
 PATH_ENTRY_COST = 1024  # what a path-only memory entry is charged against the budget
 TOUCH_EVERY = 60.0  # seconds between telling the disk tier a file entry is still hot
@@ -185,16 +196,84 @@ class Holders:
         self._db.close()
 
 
+EVICTION_POLICY = "least-recently-used"  # chosen on measurements: see the module's docstring
+CULL_EVERY = 1.0  # seconds between the culler's checks when no write wakes it
+
+
+class Culler:
+    """Evicts from a diskcache ``Cache`` in a background thread, down to its size limit.
+
+    The cache is opened with ``cull_limit=0``, so its ``set`` never evicts: a cull inside
+    ``set`` would run on the event loop of the request that stored the entry, and hold
+    SQLite's write lock that every LRU read of every worker waits for. Every write wakes
+    the thread instead; it evicts in diskcache's own batches of ten rows, one short
+    transaction each, so reads interleave. The tier may pass its budget by what is
+    written while a cull runs (``fit_to_disk`` keeps room for that). The thread starts
+    with the first write, so a process that only reads or purges never runs one.
+    """
+
+    def __init__(self, cache: diskcache.Cache, every: float = CULL_EVERY) -> None:
+        self.cache = cache
+        self.every = every
+        self.evicted = 0  # entries this process's thread removed
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wake(self) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None and not self._stop.is_set():
+                    self._thread = threading.Thread(target=self._run, name="atcdn-cull",
+                                                    daemon=True)
+                    self._thread.start()
+        self._wake.set()
+
+    def cull(self) -> int:
+        """Evict until the cache is within its size limit; the count removed."""
+        try:
+            removed = self.cache.cull()
+        except diskcache.Timeout as exc:  # another worker held the lock too long: next pass
+            removed = exc.args[0] if exc.args else 0
+        self.evicted += removed
+        return removed
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.every)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                if self.cache.volume() > self.cache.size_limit:
+                    self.cull()
+            except Exception:  # a broken pass must not end eviction for good
+                log.exception("disk tier cull failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
 class DiskTier:
     """Shared by all workers of a node (SQLite index + value files)."""
 
-    def __init__(self, directory: Path, budget: int, min_file_size: int) -> None:
+    def __init__(self, directory: Path, budget: int, min_file_size: int, *,
+                 policy: str = EVICTION_POLICY, background_cull: bool = True) -> None:
         self.min_file_size = min_file_size
         directory.mkdir(parents=True, exist_ok=True)
         self.cache = diskcache.Cache(
             str(directory),
             size_limit=budget,
-            eviction_policy="least-recently-used",
+            eviction_policy=policy,
+            cull_limit=0 if background_cull else 10,  # 10: diskcache's own, inside set
             disk_min_file_size=min_file_size,
             tag_index=True,
             statistics=False,
@@ -203,6 +282,7 @@ class DiskTier:
         if self.budget != budget:
             self.cache.reset("size_limit", self.budget)
         self.holders = Holders(directory / "holders.sqlite", self.has_cid)
+        self.culler = Culler(self.cache) if background_cull else None
 
     def readings(self) -> list[tuple[str, str, float]]:
         """What the tier holds, for the gauges of /metrics."""
@@ -236,6 +316,11 @@ class DiskTier:
 
     def put_bytes(self, key: str, body: bytes, cid: str) -> None:
         self.cache.set(key, body, tag=cid)
+        self._stored()
+
+    def _stored(self) -> None:
+        if self.culler is not None:
+            self.culler.wake()
 
     def put_source(self, key: str, staging: Staging, cid: str) -> None:
         """Store a finished staging's bytes under ``key``, if they hash to ``cid`` (else
@@ -248,6 +333,7 @@ class DiskTier:
             return
         with open(staging.path, "rb") as fh:
             self.cache.set(key, fh, read=True, tag=cid)
+        self._stored()
 
     def delete(self, key: str) -> None:
         self.cache.delete(key)
@@ -269,5 +355,7 @@ class DiskTier:
         return self.cache.evict(cid)
 
     def close(self) -> None:
+        if self.culler is not None:
+            self.culler.stop()
         self.holders.close()
         self.cache.close()

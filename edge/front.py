@@ -147,6 +147,7 @@ class Front:
             self.metrics.cache_hits.labels(route, "disk").inc()
         else:
             self.metrics.cache_misses.labels(route).inc()
+            self.metrics.miss_bytes.labels(route).inc(entry.size)
         self.metrics.bytes_served.labels(route).inc(entry.size)
         self.metrics.request_seconds.labels(route, outcome).observe(time.monotonic() - started)
 

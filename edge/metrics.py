@@ -39,6 +39,13 @@ class Metrics:
         Histogram = functools.partial(Histogram, registry=None)  # noqa: N806
         self.origin_fetches = Counter(
             "atcdn_edge_origin_fetches", "Blob fetches from the origin", ["result"])
+        self.origin_requests = Counter(
+            "atcdn_edge_origin_requests", "Blob requests to each origin (every attempt)",
+            ["origin", "result"])
+        self.origin_failovers = Counter(
+            "atcdn_edge_origin_failovers",
+            "Fetches of a CID whose home origin was down (reason=down) or whose connection to"
+            " it failed (reason=failed), sent to the next origin", ["origin", "reason"])
         self.pds_fetches = Counter(
             "atcdn_edge_pds_fetches", "Blob fetches from a PDS (origin had no copy)", ["result"])
         self.bytes_received = Counter(
@@ -51,6 +58,9 @@ class Metrics:
         self.cache_hits = Counter("atcdn_edge_cache_hits", "Cache hits", ["route", "tier"])
         self.cache_misses = Counter("atcdn_edge_cache_misses", "Cache misses", ["route"])
         self.bytes_served = Counter("atcdn_edge_bytes_served", "Response body bytes", ["route"])
+        self.miss_bytes = Counter("atcdn_edge_cache_miss_bytes",
+                                  "Response body bytes of cache misses (byte hit ratio:"
+                                  " 1 - this / atcdn_edge_bytes_served)", ["route"])
         self.errors = Counter("atcdn_edge_errors", "Error responses", ["route", "status"])
         self.request_seconds = Histogram(
             "atcdn_edge_request_seconds", "Time to answer a request that missed memory",
@@ -62,6 +72,9 @@ class Metrics:
                                   multiprocess_mode="livesum")
         self.memory_bytes = Gauge("atcdn_edge_memory_cache_bytes",
                                   "Bytes held by the memory tiers of all workers")
+        self.origin_up = prometheus_client.Gauge(
+            "atcdn_edge_origin_up", "1 while an origin is up for every worker, 0 once one"
+            " worker marked it down", ["origin"], registry=None, multiprocess_mode="livemin")
         self.memory_entries = Gauge("atcdn_edge_memory_cache_entries",
                                     "Entries in the memory tiers of all workers")
         # Series an alert or a rate() must see at 0 before their first increment.
@@ -74,6 +87,20 @@ class Metrics:
         self._hits: dict[str, int] = {"img": 0, "blob": 0}
         self._bytes: dict[str, int] = {"img": 0, "blob": 0}
         self._flusher: asyncio.TimerHandle | None = None
+
+    # -- core.download.Meter: the fetches of edge/fetch.py ----------------------------
+
+    def fetched(self, source: str, result: str, seconds: float | None) -> None:
+        counter = self.origin_fetches if source == "origin" else self.pds_fetches
+        counter.labels(result).inc()
+        if seconds is not None:
+            self.fetch_seconds.labels(source).observe(seconds)
+
+    def verification_failed(self, source: str) -> None:
+        self.verification_failures.labels(source).inc()
+
+    def received(self, source: str, size: int) -> None:
+        self.bytes_received.labels(source).inc(size)
 
     def memory_hit(self, route: str, size: int) -> None:
         self._hits[route] += 1

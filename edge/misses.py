@@ -2,7 +2,7 @@
 
 A miss fetches a source or runs a transform, so misses are bounded per worker: beyond
 the bound a new one is refused with 429 ``Overloaded``. Requests that join a miss
-already running here for the same entry and DID (the same work: edge/flight.py) cost
+already running here for the same entry and DID (the same work: core/flight.py) cost
 one future, not a fetch or a transform, so they neither count nor are refused: a herd
 of identical requests is one miss. ``/img`` and ``/blob`` misses (edge/front.py) and the
 source fetches of ``/watch`` (``bounded``, edge/app.py) share one ``Misses``.

@@ -16,7 +16,7 @@ from atcdn.core.mime import SNIFF_BYTES, sniff
 from atcdn.core.settings import EdgeSettings
 from atcdn.edge import urls
 from atcdn.edge.cache import DiskTier, Entry, Headers, MemoryTier, Value, entry_of
-from atcdn.edge.flight import SingleFlight
+from atcdn.core.flight import SingleFlight
 from atcdn.edge.gate import Gate
 from atcdn.edge.metrics import Metrics
 from atcdn.edge.presets import CONTENT_TYPES, Format

@@ -1,9 +1,7 @@
 """What one stranger can make this edge fetch and keep (issue 9, hole 1).
 
 A blob the origin does not hold as the operator's is a stranger's: fetched from the PDS
-its DID names, or from the origin's *pulled* tier (handed over after an earlier
-stranger's request; the origin says which tier, ``core.quotas.TIER_HEADER``). Its bytes
-are charged to the DID and to the PDS (``core/quotas.py`` does the arithmetic, as for
+its DID names. Its bytes are charged to the DID and to the PDS (``core/quotas.py`` does the arithmetic, as for
 the origin's pulled tier):
 
 - **received**: bytes per quota window, per DID (``ATCDN_EDGE_QUOTA_DID``) and per PDS
@@ -33,7 +31,7 @@ from pathlib import Path
 
 from atcdn.core.database import Database
 from atcdn.core.errors import AtcdnError
-from atcdn.core.quotas import Quota, over_budget
+from atcdn.core.quotas import Quotas, over_budget
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage (
@@ -67,7 +65,7 @@ class Allowance:
 
 
 class Shares:
-    def __init__(self, path: Path, quota: Quota, share_did: int, share_pds: int,
+    def __init__(self, path: Path, quota: Quotas, share_did: int, share_pds: int,
                  evict: Callable[[str], object], cached: Callable[[str], bool]) -> None:
         self.quota = quota
         self.share_did = max(1, share_did)

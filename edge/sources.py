@@ -3,7 +3,7 @@
 The one way ``/blob``, ``/img`` and ``/watch`` get a blob's bytes. A fetch runs once per
 node for each (CID, DID): the answer depends on the DID (the origin's account
 takedowns, the PDS the DID names), so requests for the same CID under another DID never
-wait for, or get, this one's answer (edge/flight.py). A source that was purged or taken
+wait for, or get, this one's answer (core/flight.py). A source that was purged or taken
 down while it was being fetched does not stay in the cache (edge/gate.py).
 """
 
@@ -19,7 +19,7 @@ from atcdn.core.files import write_atomic
 from atcdn.edge import urls
 from atcdn.edge.cache import DiskTier, Value
 from atcdn.edge.fetch import Fetcher
-from atcdn.edge.flight import SingleFlight
+from atcdn.core.flight import SingleFlight
 from atcdn.edge.gate import Gate
 from atcdn.edge.shares import Shares
 

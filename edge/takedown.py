@@ -16,6 +16,7 @@ not put back what it removed.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -114,20 +115,35 @@ def _key(did: str | None, cid: str | None) -> str:
 
 
 def follow_feed(apply: Callable[[Event], None], settings: EdgeSettings,
-                control: ControlSettings) -> Follower | None:
+                control: ControlSettings) -> list[Follower]:
     """Start following the configured takedown feed (``ATCDN_EDGE_TAKEDOWN_SOURCE``: the
-    origin's, by default; AWS when ``ATCDN_TAKEDOWN_FOLLOW`` is on; or none)."""
+    origins', by default; AWS when ``ATCDN_TAKEDOWN_FOLLOW`` is on; or none).
+
+    With several origins, each origin's feed is followed (its own position file): each
+    origin keeps its own feed, so a takedown recorded at any one of them reaches this
+    edge, and one origin being down stops none of the others' takedowns. Applying an
+    event twice (two origins carrying the same one) changes nothing."""
     source = settings.takedown_source or ("aws" if control.takedown_follow else "origin")
     if source == "aws":
-        return start_follower(apply, control, settings.cache_dir / "takedown-position")
+        follower = start_follower(apply, control, settings.cache_dir / "takedown-position")
+        return [follower] if follower is not None else []
     if source == "origin" and not settings.origin_token:
         log.warning("not following the origin's takedown feed: ATCDN_EDGE_ORIGIN_TOKEN is "
                     "unset (set it, or ATCDN_EDGE_TAKEDOWN_SOURCE=aws|none)")
     elif source == "origin":
-        return start_origin_follower(apply, control,
-                                     settings.cache_dir / "takedown-position-origin",
-                                     settings.origin, settings.origin_token)
-    return None
+        return [start_origin_follower(apply, control, origin_position(settings, url), url,
+                                      settings.origin_token)
+                for url in settings.origins]
+    return []
+
+
+def origin_position(settings: EdgeSettings, url: str) -> Path:
+    """Where this edge keeps its position in ``url``'s feed (with one origin, the file
+    edges have always used)."""
+    name = "takedown-position-origin"
+    if len(settings.origins) > 1:
+        name += "-" + hashlib.sha256(url.encode()).hexdigest()[:12]
+    return settings.cache_dir / name
 
 
 class Node:

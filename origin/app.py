@@ -2,7 +2,8 @@
 
 Reads are public and immutable (the URL names the bytes) but authorized per (DID, CID):
 a blob is served under a DID only when that DID holds it and no takedown applies
-(``Index.authorize``, docs/authorization.md). Writes need the write token
+(``Index.authorize``, docs/authorization.md). With ``pds_pull`` on, a read under a DID
+that misses is pulled from that DID's PDS first (the shield: origin/shield.py). Writes need the write token
 (``ATCDN_ORIGIN_TOKEN``) and are verified against the CID before anything is stored (by the
 store itself, origin/store.py): operators' pushes are *pinned* (kept); edges' hand-offs
 of blobs pulled from a PDS for a stranger go to the bounded, evictable *pulled* tier,
@@ -18,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import time
 from collections.abc import AsyncIterator
 
 from atcdn.core import cid as cids
@@ -28,7 +28,6 @@ from atcdn.core.errors import AtcdnError, error_handlers, invalid
 from atcdn.core.feed import Event, start_follower
 from atcdn.core.gauges import Gauges
 from atcdn.core.mime import is_active, sniff
-from atcdn.core.quotas import TIER_HEADER, Quota, subject_of
 from atcdn.core.ranges import IMMUTABLE, RangeNotSatisfiable, etag_matches, parse_range
 from atcdn.core.settings import ControlSettings, LogSettings, OriginSettings
 from atcdn.core.staging import Staging
@@ -36,7 +35,9 @@ from atcdn.core.status_route import StatusPage
 from atcdn.core.takedowns import Target
 from atcdn.origin.index import BlobMeta, Index, Via
 from atcdn.origin.metrics import Metrics, MetricsMiddleware
-from atcdn.origin.store import BlobStore, FileStore, open_store
+from atcdn.origin.pulled import PulledTier, Quota
+from atcdn.origin.shield import Shield
+from atcdn.origin.store import BlobStore, open_store
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -56,11 +57,12 @@ class Origin:
                  metrics: Metrics) -> None:
         self.settings = settings
         self.store = store  # pinned: what operators pushed and ingest found
-        self.pulled = FileStore(settings.data_dir / "pulled")  # evictable, bounded
-        self.quota = Quota(settings.pulled_quota_did, settings.pulled_quota_pds,
-                           settings.pulled_quota_window)
+        self.pulled = PulledTier(settings, index, metrics)  # evictable, bounded
         self.index = index
         self.metrics = metrics
+        # With pds_pull on, misses are pulled from the DID's PDS (origin/shield.py).
+        self.shield = (Shield(settings, index, store, self.pulled, metrics)
+                       if settings.pds_pull else None)
 
     # -- request parts -------------------------------------------------------------
 
@@ -110,11 +112,11 @@ class Origin:
                              headers={"Allow": "GET, HEAD"})
 
     async def receive(self, request: Request, store: BlobStore | None = None,
-                      quota: tuple[int, str] | None = None) -> Staging:
+                      quota: Quota | None = None) -> Staging:
         """Stream the body into a staging file, refusing oversized bodies early.
 
-        ``quota``: (bytes left, whose quota) — a body beyond it is refused with 429
-        before or while it arrives."""
+        ``quota``: a body beyond what it leaves is refused with 429 before or while it
+        arrives."""
         limit = self.settings.max_blob_bytes
         declared = request.headers.get("content-length")
         if declared is not None:
@@ -123,11 +125,11 @@ class Origin:
             if int(declared) > limit:
                 raise AtcdnError(413, "BlobTooLarge",
                                  f"blob is {declared} bytes; the limit is {limit}")
-        left = quota[0] if quota else limit
+        left = quota.left if quota else limit
         if declared is not None and quota is not None and int(declared) > left:
             if int(declared) <= DRAIN_MAX:  # read a small body, so the client hears why
                 request.state.received = sum([len(chunk) async for chunk in request.stream()])
-            raise self.over_quota(quota[1])
+            raise quota.refusal()
         staging = (store or self.store).stage()
         try:
             async for chunk in request.stream():
@@ -135,7 +137,7 @@ class Origin:
                     raise AtcdnError(413, "BlobTooLarge",
                                      f"blob exceeds the limit of {limit} bytes")
                 if quota is not None and staging.size + len(chunk) > left:
-                    raise self.over_quota(quota[1])
+                    raise quota.refusal()
                 await staging.write(chunk)
             await staging.finish()
         except BaseException:
@@ -151,15 +153,11 @@ class Origin:
                            via: Via = "push") -> tuple[BlobMeta, bool]:
         """Pin a verified blob (promoting it out of the pulled tier if it was there)."""
         before = self.index.get(cid)
-        try:
+        with self.metrics.verifying():
             created = await self.store.commit(staging, cid)
-        except AtcdnError as exc:
-            if exc.error == "CidMismatch":
-                self.metrics.verification_failures.inc()
-            raise
         meta = self.index.record(cid, staging.size, sniff(staging.head), did, via=via)
         if before is not None and not before.pinned:
-            self.pulled.path(cid).unlink(missing_ok=True)
+            self.pulled.store.path(cid).unlink(missing_ok=True)
         return meta, created
 
     async def lookup(self, cid: str) -> BlobMeta:
@@ -188,6 +186,9 @@ class Origin:
 
     async def serve(self, request: Request, cid: str, did: str | None) -> Response:
         decision = self.index.authorize(cid, did)
+        if decision != "taken-down" and self.shield is not None and did is not None:
+            await self.shield.ensure(cid, did)  # a miss: pulled from the DID's PDS
+            decision = self.index.authorize(cid, did)  # a takedown may have come meanwhile
         if decision == "taken-down":
             raise AtcdnError(451, "TakenDown", f"blob {cid} is taken down")
         if decision == "not-held":
@@ -196,12 +197,11 @@ class Origin:
             raise AtcdnError(404, "BlobNotFound",
                              f"blob {cid} is not held for {did or 'any account'}")
         meta = await self.lookup(cid)
-        store = self.store if meta.pinned else self.pulled
+        store = self.store if meta.pinned else self.pulled.store
         self.index.touch(meta)
         etag = f'"{cid}"'
         headers = {"ETag": etag, "Cache-Control": IMMUTABLE, "Accept-Ranges": "bytes",
-                   "X-Content-Type-Options": "nosniff", "Content-Security-Policy": SANDBOX,
-                   TIER_HEADER: _tier(meta)}  # an edge charges a pulled blob to its DID
+                   "X-Content-Type-Options": "nosniff", "Content-Security-Policy": SANDBOX}
         if_none_match = request.headers.get("if-none-match")
         if if_none_match is not None and etag_matches(if_none_match, etag):
             return Response(status_code=304, headers=headers)
@@ -255,15 +255,6 @@ class Origin:
 
     # -- the pulled tier -------------------------------------------------------------
 
-    def over_quota(self, whose: str) -> AtcdnError:
-        return self.quota.exceeded(whose, time.time(), "pulled-blob")
-
-    def quota_left(self, did: str, pds: str) -> tuple[int, str, int]:
-        """(bytes left, whose quota binds, window) for a hand-off by ``did`` from ``pds``."""
-        window = self.quota.window_of(time.time())
-        bytes_left, whose = self.quota.left(did, pds, lambda s: self.index.usage(s, window))
-        return bytes_left, whose, window
-
     async def handoff(self, request: Request) -> Response:
         """``PUT /handoff/{cid}?did=D&pds=URL``: an edge hands over a blob it pulled from
         D's PDS (``pds``) for a stranger's request and verified. Proves that D holds it;
@@ -273,29 +264,22 @@ class Origin:
         did = self.parse_did(request.query_params.get("did"))
         if did is None:
             raise invalid("a hand-off names the DID whose PDS served it (?did=)")
-        pds = subject_of(request.query_params.get("pds", ""))
         meta = self.index.get(cid)
         if meta is not None:  # bytes already here: only the holder is news
             async for _ in request.stream():
                 pass
             self.index.add_holder(cid, did, "pds")
             return JSONResponse({**self.describe(meta), "tier": _tier(meta)}, 200)
-        left, whose, window = self.quota_left(did, pds)
+        quota = self.pulled.quota(did, request.query_params.get("pds", ""))
         try:
-            staging = await self.receive(request, self.pulled, (left, whose))
-            created = await self.pulled.commit(staging, cid)
+            staging = await self.receive(request, self.pulled.store, quota)
         except AtcdnError as exc:
             if exc.status == 429:
                 self.metrics.quota_refusals.inc()
-            if exc.error == "CidMismatch":
-                self.metrics.verification_failures.inc()
             raise
         finally:  # bytes received count, stored or not
-            self.index.charge([did, pds], window, getattr(request.state, "received", 0))
-        meta = self.index.record(cid, staging.size, sniff(staging.head), did, via="pds",
-                                 pinned=False)
-        for victim in self.index.evict_pulled(self.settings.pulled_max_bytes):
-            self.pulled.path(victim).unlink(missing_ok=True)
+            self.pulled.charge(quota, getattr(request.state, "received", 0))
+        meta, created = await self.pulled.keep(staging, cid, did)
         return JSONResponse({**self.describe(meta), "tier": _tier(meta)},
                             201 if created else 200)
 
@@ -406,6 +390,8 @@ def run_store(origin: Origin, status: StatusPage,
         finally:
             recording.cancel()
             origin.store.stop()
+            if origin.shield is not None:
+                await origin.shield.aclose()
 
     return lifespan
 

@@ -11,11 +11,14 @@ this module imports it lazily.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from atcdn.core.accesslog import Tally
+from atcdn.core.errors import AtcdnError
 from atcdn.core.gauges import Gauges, mark_start
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -58,8 +61,36 @@ class Metrics:
             "atcdn_origin_verification_failures", "bodies that did not match their CID",
             registry=own)
         self.quota_refusals = Counter(
-            "atcdn_origin_quota_refusals", "hand-offs refused: a pulled-tier quota was used up",
+            "atcdn_origin_quota_refusals",
+            "hand-offs and pulls refused: a pulled-tier quota was used up", registry=own)
+        self.pds_pulls = Counter(
+            "atcdn_origin_pds_pulls",
+            "getBlob requests of the shield (pds_pull) by result: an HTTP status, or blocked,"
+            " timeout, unreachable, error", ["result"], registry=own)
+        self.pull_bytes = Counter(
+            "atcdn_origin_pull_bytes", "bytes the shield received from PDSes (on the wire)",
             registry=own)
+
+    @contextlib.contextmanager
+    def verifying(self) -> Iterator[None]:
+        """Around a store's commit: count a body that did not match its CID (422)."""
+        try:
+            yield
+        except AtcdnError as exc:
+            if exc.error == "CidMismatch":
+                self.verification_failures.inc()
+            raise
+
+    # -- core.download.Meter: the shield's pulls (origin/shield.py) ------------------
+
+    def fetched(self, source: str, result: str, seconds: float | None) -> None:
+        self.pds_pulls.labels(result).inc()
+
+    def verification_failed(self, source: str) -> None:
+        self.verification_failures.inc()
+
+    def received(self, source: str, size: int) -> None:
+        self.pull_bytes.inc(size)
 
     def render(self, gauges: Gauges | None = None) -> tuple[bytes, str]:
         from prometheus_client import (

@@ -3,7 +3,7 @@ processes. The helpers behind them live in tests/helpers/."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ from tests.helpers.nodes import (
     start_edge,
     start_upstream,
 )
+from tests.helpers.pictures import DID
 from tests.helpers.servers import Process, free_port
 
 
@@ -61,6 +62,23 @@ def upstream(tmp_path: Path) -> Iterator[Upstream]:
     try:
         yield up
     finally:
+        up.proc.stop()
+
+
+@pytest.fixture
+def hostile(tmp_path: Path) -> Iterator[Callable[..., Upstream]]:
+    """Start PDS + PLC stand-ins with the given STANDIN_* modes (tests/helpers/standins.py);
+    each names itself the PDS of ``tests.helpers.pictures.DID``."""
+    started: list[Upstream] = []
+
+    def start(**env: str) -> Upstream:
+        up = start_upstream(tmp_path / f"pds{len(started)}", env=env)
+        up.add_did(DID, up.url)
+        started.append(up)
+        return up
+
+    yield start
+    for up in started:
         up.proc.stop()
 
 

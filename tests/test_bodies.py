@@ -1,5 +1,5 @@
 """Bounded decoding of strangers' bodies (core/bodies.py) and the memory of their
-failures (edge/refusals.py): pure code, tested directly."""
+failures (core/refusals.py): pure code, tested directly."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from atcdn.core.bodies import (
     Inflater,
 )
 from atcdn.core.errors import AtcdnError
-from atcdn.edge.refusals import Refusals
+from atcdn.core.refusals import Refusals
 
 
 def decode(inflater: Inflater, body: bytes, chunk: int = 65536) -> bytes:

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from atcdn.core.errors import AtcdnError
-from atcdn.edge.flight import SingleFlight
+from atcdn.core.flight import SingleFlight
 
 from tests.helpers.env import TOKEN
 from tests.helpers.nodes import Upstream, start_upstream

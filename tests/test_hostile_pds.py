@@ -48,22 +48,6 @@ def origin(tmp_path: Path):
         up.proc.stop()
 
 
-@pytest.fixture
-def hostile(tmp_path: Path):
-    """Start a hostile PDS+PLC stand-in with the given STANDIN_* modes."""
-    started: list[Upstream] = []
-
-    def start(**env: str) -> Upstream:
-        up = start_upstream(tmp_path / f"pds{len(started)}", env=env)
-        up.add_did(DID, up.url)
-        started.append(up)
-        return up
-
-    yield start
-    for up in started:
-        up.proc.stop()
-
-
 # -- hole 1: compressed bodies ----------------------------------------------------------
 
 def test_pds_and_did_host_are_asked_for_identity_encoding(origin, hostile, edge_factory) -> None:

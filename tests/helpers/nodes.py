@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -72,15 +72,17 @@ class Edge:
         return total
 
 
-def start_edge(origin_url: str, cache_dir: Path, log: Path, *, workers: int = 1,
-               server: str | None = None, env: dict[str, str] | None = None,
-               port: int | None = None) -> Edge:
+def start_edge(origin_url: str | Sequence[str], cache_dir: Path, log: Path, *,
+               workers: int = 1, server: str | None = None,
+               env: dict[str, str] | None = None, port: int | None = None) -> Edge:
     """Start an edge on ``port`` or a free one (private networks allowed, test tokens set),
-    under ``server`` or else the default server."""
+    under ``server`` or else the default server; several origins: ``--origin`` each."""
     port = port or free_port()
+    origins = [origin_url] if isinstance(origin_url, str) else list(origin_url)
     proc = Process(
         atcdn("edge", "serve", "--host", "127.0.0.1", "--port", str(port),
-              "--origin", origin_url, "--cache-dir", str(cache_dir),
+              *(arg for url in origins for arg in ("--origin", url)),
+              "--cache-dir", str(cache_dir),
               "--workers", str(workers), *(["--server", server] if server else [])),
         env={"ATCDN_ALLOW_PRIVATE_NETWORKS": "1", "ATCDN_EDGE_ORIGIN_TOKEN": TOKEN,
              "ATCDN_EDGE_PURGE_TOKEN": TOKEN, **(env or {})},

@@ -7,7 +7,8 @@ a directory of files named by CID or DID. Every request is appended to
 ``STANDIN_FLIP=1`` it flips one byte of every blob it serves (a corrupting origin);
 ``STANDIN_FAIL_FIRST=N`` answers the first N origin GETs of each stored blob with 503;
 ``STANDIN_DELAY=S`` waits S seconds before answering an origin GET; a file
-``hang/<cid>`` makes getBlob of that CID never answer. A file
+``hang/<cid>`` makes getBlob of that CID never answer; a file ``unhealthy`` makes
+``/health`` answer 503 (an origin whose store failed). A file
 ``dids/{name}.stall`` holding a number makes the PLC directory wait that many seconds
 before answering for that DID (a hostile, slow PLC entry).
 
@@ -140,6 +141,8 @@ def build(root: Path) -> Starlette:
         return hostile(path.read_bytes(), "application/json", {})
 
     async def health(request: Request) -> Response:
+        if (root / "unhealthy").exists():
+            return JSONResponse({"error": "Unavailable", "message": "store failed"}, 503)
         return JSONResponse({"status": "ok"})
 
     return Starlette(routes=[

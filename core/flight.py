@@ -1,4 +1,5 @@
-"""Single-flight across every worker process of a node.
+"""Single-flight across every worker process of a node (the edge's fetches and
+transforms, the origin's PDS pulls).
 
 N concurrent identical misses cost one origin fetch and one transform: inside a process
 the first caller runs the work and the others await its future; across processes the
@@ -9,6 +10,9 @@ Only *identical* work may share a key: every waiter gets the runner's answer, er
 included. So a key names everything the answer depends on (a source fetch depends on
 the DID it is fetched for: its PDS, the origin's takedowns; a transform of verified
 bytes does not). The work and every wait are bounded by ``deadline`` seconds (504).
+When another process holds a key's lock past the deadline, the work goes ahead anyway
+(``proceed_on_timeout``, the edge: the result is the same bytes) or the wait is answered
+504 (the origin: a second pull would cost the PDS a second getBlob).
 """
 
 from __future__ import annotations
@@ -24,14 +28,16 @@ from atcdn.core.errors import AtcdnError
 from filelock import AsyncFileLock, Timeout
 
 T = TypeVar("T")
-log = logging.getLogger("atcdn.edge")
+log = logging.getLogger("atcdn.flight")
 
 
 class SingleFlight:
-    def __init__(self, lock_dir: Path, *, deadline: float = 120.0) -> None:
+    def __init__(self, lock_dir: Path, *, deadline: float = 120.0,
+                 proceed_on_timeout: bool = True) -> None:
         lock_dir.mkdir(parents=True, exist_ok=True)
         self.lock_dir = lock_dir
         self.deadline = deadline
+        self.proceed_on_timeout = proceed_on_timeout
         self._inflight: dict[str, asyncio.Future] = {}
 
     async def run(self, key: str, work: Callable[[], Awaitable[T]]) -> T:
@@ -70,15 +76,17 @@ class SingleFlight:
     def _lock(self, key: str) -> _NodeLock:
         # One lock file per key: no two keys ever share (and so never deadlock on) a lock.
         name = hashlib.sha256(key.encode()).hexdigest()[:32]
-        return _NodeLock(self.lock_dir / f"{name}.lock", self.deadline)
+        return _NodeLock(self.lock_dir / f"{name}.lock", self.deadline, self.proceed_on_timeout)
 
 
 class _NodeLock:
-    """A file lock that, if another process holds it too long, lets the work go ahead
-    rather than fail the request (the result is the same bytes either way)."""
+    """A file lock (taken in a thread) that, if another process holds it too long, lets
+    the work go ahead (``proceed``) or answers 504."""
 
-    def __init__(self, path: Path, wait: float) -> None:
+    def __init__(self, path: Path, wait: float, proceed: bool) -> None:
         self.lock = AsyncFileLock(str(path), timeout=wait)
+        self.wait = wait
+        self.proceed = proceed
         self.held = False
 
     async def __aenter__(self) -> None:
@@ -86,6 +94,9 @@ class _NodeLock:
             await self.lock.acquire()
             self.held = True
         except Timeout:
+            if not self.proceed:
+                raise AtcdnError(504, "Timeout", f"another worker held this work for over"
+                                 f" {self.wait:g} s") from None
             log.warning("single-flight lock %s timed out; proceeding", self.lock.lock_file)
 
     async def __aexit__(self, *exc: object) -> None:
