@@ -29,6 +29,7 @@ from typing import Literal
 
 from atcdn.core.database import Database
 from atcdn.core.feed import Event
+from atcdn.core.quotas import over_budget
 from atcdn.core.takedowns import Target
 
 SCHEMA = """
@@ -275,16 +276,11 @@ class Index:
     def evict_pulled(self, budget: int) -> list[str]:
         """Forget least recently used pulled blobs until they fit ``budget``; returns
         their CIDs (the caller deletes the bytes). Their holders are kept: still true."""
-        victims: list[str] = []
         with self._write() as db:
             total = db.execute("SELECT COALESCE(SUM(size), 0) FROM blobs "
                                "WHERE pinned = 0").fetchone()[0]
-            for cid, size in db.execute("SELECT cid, size FROM blobs WHERE pinned = 0 "
-                                        "ORDER BY used").fetchall():
-                if total <= budget:
-                    break
-                victims.append(cid)
-                total -= size
+            victims = over_budget(db.execute("SELECT cid, size FROM blobs WHERE pinned = 0 "
+                                             "ORDER BY used"), total, budget)
             db.executemany("DELETE FROM blobs WHERE cid = ? AND pinned = 0",
                            [(cid,) for cid in victims])
         return victims
