@@ -20,7 +20,8 @@ dict of numbers, and starts and stops what it needs):
   given both origins, behind HAProxy. ``--hug-clients`` clients at once, each asking
   ``--hug-rounds`` times, first through HAProxy, then spread straight over the three edges
   (every edge misses: the worst case), each on ``--hug-blobs`` blobs of its own: origin
-  egress (its ``atcdn_origin_bytes_out_total``) per client byte, getBlobs the PDS served
+  egress (its ``atcdn_origin_bytes_out_total``: blob bodies, plus the edges' health
+  checks) per client byte, and per blob byte (copies of each blob sent), getBlobs the PDS served
   per blob (goal: exactly 1), errors.
 - ``failover``: kill -9 under the load of 8 clients, ``--failover-reps`` times each: an
   edge of the PoP behind HAProxy (goal <= 2 s) and an origin behind an edge given two
@@ -292,6 +293,7 @@ def hug(args: argparse.Namespace, work: Path) -> dict:
                     "origins": 2, "modes": {}}
     print(f"hug: {clients} concurrent clients x {args.hug_rounds} requests over {blobs} new "
           "blobs per mode; reference PDS, two shielded origins, three edges", flush=True)
+    (work / "pds").mkdir()
     with reference_pds(work / "pds") as pds:
         author = pds.create_account("hug.test")
         posted = {mode: author.post_images(*(photo(1024, 768, seed=100 + 10 * m + i)
@@ -304,9 +306,6 @@ def hug(args: argparse.Namespace, work: Path) -> dict:
                 pop(work / "pop", [o1.url, o2.url], "hash", {"ATCDN_LOG_ACCESS": "0"}) as p:
             for mode, cids in posted.items():
                 urls = [p.url] if mode == "haproxy" else [e.url for e in p.edges.values()]
-                sizes = {cid: len(httpx.get(f"{pds.url}/xrpc/com.atproto.sync.getBlob",
-                                            params={"did": author.did, "cid": cid}).content)
-                         for cid in cids[:1]}
                 before = sum(metric(o.url, "atcdn_origin_bytes_out_total") for o in (o1, o2))
                 started = time.monotonic()
                 got, bad = asyncio.run(herd(urls, author.did, cids, clients, args.hug_rounds))
@@ -318,7 +317,7 @@ def hug(args: argparse.Namespace, work: Path) -> dict:
                 unique = sum(got["unique"].values())
                 m = {"requests": clients * args.hug_rounds, "seconds": seconds, "errors": bad,
                      "client_bytes": got["bytes"], "origin_egress_bytes": egress,
-                     "unique_bytes": unique, "blob_bytes_example": next(iter(sizes.values())),
+                     "unique_bytes": unique,
                      "origin_egress_per_client_byte": egress / got["bytes"] if got["bytes"]
                      else 0.0, "origin_copies_per_blob": egress / unique if unique else 0.0,
                      "pds_getblobs_per_blob": per_blob}
@@ -336,7 +335,8 @@ def hug(args: argparse.Namespace, work: Path) -> dict:
 
 async def herd(urls: list[str], did: str, cids: list[str], clients: int, rounds: int
                ) -> tuple[dict, dict[str, int]]:
-    """``clients`` at once, each GETting ``rounds`` blobs (client n asks ``urls[n % len]``);
+    """``clients`` at once, each GETting ``rounds`` blobs from one of ``urls`` (every URL
+    is asked for every blob);
     (bytes received and each CID's size, answers that were not a 200 by kind)."""
     bad: dict[str, int] = {}
     got: dict = {"bytes": 0, "unique": {}}
@@ -346,7 +346,8 @@ async def herd(urls: list[str], did: str, cids: list[str], clients: int, rounds:
             for r_ in range(rounds):
                 cid = cids[(n + r_) % len(cids)]
                 try:
-                    r = await http.get(f"{urls[n % len(urls)]}/blob/{did}/{cid}")
+                    url = urls[(n // len(cids)) % len(urls)]
+                    r = await http.get(f"{url}/blob/{did}/{cid}")
                     if r.status_code != 200 or compute(r.content) != cid:
                         bad[str(r.status_code)] = bad.get(str(r.status_code), 0) + 1
                         continue
