@@ -46,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -538,7 +539,11 @@ def main(argv: list[str] | None = None) -> dict:
                      "cpus": os.cpu_count()}
     try:
         for name in args.sections:
-            results[name] = SECTIONS[name](args, work / name)
+            try:
+                results[name] = SECTIONS[name](args, work / name)
+            except Exception as exc:  # the other sections' numbers still count
+                traceback.print_exc()
+                results[name] = {"failed": f"{type(exc).__name__}: {exc}"}
     finally:
         if args.keep:
             print(f"work directory kept: {work}")
