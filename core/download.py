@@ -86,8 +86,9 @@ class Downloads:
             try:
                 async with asyncio.timeout(self.limits.timeout):
                     async with client.stream("GET", url, params=params) as response:
-                        if response.status_code >= 500 and attempt < self.retries:
-                            continue
+                        if (response.status_code >= 500 and response.status_code != 504
+                                and attempt < self.retries):  # a 504 already waited its
+                            continue  # deadline upstream: asking again doubles the wait
                         if response.status_code != 200:
                             self.meter.fetched(source, str(response.status_code), None)
                             return response.status_code, None

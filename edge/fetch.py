@@ -27,6 +27,7 @@ from atcdn.edge.metrics import Metrics
 from atcdn.edge.origins import Origin, Origins
 
 log = logging.getLogger("atcdn.edge")
+ORIGIN_QUOTA_RETRY = 60  # seconds; the origin's own Retry-After is not passed down
 # Errors of a connection to an origin that failed: the fetch moves to the next origin.
 UNREACHABLE = frozenset({"UpstreamUnavailable", "UpstreamTimeout"})
 
@@ -59,6 +60,11 @@ class Fetcher:
             return fetched
         if status == 451:
             raise AtcdnError(451, "TakenDown", f"{cid} is taken down")
+        if status == 429:  # a shielding origin's pull quota for this account or PDS
+            raise AtcdnError(429, "QuotaExceeded", "the origin's pull quota for this account"
+                             " or its PDS is used up for now", retry_after=ORIGIN_QUOTA_RETRY)
+        if status == 504:  # a shielding origin's pull from the PDS ran out of time
+            raise AtcdnError(504, "UpstreamTimeout", "the origin timed out fetching the blob")
         if status != 404:
             raise AtcdnError(502, "UpstreamFailed", f"origin answered HTTP {status}")
         if not self.settings.pds_fallback:

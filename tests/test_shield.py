@@ -273,3 +273,27 @@ def test_edge_without_pds_access_serves_through_the_shield(pds, author, tmp_path
         assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
         assert all(edge.metric("atcdn_edge_pds_fetches_total") == 0 for edge in edges)
     assert [line["status"] for line in pds.get_blob_log() if line["cid"] == cid] == [200]
+
+
+def test_edge_passes_on_the_shields_quota_and_timeout(hostile, shield, edge_factory) -> None:
+    """Behind a shield, a used-up pull quota is the edge's 429 (not a 502 that reads as
+    an outage) and a pull that ran out of time is its 504, asked of the origin once (a
+    504 already waited its deadline: no retry, so no second pull)."""
+    pds = hostile()
+    first, second = (pds.add_blob(bytes([n]) * 6000) for n in range(2))
+    origin = shield(pds.url, ATCDN_ORIGIN_PULLED_QUOTA_DID="10000")
+    edge = edge_factory(origin.url, env={"ATCDN_PDS_FALLBACK": "0"})
+    assert httpx.get(f"{edge.url}/blob/{DID}/{first}", timeout=30).status_code == 200
+    r = httpx.get(f"{edge.url}/blob/{DID}/{second}", timeout=30)
+    assert r.status_code == 429 and r.json()["error"] == "QuotaExceeded", r.text
+    assert int(r.headers["retry-after"]) > 0
+
+    slow = hostile(STANDIN_STALL_AFTER="1000", STANDIN_STALL="30")
+    plc = hostile()
+    plc.add_did(DID, slow.url)
+    cid = slow.add_blob(photo(300, 300))
+    origin = shield(plc.url, ATCDN_ORIGIN_PULL_TIMEOUT="2")
+    edge = edge_factory(origin.url, env={"ATCDN_PDS_FALLBACK": "0"})
+    r = httpx.get(f"{edge.url}/blob/{DID}/{cid}", timeout=30)
+    assert r.status_code == 504 and r.json()["error"] == "UpstreamTimeout", r.text
+    assert get_blobs(slow) == 1
