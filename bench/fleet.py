@@ -167,7 +167,12 @@ async def push(origin_url: str, bodies: dict[str, bytes], concurrency: int = 16)
     async with httpx.AsyncClient(timeout=30, headers={"authorization": f"Bearer {TOKEN}"}) as http:
         async def worker() -> None:
             for cid, body in items:
-                r = await http.put(f"{origin_url}/blob/{cid}", params={"did": DID}, content=body)
+                try:
+                    r = await http.put(f"{origin_url}/blob/{cid}", params={"did": DID},
+                                       content=body)
+                except httpx.TransportError:  # a kept-alive connection closed: once more
+                    r = await http.put(f"{origin_url}/blob/{cid}", params={"did": DID},
+                                       content=body)
                 if r.status_code not in (200, 201):
                     raise RuntimeError(f"push {cid}: {r.status_code} {r.text}")
         await asyncio.gather(*(worker() for _ in range(concurrency)))
