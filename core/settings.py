@@ -75,6 +75,9 @@ class OriginSettings(BaseSettings):
     s3_secret_key: str | None = Field(default=None, description="S3 secret access key")
     s3_path_style: bool = Field(default=True, description="path-style S3 addressing")
     s3_prefix: str = Field(default="blobs/", description="key prefix of blobs in the bucket")
+    s3_holders_prefix: str = Field(
+        default="holders/", description="key prefix of the holder markers every origin over"
+                                        " the bucket shares (docs/fleet-store.md)")
     # The pulled tier (docs/authorization.md): blobs edges hand over after a stranger's
     # request pulled them from a PDS. Bounded, evictable, always on local disk.
     pulled_max_bytes: Size = Field(

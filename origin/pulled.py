@@ -17,6 +17,7 @@ from atcdn.core.errors import AtcdnError
 from atcdn.core.mime import sniff
 from atcdn.core.settings import OriginSettings
 from atcdn.core.staging import Staging
+from atcdn.origin.holders import SharedHolders
 from atcdn.origin.index import BlobMeta, Index
 from atcdn.origin.metrics import Metrics
 from atcdn.origin.store import FileStore
@@ -45,10 +46,12 @@ class Quota:
 
 
 class PulledTier:
-    def __init__(self, settings: OriginSettings, index: Index, metrics: Metrics) -> None:
+    def __init__(self, settings: OriginSettings, index: Index, metrics: Metrics,
+                 holders: SharedHolders | None = None) -> None:
         self.settings = settings
         self.index = index
         self.metrics = metrics
+        self.holders = holders  # shared with the other origins over one bucket, if any
         self.store = FileStore(settings.data_dir / "pulled")
 
     def quota(self, did: str, pds_url: str) -> Quota:
@@ -70,11 +73,19 @@ class PulledTier:
         """Count bytes received (stored or not) against the quota's subjects."""
         self.index.charge(list(quota.subjects), quota.window, received)
 
+    async def hold(self, cid: str, did: str) -> None:
+        """Record that ``did``'s own PDS served ``cid`` (the bytes are already here)."""
+        if self.holders is not None:
+            await self.holders.share(cid, did, "pds")
+        self.index.add_holder(cid, did, "pds")
+
     async def keep(self, staging: Staging, cid: str, did: str) -> tuple[BlobMeta, bool]:
         """Store a received blob (verified against ``cid`` on commit, 422 otherwise),
         held by ``did``, then evict down to the budget; (meta, whether it was new)."""
         with self.metrics.verifying():
             created = await self.store.commit(staging, cid)
+        if self.holders is not None:
+            await self.holders.share(cid, did, "pds")
         meta = self.index.record(cid, staging.size, sniff(staging.head), did, via="pds",
                                  pinned=False)
         for victim in self.index.evict_pulled(self.settings.pulled_max_bytes):

@@ -54,6 +54,20 @@ def running_origin(tmp: Path, *, backend: str = "fs", seaweed=None,
         origin.stop()
 
 
+@contextmanager
+def running_origins(tmp: Path, count: int, env: Mapping[str, str]) -> Iterator[list[Origin]]:
+    """``count`` origins (``tmp/o0``, ``tmp/o1``, ...) with the same ``env`` (several origins
+    over one store, or each over its own); all stopped afterwards."""
+    nodes = [Origin(tmp / f"o{n}", env, tmp / f"o{n}.log") for n in range(count)]
+    try:
+        for node in nodes:
+            node.start()
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+
+
 class Edge:
     """A running ``atcdn edge serve`` process."""
 
