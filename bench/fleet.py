@@ -42,7 +42,6 @@ import random
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,7 +56,6 @@ sys.path.insert(0, str(ROOT))
 
 import diskcache  # noqa: E402
 import httpx  # noqa: E402
-import jinja2  # noqa: E402
 from atcdn.core.cid import compute  # noqa: E402
 from atcdn.core.ring import Ring  # noqa: E402
 from atcdn.edge.cache import EVICTION_POLICY  # noqa: E402
@@ -67,11 +65,9 @@ from tests.helpers.env import TOKEN  # noqa: E402
 from tests.helpers.nodes import Edge, Origin, metric, start_edge  # noqa: E402
 from tests.helpers.pds import reference_pds  # noqa: E402
 from tests.helpers.pictures import photo  # noqa: E402
-from tests.helpers.servers import Process, free_port  # noqa: E402
+from tests.helpers.pop import running_haproxy  # noqa: E402
 
 DID = "did:plc:" + "f" * 24
-TEMPLATE = ROOT / "ansible" / "roles" / "haproxy" / "templates" / "haproxy.cfg.j2"
-HASHED = "    balance hash var(txn.blob)\n    hash-type consistent\n"
 EDGES = ("e1", "e2", "e3")
 
 
@@ -86,20 +82,6 @@ def origin(work: Path, env: dict[str, str] | None = None, name: str = "origin"
         yield node
     finally:
         node.stop()
-
-
-def haproxy_config(port: int, edges: dict[str, str], balance: str) -> str:
-    """The Ansible role's template, rendered; ``balance`` "hash" keeps it as shipped,
-    "roundrobin" swaps its consistent hashing for round-robin."""
-    template = jinja2.Template(TEMPLATE.read_text(), undefined=jinja2.StrictUndefined)
-    text = template.render(
-        haproxy_bind=f"127.0.0.1:{port}", haproxy_check_interval="1s", haproxy_maxconn=2000,
-        haproxy_edges=[{"name": n, "address": u.split("://")[1]} for n, u in edges.items()])
-    if balance == "roundrobin":
-        if HASHED not in text:
-            raise RuntimeError("the HAProxy template no longer balances as this bench expects")
-        text = text.replace(HASHED, "    balance roundrobin\n")
-    return text
 
 
 @dataclass
@@ -122,7 +104,6 @@ def pop(work: Path, origin_url: str | list[str], balance: str, edge_env: dict[st
     haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
     work.mkdir(parents=True, exist_ok=True)
     edges: dict[str, Edge] = {}
-    proc: Process | None = None
 
     def start(name: str, port: int | None = None) -> Edge:
         return start_edge(origin_url, work / name, work / f"{name}.log", port=port,
@@ -131,31 +112,21 @@ def pop(work: Path, origin_url: str | list[str], balance: str, edge_env: dict[st
     try:
         for name in EDGES:
             edges[name] = start(name)
-        port = free_port()
-        config = work / "haproxy.cfg"
-        config.write_text(haproxy_config(port, {n: e.url for n, e in edges.items()}, balance))
-        check = subprocess.run([haproxy, "-c", "-f", str(config)], capture_output=True, text=True,
-                               check=False)
-        if check.returncode != 0:
-            raise RuntimeError(check.stdout + check.stderr)
-        proc = Process([haproxy, "-W", "-db", "-f", str(config)], log=work / "haproxy.log")
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:  # every edge's first health checks must pass before load starts
-            try:
-                stats = httpx.get(url + "/health/live", timeout=2)
-                if stats.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("HAProxy never answered")
-            time.sleep(0.2)
-        time.sleep(2.5)  # rise 2 at 1 s: all three edges up
-        yield Pop(url, edges, start)
+        with running_haproxy(haproxy, {n: e.url for n, e in edges.items()}, work,
+                             check_interval="1s", balance=balance) as url:
+            deadline = time.monotonic() + 20
+            while True:  # every edge's first health checks must pass before load starts
+                try:
+                    if httpx.get(url + "/health/live", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError("HAProxy never answered")
+                time.sleep(0.2)
+            time.sleep(2.5)  # rise 2 at 1 s: all three edges up
+            yield Pop(url, edges, start)
     finally:
-        if proc is not None:
-            proc.stop()
         for edge in edges.values():
             edge.proc.stop()
 
