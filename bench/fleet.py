@@ -1,4 +1,4 @@
-"""The fleet, measured: a PoP of three real edges behind Debian's HAProxy over one origin.
+"""The fleet, measured: three real edges behind Debian's HAProxy over real origins.
 
     python bench/fleet.py                          # every section
     python bench/fleet.py --sections pop-cache     # one section
