@@ -77,13 +77,17 @@ class Edge:
         self.cache_dir = cache_dir
 
     def metric(self, name: str) -> float:
-        """Sum of every sample of ``name`` on /metrics (all labels, all workers)."""
-        text = httpx.get(self.url + "/metrics").text
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(name + "{") or line.startswith(name + " "):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+        return metric(self.url, name)
+
+
+def metric(url: str, name: str) -> float:
+    """Sum of every sample of ``name`` on a node's /metrics (all labels, all workers)."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def start_edge(origin_url: str | Sequence[str], cache_dir: Path, log: Path, *,
