@@ -31,6 +31,7 @@ from atcdn.edge.origins import Origin, Origins
 from atcdn.edge.shares import Allowance, Shares
 
 log = logging.getLogger("atcdn.edge")
+TIER_HEADER = "x-atcdn-tier"  # the origin's "pulled": a stranger's blob (origin/app.py)
 ORIGIN_QUOTA_RETRY = 60  # seconds; the origin's own Retry-After is not passed down
 # Errors of a connection to an origin that failed: the fetch moves to the next origin.
 UNREACHABLE = frozenset({"UpstreamUnavailable", "UpstreamTimeout"})
@@ -70,8 +71,10 @@ class Fetcher:
         the origin's copy, else the PDS's (handed on to the origin so the next edge finds
         it). 404 unknown, 451 taken down at the origin (never looked for elsewhere),
         502/504 upstream trouble, 429/413 past the stranger's quota or share."""
-        status, fetched = await self._from_origins(did, cid)
+        status, fetched, pulled = await self._from_origins(did, cid)
         if fetched is not None:
+            if pulled and self.shares is not None:  # a stranger's, from the origin
+                return Fetched(fetched, self.shares.from_origin(did))
             return Fetched(fetched)
         if status == 451:
             raise AtcdnError(451, "TakenDown", f"{cid} is taken down")
@@ -100,11 +103,12 @@ class Fetcher:
         self._hand_to_origin(did, cid, pds, fetched)
         return Fetched(fetched, allowance)
 
-    async def _from_origins(self, did: str, cid: str) -> tuple[int, Staging | None]:
+    async def _from_origins(self, did: str, cid: str) -> tuple[int, Staging | None, bool]:
         """Ask the CID's home origin (the next one while it is down). A fetch whose
         connection fails (refused, reset, timed out) is tried once on the next origin, at
         once: nothing was sent to the client yet, and a GET is safe to repeat. A 5xx is
-        an answer, retried on the same origin as with one."""
+        an answer, retried on the same origin as with one. The flag: the origin served
+        it from its pulled tier (a stranger's blob)."""
         candidates = self.origins.candidates(cid)
         if len(candidates) == 1:
             return await self._get_origin(candidates[0], did, cid)
@@ -124,21 +128,23 @@ class Fetcher:
         return await self._get_origin(second, did, cid)
 
     async def _get_origin(self, origin: Origin, did: str, cid: str, *,
-                          failover: bool = False) -> tuple[int, Staging | None]:
+                          failover: bool = False) -> tuple[int, Staging | None, bool]:
         """One origin's answer, counted per origin; ``failover``: a failed connection is
         not retried here (the caller moves to the next origin)."""
         results = self.metrics.origin_requests.labels
+        tiers: list[str] = []
         try:
             status, fetched = await self.downloads.get(
                 origin.client, f"/blob/{cid}", {"did": did}, cid, "origin",
-                retry_connections=not failover)
+                retry_connections=not failover,
+                seen=lambda response: tiers.append(response.headers.get(TIER_HEADER, "")))
         except AtcdnError as exc:
             results(origin.url, exc.error).inc()
             raise
         results(origin.url, str(status)).inc()
         if status < 500:
             self.origins.passed(origin)
-        return status, fetched
+        return status, fetched, tiers[-1:] == ["pulled"]
 
     def _hand_to_origin(self, did: str, cid: str, pds: str, staging: Staging) -> None:
         """Give a PDS-fetched blob to its home origin (the next one while the home is

@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS held (
 CREATE INDEX IF NOT EXISTS held_did ON held (did, seq);
 CREATE INDEX IF NOT EXISTS held_pds ON held (pds, seq);
 """
+ORIGIN_PULLED = "pds:(the origin's pulled tier)"  # see Shares.from_origin
 ENTRY_COST = 4096  # the least an entry is charged: many tiny blobs are not free
 PRUNE_EVERY = 10_000
 
@@ -89,6 +90,14 @@ class Shares:
                 f"the blob is larger than the share of this edge's cache one account may "
                 f"hold ({share} bytes)"))
         return Allowance(did, pds, left, self.quota.exceeded(whose, now, "fetch"))
+
+    def from_origin(self, did: str) -> Allowance:
+        """Whom a stranger's blob served by the origin's pulled tier is kept for: ``did``
+        and, as the origin does not name the PDS, one subject for all such blobs (so
+        together they hold at most a PDS's share). Their bytes were counted against the
+        origin's quotas when it pulled them; here only the share of the tier applies."""
+        return Allowance(did, ORIGIN_PULLED, 0, AtcdnError(
+            429, "QuotaExceeded", "not charged: counted by the origin"))
 
     def _used(self, subject: str, window: int) -> int:
         rows = self._db.run("SELECT bytes FROM usage WHERE subject = ? AND window = ?",

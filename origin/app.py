@@ -244,6 +244,8 @@ class Origin:
         if if_none_match is not None and etag_matches(if_none_match, etag):
             return Response(status_code=304, headers=headers)
         headers["Content-Type"] = meta.mime
+        if not meta.pinned:  # a stranger's: an edge charges it to the DID's share
+            headers[TIER_HEADER] = "pulled"
         if is_active(meta.mime):
             headers["Content-Disposition"] = "attachment"
         try:
@@ -401,6 +403,9 @@ class Origin:
         body, content_type = await asyncio.to_thread(self.metrics.render,
                                                      Gauges(self.index.readings))
         return Response(body, headers={"Content-Type": content_type})
+
+
+TIER_HEADER = "X-Atcdn-Tier"  # "pulled" on a blob of the evictable pulled tier
 
 
 def _tier(meta: BlobMeta) -> str:

@@ -284,3 +284,31 @@ def test_a_stranger_evicts_no_more_than_its_share(tmp_path, hostile, edge_factor
         assert 0 < len(kept) * 200_000 <= 0.2 * 3_000_000, len(kept)
         assert kept == theirs[-len(kept):]  # its oldest went first
         assert cached_sources(edge.cache_dir, mine) == mine
+
+
+def test_a_strangers_blobs_from_a_shield_count_against_its_share(tmp_path, hostile,
+                                                                   edge_factory) -> None:
+    """The same, with the edge fetching nothing from PDSes itself: a shielding origin
+    pulls the stranger's blobs into its pulled tier and says so (``X-Atcdn-Tier``); the
+    edge keeps them within the stranger's share, and the operator's stay."""
+    from tests.helpers.nodes import running_origin
+
+    pds = hostile()
+    pds.add_did(did(9), pds.url)
+    env = {"ATCDN_ORIGIN_PDS_PULL": "1", "ATCDN_PLC_URL": pds.url,
+           "ATCDN_ALLOW_PRIVATE_NETWORKS": "1"}
+    with running_origin(tmp_path, env=env) as origin:
+        mine = [push(origin.url, os.urandom(200_000)) for _ in range(8)]  # 1.6 MB
+        edge = edge_factory(origin.url, env={"ATCDN_PDS_FALLBACK": "0",
+                                             "ATCDN_EDGE_CACHE_SIZE": "3000000",
+                                             "ATCDN_EDGE_SHARE_DID": "0.2"})
+        for cid in mine:
+            assert httpx.get(f"{edge.url}/blob/{DID}/{cid}", timeout=30).status_code == 200
+        theirs = [pds.add_blob(os.urandom(200_000)) for _ in range(30)]  # 6 MB
+        for cid in theirs:
+            r = httpx.get(f"{edge.url}/blob/{did(9)}/{cid}", timeout=30)
+            assert r.status_code == 200, r.text
+        assert edge.metric("atcdn_edge_pds_fetches_total") == 0  # all through the origin
+        kept = cached_sources(edge.cache_dir, theirs)
+        assert 0 < len(kept) * 200_000 <= 0.2 * 3_000_000, len(kept)
+        assert cached_sources(edge.cache_dir, mine) == mine
