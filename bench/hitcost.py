@@ -39,6 +39,7 @@ from bench.edge import (  # noqa: E402 - after the path set-up, as bench/edge.py
     fetch,
     make_jpeg,
     put_blob,
+    start,
     wrk,
 )
 from tests.helpers.servers import Process, free_port  # noqa: E402
@@ -77,25 +78,12 @@ def measure(proc: Process, url: str, seconds: float, connections: int, threads: 
             (system_after - system) * 1e6 / run.requests, run)
 
 
-def start(argv: list[str], work: Path, name: str, health: str,
-          env: dict[str, str] | None = None) -> Process:
-    """As bench/edge.py's, but run from ``work``: ``python -m`` puts the working directory
-    first on sys.path, and another checkout's interpreter must not import this one."""
-    proc = Process(argv, env=env, log=work / f"{name}.log", cwd=work)
-    try:
-        proc.wait_http(health)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc
-
-
 def start_origin(python: str, work: Path) -> tuple[Process, str]:
     port = free_port()
     proc = start([python, "-m", "atcdn.cli", "origin", "serve", "--host", "127.0.0.1",
-                  "--port", str(port), "--data-dir", str(work / "origin-data")],
+                  "--port", str(port), "--data-dir", str(work / "origin-data")],  # not "origin": a package name
                  work, "origin", f"http://127.0.0.1:{port}/health",
-                 env={"ATCDN_ORIGIN_TOKEN": TOKEN})
+                 env={"ATCDN_ORIGIN_TOKEN": TOKEN}, cwd=work)
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -108,7 +96,9 @@ def start_edge(spec: str, server: str, work: Path, origin: str, name: str) -> tu
            "ATCDN_PLC_URL": "http://127.0.0.1:9", **dict(e.split("=", 1) for e in env_pairs)}
     argv = [python, "-m", "atcdn.cli", "edge", "serve", "--host", "127.0.0.1", "--port", str(port),
             "--origin", origin, "--cache-dir", str(cache), "--workers", "1", "--server", server]
-    proc = start(argv, work, name, f"http://127.0.0.1:{port}/health", env=env)
+    # From ``work``: ``python -m`` puts the working directory first on sys.path, and
+    # another checkout's interpreter must not import this one.
+    proc = start(argv, work, name, f"http://127.0.0.1:{port}/health", env=env, cwd=work)
     return proc, f"http://127.0.0.1:{port}"
 
 

@@ -7,10 +7,10 @@ the method and the path (so a failure names its CID). When the request ends, one
 line: method, path, status, bytes sent, duration, cache outcome (``memory``, ``disk``,
 ``miss`` or ``-``; an app reports it with ``note(cache=...)``), client and ID.
 
-A request only records what its line will say (a ``RequestInfo``); the handler's timer
-formats and writes the records of the last ``FLUSH_SECONDS`` together. Formatted one by
-one between requests, with a lock and a clock read each, lines cost a 50 KB memory hit
-~5 µs (bench/hitcost.py); formatted in a batch, ~1 µs.
+Access lines skip the logging machinery (a LogRecord, its caller's frame, the handler's
+RLock): one f-string, written in batches (``BatchedStreamHandler``). Formatting them in a
+batch on the handler's timer thread instead measured slower on a real server
+(bench/hitcost.py): the records went cold between threads.
 
 Lines are text (logfmt-like ``key=value``) or JSON objects, one a line
 (``ATCDN_LOG_FORMAT``). An exception that escapes the app is logged here, with that
@@ -29,7 +29,6 @@ import re
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Awaitable
 from contextvars import ContextVar
 from typing import Any
@@ -112,7 +111,8 @@ class AccessLog:
         self.app = app
         settings = settings or LogSettings()
         self.enabled = settings.access
-        self.record = configure(settings).record
+        self.write = configure(settings).write_line
+        self.line = access_json if settings.format == "json" else access_text
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -152,7 +152,7 @@ class AccessLog:
                 client = scope.get("client")
                 if client:
                     info.client = client[0]
-                self.record(info)
+                self.write(self.line(info))
 
 
 # -- formatting -----------------------------------------------------------------------
@@ -160,8 +160,8 @@ class AccessLog:
 
 @functools.lru_cache(maxsize=2)
 def _millisecond(ms: int) -> str:
-    """A ``time.time()`` in whole milliseconds, in ISO 8601 UTC; lines of a batch mostly
-    share their millisecond, and strftime was a fifth of a line."""
+    """A ``time.time()`` in whole milliseconds, in ISO 8601 UTC: busy, lines share their
+    millisecond, and strftime each time was a fifth of an access line."""
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
 
 
@@ -218,17 +218,13 @@ def access_json(info: RequestInfo) -> str:
 
 
 class BatchedStreamHandler(logging.StreamHandler):
-    """A stream handler that writes in batches under load.
-
-    Log records: a line is written at once when the last write is over ``FLUSH_SECONDS``
-    old (or it is a warning), else it joins the batch. Access records (``record``) always
-    join it: the timer formats and writes them within ``FLUSH_SECONDS``, or the request
-    that brings the waiting ones to ``MAX_RECORDS`` does. Busy, an access line costs a
-    deque append on the request's path, not a formatted line and a system call."""
+    """A stream handler that writes in batches under load: a line is written at once when
+    the last write is over ``FLUSH_SECONDS`` old (or it is a warning), else it joins the
+    batch a timer writes within ``FLUSH_SECONDS``. Busy, an access line per request costs
+    a formatted string, not a system call each."""
 
     FLUSH_SECONDS = 0.05
     FLUSH_BYTES = 64 * 1024
-    MAX_RECORDS = 1024
 
     def __init__(self, stream: Any) -> None:
         super().__init__(stream)
@@ -236,10 +232,6 @@ class BatchedStreamHandler(logging.StreamHandler):
         self.size = 0
         self.last = 0.0
         self.batch = threading.Lock()  # for pending (cheaper than the handler's RLock)
-        # Appended by requests and taken by the timer without a lock: deque's append and
-        # popleft are atomic.
-        self.records: deque[RequestInfo] = deque()
-        self.access_line = access_text
         timer = threading.Thread(target=self._tick, name="atcdn-log-flush", daemon=True)
         timer.start()
 
@@ -250,12 +242,6 @@ class BatchedStreamHandler(logging.StreamHandler):
             self.handleError(record)
             return
         self.write_line(line, urgent=record.levelno >= logging.WARNING)
-
-    def record(self, info: RequestInfo) -> None:
-        """Queue the access line of a finished request."""
-        self.records.append(info)
-        if len(self.records) >= self.MAX_RECORDS:
-            self.flush()
 
     def write_line(self, line: str, urgent: bool = False) -> None:
         with self.batch:
@@ -268,9 +254,6 @@ class BatchedStreamHandler(logging.StreamHandler):
 
     def flush(self) -> None:
         with self.batch:
-            records = self.records
-            while records:
-                self.pending.append(self.access_line(records.popleft()))
             if self.pending:
                 self.pending.append("")  # the last line's terminator
                 lines, self.pending, self.size = self.terminator.join(self.pending), [], 0
@@ -282,13 +265,13 @@ class BatchedStreamHandler(logging.StreamHandler):
     def _tick(self) -> None:
         while True:
             time.sleep(self.FLUSH_SECONDS)
-            if self.pending or self.records:
+            if self.pending:
                 self.flush()
 
 
 def configure(settings: LogSettings) -> BatchedStreamHandler:
     """Send the ``atcdn`` loggers to stderr in the chosen format (once per process);
-    the handler, for access records."""
+    the handler, for access lines."""
     logger = logging.getLogger("atcdn")
     formatter = JsonFormatter() if settings.format == "json" else TextFormatter()
     for handler in logger.handlers:
@@ -299,7 +282,6 @@ def configure(settings: LogSettings) -> BatchedStreamHandler:
         handler.atcdn = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     handler.setFormatter(formatter)
-    handler.access_line = access_json if settings.format == "json" else access_text  # type: ignore[attr-defined]
     logger.setLevel(settings.level)
     logger.propagate = False
     return handler  # type: ignore[return-value]
