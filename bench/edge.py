@@ -106,8 +106,8 @@ class Target:
 # --- processes -----------------------------------------------------------------------------
 
 def start(argv: list[str], work: Path, name: str, health: str,
-          env: dict[str, str] | None = None) -> Process:
-    proc = Process(argv, env=env, log=work / f"{name}.log", cwd=ROOT)
+          env: dict[str, str] | None = None, cwd: Path = ROOT) -> Process:
+    proc = Process(argv, env=env, log=work / f"{name}.log", cwd=cwd)
     try:
         proc.wait_http(health)
     except BaseException:
