@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import io
 import json
 import os
@@ -41,18 +40,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import h11  # httpx's own HTTP/1.1 parser
 import httpx
 from atcdn.core.cid import compute
 from PIL import Image
 
+from tests.helpers.herd import herd
 from tests.helpers.servers import Process, atcdn, free_port
 
 DID = "did:plc:benchbenchbenchbenchbenc"
@@ -108,8 +106,8 @@ class Target:
 # --- processes -----------------------------------------------------------------------------
 
 def start(argv: list[str], work: Path, name: str, health: str,
-          env: dict[str, str] | None = None) -> Process:
-    proc = Process(argv, env=env, log=work / f"{name}.log", cwd=ROOT)
+          env: dict[str, str] | None = None, cwd: Path = ROOT) -> Process:
+    proc = Process(argv, env=env, log=work / f"{name}.log", cwd=cwd)
     try:
         proc.wait_http(health)
     except BaseException:
@@ -241,76 +239,6 @@ class Series:
             return None
         return statistics.median(getattr(a, metric) / getattr(b, metric)
                                  for a, b in zip(self.runs, peer.runs))
-
-
-# --- the herd ------------------------------------------------------------------------------
-
-async def _one_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       request: bytes, conn: h11.Connection) -> tuple[int, bytes]:
-    writer.write(request)
-    status, body = 0, bytearray()
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(await reader.read(1 << 16))
-        elif isinstance(event, h11.Response):
-            status = event.status_code
-        elif isinstance(event, h11.Data):
-            body += event.data
-        elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-            writer.close()
-            return status, bytes(body)
-
-
-async def herd(host: str, port: int, path: str, n: int, timeout: float) -> dict:
-    """Open ``n`` connections, then send the same GET on all of them at once.
-
-    Connecting first guarantees every request is in flight together: a cold request that
-    got answered before the last one was sent would make the herd smaller than claimed.
-    """
-    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.open_connection(host, port)
-
-    conns = await asyncio.gather(*(connect() for _ in range(n)), return_exceptions=True)
-    outcomes: Counter[str] = Counter()
-    bodies: Counter[str] = Counter()
-    ready = [c for c in conns if not isinstance(c, BaseException)]
-    for c in conns:
-        if isinstance(c, BaseException):
-            outcomes[f"connect {type(c).__name__}"] += 1
-
-    tasks = []
-    started = time.perf_counter()
-    for reader, writer in ready:
-        conn = h11.Connection(h11.CLIENT)
-        request = conn.send(h11.Request(method="GET", target=path,
-                                        headers=[("Host", f"{host}:{port}")]))
-        request += conn.send(h11.EndOfMessage())
-        tasks.append(asyncio.ensure_future(
-            asyncio.wait_for(_one_request(reader, writer, request, conn), timeout)))
-    latencies = []
-
-    async def timed(task: asyncio.Future) -> None:
-        try:
-            status, body = await task
-            outcomes[str(status)] += 1
-            bodies[hashlib.sha256(body).hexdigest()[:16]] += 1
-        except Exception as exc:  # noqa: BLE001 - every failure is counted, none hidden
-            outcomes[type(exc).__name__] += 1
-        latencies.append(time.perf_counter() - started)
-
-    await asyncio.gather(*(timed(t) for t in tasks))
-    for _, writer in ready:
-        writer.close()
-    latencies.sort()
-    return {
-        "requests": n,
-        "outcomes": dict(outcomes),
-        "distinct_bodies": len(bodies),
-        "first_s": round(latencies[0], 3) if latencies else None,
-        "median_s": round(statistics.median(latencies), 3) if latencies else None,
-        "last_s": round(latencies[-1], 3) if latencies else None,
-    }
 
 
 def scrape(url: str) -> dict[str, float]:

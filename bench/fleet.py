@@ -1,4 +1,4 @@
-"""The fleet, measured: a PoP of three real edges behind Debian's HAProxy over one origin.
+"""The fleet, measured: three real edges behind Debian's HAProxy over real origins.
 
     python bench/fleet.py                          # every section
     python bench/fleet.py --sections pop-cache     # one section
@@ -15,7 +15,21 @@ dict of numbers, and starts and stops what it needs):
   (bench/traces.py). Goals (issue 11): hashing stores <= 1.1x the unique bytes and
   reaches >= 0.95x the ideal cache's hit ratio.
 
-More sections (hug of death, failover times) plug in the same way.
+- ``hug``: a hug of death on new blobs only the reference PDS (tests/pds) holds: two
+  origins with the shield on (``ATCDN_ORIGIN_PDS_PULL=1``), three edges with no PDS access
+  given both origins, behind HAProxy. ``--hug-clients`` clients at once, each asking
+  ``--hug-rounds`` times, first through HAProxy, then spread straight over the three edges
+  (every edge misses: the worst case), each on ``--hug-blobs`` blobs of its own: origin
+  egress (its ``atcdn_origin_bytes_out_total``: blob bodies, plus the edges' health
+  checks) per client byte, and per blob byte (copies of each blob sent), getBlobs the PDS served
+  per blob (goal: exactly 1), errors.
+- ``failover``: kill -9 under the load of 8 clients, ``--failover-reps`` times each: an
+  edge of the PoP behind HAProxy (goal <= 2 s) and an origin behind an edge given two
+  origins, asked for cold blobs (goal <= 5 s). Measured from the death (the process
+  reaped) to the first 200 for a request the dead node would have served; median, max,
+  errors, and how long the node took to get its share back once restarted.
+
+Every section is bounded (minutes) and stops what it started.
 """
 
 from __future__ import annotations
@@ -26,10 +40,12 @@ import json
 import os
 import random
 import shutil
-import subprocess
+import signal
+import statistics
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,26 +56,27 @@ sys.path.insert(0, str(ROOT))
 
 import diskcache  # noqa: E402
 import httpx  # noqa: E402
-import jinja2  # noqa: E402
 from atcdn.core.cid import compute  # noqa: E402
+from atcdn.core.ring import Ring  # noqa: E402
 from atcdn.edge.cache import EVICTION_POLICY  # noqa: E402
 
 from bench.traces import simulate, sizes_for, zipf  # noqa: E402
 from tests.helpers.env import TOKEN  # noqa: E402
-from tests.helpers.nodes import Edge, Origin, start_edge  # noqa: E402
-from tests.helpers.servers import Process, free_port  # noqa: E402
+from tests.helpers.nodes import Edge, Origin, metric, start_edge  # noqa: E402
+from tests.helpers.pds import reference_pds  # noqa: E402
+from tests.helpers.pictures import photo  # noqa: E402
+from tests.helpers.pop import running_haproxy  # noqa: E402
 
 DID = "did:plc:" + "f" * 24
-TEMPLATE = ROOT / "ansible" / "roles" / "haproxy" / "templates" / "haproxy.cfg.j2"
-HASHED = "    balance hash var(txn.blob)\n    hash-type consistent\n"
 EDGES = ("e1", "e2", "e3")
 
 
 # -- the fleet's parts ---------------------------------------------------------------------
 
 @contextmanager
-def origin(work: Path) -> Iterator[Origin]:
-    node = Origin(work / "origin", {"ATCDN_LOG_ACCESS": "0"}, work / "origin.log")
+def origin(work: Path, env: dict[str, str] | None = None, name: str = "origin"
+           ) -> Iterator[Origin]:
+    node = Origin(work / name, {"ATCDN_LOG_ACCESS": "0", **(env or {})}, work / f"{name}.log")
     node.start()
     try:
         yield node
@@ -67,62 +84,49 @@ def origin(work: Path) -> Iterator[Origin]:
         node.stop()
 
 
-def haproxy_config(port: int, edges: dict[str, str], balance: str) -> str:
-    """The Ansible role's template, rendered; ``balance`` "hash" keeps it as shipped,
-    "roundrobin" swaps its consistent hashing for round-robin."""
-    template = jinja2.Template(TEMPLATE.read_text(), undefined=jinja2.StrictUndefined)
-    text = template.render(
-        haproxy_bind=f"127.0.0.1:{port}", haproxy_check_interval="1s", haproxy_maxconn=2000,
-        haproxy_edges=[{"name": n, "address": u.split("://")[1]} for n, u in edges.items()])
-    if balance == "roundrobin":
-        if HASHED not in text:
-            raise RuntimeError("the HAProxy template no longer balances as this bench expects")
-        text = text.replace(HASHED, "    balance roundrobin\n")
-    return text
-
-
 @dataclass
 class Pop:
     url: str
     edges: dict[str, Edge]
+    start: Callable[[str, int | None], Edge]
+
+    def restart(self, name: str) -> Edge:
+        """Start edge ``name`` again on its address, with its cache directory."""
+        self.edges[name] = self.start(name, int(self.edges[name].url.rsplit(":", 1)[1]))
+        return self.edges[name]
 
 
 @contextmanager
-def pop(work: Path, origin_url: str, balance: str, edge_env: dict[str, str]) -> Iterator[Pop]:
-    """Three fresh edges (own cache directories) behind HAProxy; all stopped after."""
+def pop(work: Path, origin_url: str | list[str], balance: str, edge_env: dict[str, str]
+        ) -> Iterator[Pop]:
+    """Three fresh edges (own cache directories, no PDS access, given every origin of
+    ``origin_url``) behind HAProxy; all stopped after."""
     haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
     work.mkdir(parents=True, exist_ok=True)
     edges: dict[str, Edge] = {}
-    proc: Process | None = None
+
+    def start(name: str, port: int | None = None) -> Edge:
+        return start_edge(origin_url, work / name, work / f"{name}.log", port=port,
+                          env={"ATCDN_PDS_FALLBACK": "0", **edge_env})
+
     try:
         for name in EDGES:
-            edges[name] = start_edge(origin_url, work / name, work / f"{name}.log",
-                                     env={"ATCDN_EDGE_PDS_FALLBACK": "0", **edge_env})
-        port = free_port()
-        config = work / "haproxy.cfg"
-        config.write_text(haproxy_config(port, {n: e.url for n, e in edges.items()}, balance))
-        check = subprocess.run([haproxy, "-c", "-f", str(config)], capture_output=True, text=True,
-                               check=False)
-        if check.returncode != 0:
-            raise RuntimeError(check.stdout + check.stderr)
-        proc = Process([haproxy, "-W", "-db", "-f", str(config)], log=work / "haproxy.log")
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:  # every edge's first health checks must pass before load starts
-            try:
-                stats = httpx.get(url + "/health/live", timeout=2)
-                if stats.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("HAProxy never answered")
-            time.sleep(0.2)
-        time.sleep(2.5)  # rise 2 at 1 s: all three edges up
-        yield Pop(url, edges)
+            edges[name] = start(name)
+        with running_haproxy(haproxy, {n: e.url for n, e in edges.items()}, work,
+                             check_interval="1s", balance=balance) as url:
+            deadline = time.monotonic() + 20
+            while True:  # every edge's first health checks must pass before load starts
+                try:
+                    if httpx.get(url + "/health/live", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError("HAProxy never answered")
+                time.sleep(0.2)
+            time.sleep(2.5)  # rise 2 at 1 s: all three edges up
+            yield Pop(url, edges, start)
     finally:
-        if proc is not None:
-            proc.stop()
         for edge in edges.values():
             edge.proc.stop()
 
@@ -134,7 +138,12 @@ async def push(origin_url: str, bodies: dict[str, bytes], concurrency: int = 16)
     async with httpx.AsyncClient(timeout=30, headers={"authorization": f"Bearer {TOKEN}"}) as http:
         async def worker() -> None:
             for cid, body in items:
-                r = await http.put(f"{origin_url}/blob/{cid}", params={"did": DID}, content=body)
+                try:
+                    r = await http.put(f"{origin_url}/blob/{cid}", params={"did": DID},
+                                       content=body)
+                except httpx.TransportError:  # a kept-alive connection closed: once more
+                    r = await http.put(f"{origin_url}/blob/{cid}", params={"did": DID},
+                                       content=body)
                 if r.status_code not in (200, 201):
                     raise RuntimeError(f"push {cid}: {r.status_code} {r.text}")
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -251,7 +260,231 @@ def pop_cache(args: argparse.Namespace, work: Path) -> dict:
     return result
 
 
-SECTIONS: dict[str, Callable[[argparse.Namespace, Path], dict]] = {"pop-cache": pop_cache}
+def hug(args: argparse.Namespace, work: Path) -> dict:
+    """A hug of death on new blobs that only the reference PDS holds: the fleet's origins
+    pull (the shield), the edges have no PDS access. Through HAProxy, then straight at
+    the three edges (the worst case: every edge misses), each on blobs of its own."""
+    work.mkdir(parents=True, exist_ok=True)
+    blobs, clients = args.hug_blobs, args.hug_clients
+    result: dict = {"blobs_per_mode": blobs, "clients": clients, "rounds": args.hug_rounds,
+                    "origins": 2, "modes": {}}
+    print(f"hug: {clients} concurrent clients x {args.hug_rounds} requests over {blobs} new "
+          "blobs per mode; reference PDS, two shielded origins, three edges", flush=True)
+    (work / "pds").mkdir()
+    with reference_pds(work / "pds") as pds:
+        author = pds.create_account("hug.test")
+        posted = {mode: author.post_images(*(photo(1024, 768, seed=100 + 10 * m + i)
+                                             for i in range(blobs)))[1]
+                  for m, mode in enumerate(("haproxy", "edges"))}
+        shield = {"ATCDN_ORIGIN_PDS_PULL": "1", "ATCDN_PLC_URL": pds.plc_url,
+                  "ATCDN_ALLOW_PRIVATE_NETWORKS": "1",
+                  "ATCDN_ORIGIN_WORKERS": str(args.origin_workers)}
+        with origin(work, shield, "o1") as o1, origin(work, shield, "o2") as o2, \
+                pop(work / "pop", [o1.url, o2.url], "hash", {"ATCDN_LOG_ACCESS": "0"}) as p:
+            for mode, cids in posted.items():
+                urls = [p.url] if mode == "haproxy" else [e.url for e in p.edges.values()]
+                before = sum(metric(o.url, "atcdn_origin_bytes_out_total") for o in (o1, o2))
+                started = time.monotonic()
+                got, bad = asyncio.run(herd(urls, author.did, cids, clients, args.hug_rounds))
+                seconds = time.monotonic() - started
+                egress = sum(metric(o.url, "atcdn_origin_bytes_out_total")
+                             for o in (o1, o2)) - before
+                log = pds.get_blob_log()
+                per_blob = [sum(1 for line in log if line["cid"] == cid) for cid in cids]
+                unique = sum(got["unique"].values())
+                m = {"requests": clients * args.hug_rounds, "seconds": seconds, "errors": bad,
+                     "client_bytes": got["bytes"], "origin_egress_bytes": egress,
+                     "unique_bytes": unique,
+                     "origin_egress_per_client_byte": egress / got["bytes"] if got["bytes"]
+                     else 0.0, "origin_copies_per_blob": egress / unique if unique else 0.0,
+                     "pds_getblobs_per_blob": per_blob}
+                result["modes"][mode] = m
+                print(f"  {mode:8} {m['requests']} requests in {seconds:.1f} s, errors "
+                      f"{bad or 0}; client {got['bytes'] / 1e6:.1f} MB, origin egress "
+                      f"{egress / 1e6:.2f} MB ({m['origin_egress_per_client_byte']:.4f} per "
+                      f"client byte, {m['origin_copies_per_blob']:.2f} copies per blob); "
+                      f"PDS getBlobs per blob {per_blob}", flush=True)
+    result["goals"] = {"one_getblob_per_blob": all(
+        m["pds_getblobs_per_blob"] == [1] * blobs for m in result["modes"].values()),
+        "no_errors": not any(m["errors"] for m in result["modes"].values())}
+    return result
+
+
+async def herd(urls: list[str], did: str, cids: list[str], clients: int, rounds: int
+               ) -> tuple[dict, dict[str, int]]:
+    """``clients`` at once, each GETting ``rounds`` blobs from one of ``urls`` (every URL
+    is asked for every blob);
+    (bytes received and each CID's size, answers that were not a 200 by kind)."""
+    bad: dict[str, int] = {}
+    got: dict = {"bytes": 0, "unique": {}}
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+        async def client(n: int) -> None:
+            for r_ in range(rounds):
+                cid = cids[(n + r_) % len(cids)]
+                try:
+                    url = urls[(n // len(cids)) % len(urls)]
+                    r = await http.get(f"{url}/blob/{did}/{cid}")
+                    if r.status_code != 200 or compute(r.content) != cid:
+                        bad[str(r.status_code)] = bad.get(str(r.status_code), 0) + 1
+                        continue
+                    got["bytes"] += len(r.content)
+                    got["unique"][cid] = len(r.content)
+                except httpx.HTTPError as exc:
+                    bad[type(exc).__name__] = bad.get(type(exc).__name__, 0) + 1
+        await asyncio.gather(*(client(n) for n in range(clients)))
+    return got, bad
+
+
+async def until_served(target: Callable[[int], tuple[str, bool] | None], kill: Callable[[], None],
+                       *, kill_after: float, seconds: float, concurrency: int = 8
+                       ) -> tuple[float | None, dict[str, int], int]:
+    """``concurrency`` clients GET ``target(i)`` for i = 0, 1, ... (a URL, and whether the
+    node to be killed would have served it; None: no more); ``kill`` runs ``kill_after``
+    seconds in. Stops at the first 200 after the kill of a URL the dead node would have
+    served, or after ``seconds``: (seconds from its death to that 200, errors, requests)."""
+    bad: dict[str, int] = {}
+    state: dict = {"i": 0, "killed": None, "first": None}
+    deadline = time.monotonic() + seconds
+    async with httpx.AsyncClient(timeout=30) as http:
+        async def client() -> None:
+            while time.monotonic() < deadline and state["first"] is None:
+                job = target(state["i"])
+                state["i"] += 1
+                if job is None:
+                    return
+                url, its = job
+                try:
+                    r = await http.get(url)
+                    if r.status_code != 200:
+                        bad[str(r.status_code)] = bad.get(str(r.status_code), 0) + 1
+                    elif its and state["killed"] is not None and state["first"] is None:
+                        state["first"] = time.monotonic() - state["killed"]
+                except httpx.HTTPError as exc:
+                    bad[type(exc).__name__] = bad.get(type(exc).__name__, 0) + 1
+
+        async def killer() -> None:
+            await asyncio.sleep(kill_after)
+            await asyncio.to_thread(kill)  # SIGKILL, then reaped: dead from here on
+            state["killed"] = time.monotonic()
+        await asyncio.gather(killer(), *(client() for _ in range(concurrency)))
+    return state["first"], bad, state["i"]
+
+
+def answered_by(url: str, cids: list[str]) -> dict[str, str]:
+    """Which edge of a PoP answered each CID (the X-Atcdn-Edge header HAProxy adds)."""
+    with httpx.Client(timeout=30) as http:
+        return {cid: http.get(f"{url}/blob/{DID}/{cid}").headers.get("x-atcdn-edge", "")
+                for cid in cids}
+
+
+def waited(check: Callable[[], bool], timeout: float = 20.0) -> float:
+    """Poll ``check`` until true; the seconds it took (TimeoutError beyond ``timeout``)."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout:
+            raise TimeoutError("the fleet did not heal")
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+def spread(times: list[float | None]) -> dict:
+    seen = [t for t in times if t is not None]
+    return {"seconds": times, "median": statistics.median(seen) if seen else None,
+            "max": max(seen) if len(seen) == len(times) else None}
+
+
+def failover(args: argparse.Namespace, work: Path) -> dict:
+    """kill -9 of a node under load, ``--failover-reps`` times each: an edge behind HAProxy
+    (the PoP of ``pop``) and an origin behind an edge given two origins. Measured: from the
+    node's death (reaped) to the first 200 for a request it would have served."""
+    work.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(args.seed)
+    quiet = {"ATCDN_LOG_ACCESS": "0"}
+
+    def blobs(n: int) -> dict[str, bytes]:
+        out = {}
+        for _ in range(n):
+            body = rng.randbytes(2048)
+            out[compute(body)] = body
+        return out
+
+    result: dict = {"repetitions": args.failover_reps}
+    print(f"failover: {args.failover_reps} kills each, 8 clients", flush=True)
+    with origin(work, name="o-pop") as node:
+        bodies = blobs(90)
+        asyncio.run(push(node.url, bodies))
+        cids = list(bodies)
+        times, errors, backs = [], [], []
+        with pop(work / "pop", node.url, "hash", quiet) as p:
+            for rep in range(args.failover_reps):
+                victim = EDGES[rep % len(EDGES)]
+                home = answered_by(p.url, cids)
+                share = {c for c, e in home.items() if e == victim}
+
+                def target(i: int) -> tuple[str, bool]:
+                    cid = cids[(i * 7) % len(cids)]
+                    return f"{p.url}/blob/{DID}/{cid}", cid in share
+
+                first, bad, _ = asyncio.run(until_served(
+                    target, lambda: p.edges[victim].proc.stop(signal.SIGKILL),
+                    kill_after=1.0, seconds=15))
+                times.append(first)
+                errors.append(bad)
+                p.restart(victim)
+                some = sorted(share)[:5]
+                backs.append(waited(lambda: set(answered_by(p.url, some).values()) == {victim}))
+                print(f"  edge   #{rep + 1} {victim}: first success "
+                      f"{'never' if first is None else f'{first * 1000:.0f} ms'} after the "
+                      f"kill, errors {bad or 0}; share back {backs[-1]:.1f} s after restart",
+                      flush=True)
+        result["edge_behind_haproxy"] = {**spread(times), "errors": errors,
+                                         "share_back_seconds": backs}
+    with origin(work, name="o1") as o1, origin(work, name="o2") as o2:
+        edge = start_edge([o1.url, o2.url], work / "edge", work / "edge.log", workers=2,
+                          env={"ATCDN_PDS_FALLBACK": "0", **quiet})
+        ring = Ring([o1.url, o2.url])
+        times, errors, backs = [], [], []
+        try:
+            for rep in range(args.failover_reps):
+                victim = (o1, o2)[rep % 2]
+                cold = blobs(args.failover_blobs)
+                for o in (o1, o2):
+                    asyncio.run(push(o.url, cold))
+                order = list(cold)
+
+                def cold_target(i: int) -> tuple[str, bool] | None:
+                    if i >= len(order):
+                        return None
+                    return f"{edge.url}/blob/{DID}/{order[i]}", ring.home(order[i]) == victim.url
+
+                first, bad, done = asyncio.run(until_served(
+                    cold_target, lambda: victim.stop(signal.SIGKILL), kill_after=1.0,
+                    seconds=15))
+                times.append(first)
+                errors.append(bad)
+                victim.start()  # its address, its data
+
+                def all_up() -> bool:
+                    answer = httpx.get(edge.url + "/health", timeout=5).json()
+                    return all(o.get("state") == "up" for o in answer.get("origins", []))
+                backs.append(waited(all_up))
+                print(f"  origin #{rep + 1}: first success "
+                      f"{'never' if first is None else f'{first * 1000:.0f} ms'} after the "
+                      f"kill ({done} cold requests), errors {bad or 0}; up again at the edge "
+                      f"{backs[-1]:.1f} s after restart", flush=True)
+        finally:
+            edge.proc.stop()
+        result["origin_behind_edges"] = {**spread(times), "errors": errors,
+                                         "up_again_seconds": backs}
+    e, o = result["edge_behind_haproxy"], result["origin_behind_edges"]
+    result["goals"] = {"edge_le_2s": e["max"] is not None and e["max"] <= 2.0,
+                       "origin_le_5s": o["max"] is not None and o["max"] <= 5.0}
+    return result
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace, Path], dict]] = {
+    "pop-cache": pop_cache, "hug": hug, "failover": failover}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -267,13 +500,26 @@ def main(argv: list[str] | None = None) -> dict:
     cache.add_argument("--max-seconds", type=float, default=240.0,
                        help="bound on each balance mode's replay")
     cache.add_argument("--seed", type=int, default=11)
+    crowd = parser.add_argument_group("hug")
+    crowd.add_argument("--hug-clients", type=int, default=600, help="concurrent clients")
+    crowd.add_argument("--hug-rounds", type=int, default=2, help="requests per client")
+    crowd.add_argument("--hug-blobs", type=int, default=3, help="new blobs per mode")
+    crowd.add_argument("--origin-workers", type=int, default=2)
+    death = parser.add_argument_group("failover")
+    death.add_argument("--failover-reps", type=int, default=3, help="kills of each kind")
+    death.add_argument("--failover-blobs", type=int, default=800,
+                       help="cold blobs per origin kill")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="atcdn-fleet-"))
     results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                      "cpus": os.cpu_count()}
     try:
         for name in args.sections:
-            results[name] = SECTIONS[name](args, work / name)
+            try:
+                results[name] = SECTIONS[name](args, work / name)
+            except Exception as exc:  # the other sections' numbers still count
+                traceback.print_exc()
+                results[name] = {"failed": f"{type(exc).__name__}: {exc}"}
     finally:
         if args.keep:
             print(f"work directory kept: {work}")

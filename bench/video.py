@@ -91,7 +91,7 @@ def run_ffmpeg(source: Path, out: Path, duration: float) -> tuple[float, float]:
 
 def run_ours(source: Path, out: Path) -> float:
     start = time.monotonic()
-    subprocess.run([sys.executable, "-m", "atcdn.edge.video", str(source), str(out), "{}"],
+    subprocess.run([sys.executable, "-m", "atcdn.edge.video", str(source), str(out), "{}", ""],
                    cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     wall = time.monotonic() - start
     assert (out / "done").exists()

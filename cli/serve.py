@@ -40,8 +40,11 @@ def run(target: str, *, host: str, port: int, workers: int, server: Server) -> N
         import uvicorn
         from uvicorn.supervisors import Multiprocess
 
+        # access_log=False: uvicorn's own access logger would format a client address
+        # and a path on every request only to drop them below "warning"; the app's
+        # access log (core/accesslog.py) writes the lines.
         config = uvicorn.Config(target, host=host, port=port, workers=workers, factory=True,
-                                log_level="warning", backlog=4096)
+                                log_level="warning", access_log=False, backlog=4096)
         if workers > 1:
             Multiprocess(config, sockets=[_tcp_listener(host, port)]).run()
         else:

@@ -74,11 +74,14 @@ class Downloads:
 
     async def get(self, client: httpx.AsyncClient, url: str, params: dict[str, str],
                   cid: str, source: str, budget: Budget | None = None, *,
-                  retry_connections: bool = True) -> tuple[int, Staging | None]:
+                  retry_connections: bool = True,
+                  seen: Callable[[httpx.Response], None] | None = None,
+                  ) -> tuple[int, Staging | None]:
         """(status, verified finished staging or None when the status is not 200); the
         caller discards the staging. AtcdnError 502/504 (and 413, 503) for trouble.
         ``retry_connections=False``: a failed connection is not retried (an edge with
-        several origins tries the next one instead)."""
+        several origins tries the next one instead); ``seen``: called with a 200 response
+        before its body is read."""
         started = time.monotonic()
         for attempt in range(self.retries + 1):
             if attempt:
@@ -92,6 +95,8 @@ class Downloads:
                         if response.status_code != 200:
                             self.meter.fetched(source, str(response.status_code), None)
                             return response.status_code, None
+                        if seen is not None:  # the caller reads a header of the answer
+                            seen(response)
                         fetched = await self._save(response, cid, source, budget)
             except BlockedAddress as exc:
                 self.meter.fetched(source, "blocked", None)

@@ -82,11 +82,15 @@ class WorkerLimits:
     memory_mb: int = 1024  # address space of each worker (confine)
     # A worker is replaced after this many tasks, bounding slow leaks/fragmentation.
     max_tasks: int = 500
+    # Source bytes of the transforms queued or running, held by one server process
+    # (503 Busy beyond; one transform is always admitted).
+    queue_bytes: int = 128 * MiB
 
     @classmethod
     def from_settings(cls, settings: EdgeSettings) -> WorkerLimits:
         return cls(workers=settings.transform_workers, timeout=settings.transform_timeout,
-                   memory_mb=settings.transform_memory_mb)
+                   memory_mb=settings.transform_memory_mb,
+                   queue_bytes=settings.transform_queue_size)
 
 
 @dataclass(frozen=True)

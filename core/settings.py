@@ -75,6 +75,9 @@ class OriginSettings(BaseSettings):
     s3_secret_key: str | None = Field(default=None, description="S3 secret access key")
     s3_path_style: bool = Field(default=True, description="path-style S3 addressing")
     s3_prefix: str = Field(default="blobs/", description="key prefix of blobs in the bucket")
+    s3_holders_prefix: str = Field(
+        default="holders/", description="key prefix of the holder markers every origin over"
+                                        " the bucket shares (docs/fleet-store.md)")
     # The pulled tier (docs/authorization.md): blobs edges hand over after a stranger's
     # request pulled them from a PDS. Bounded, evictable, always on local disk.
     pulled_max_bytes: Size = Field(
@@ -190,6 +193,23 @@ class EdgeSettings(BaseSettings):
         default=10.0, gt=0, description="seconds between points of the /status page's history")
     presets: str | None = Field(
         default=None, description="JSON object of extra/overriding image presets")
+    # Per-stranger quotas (edge/shares.py): blobs the origin does not hold as pinned.
+    quota_did: Size = Field(
+        default=512 * 1024**2,
+        description="bytes one account's blobs may bring into this edge per quota window"
+                    " (429 beyond); the origin's pinned blobs are not counted")
+    quota_pds: Size = Field(
+        default=4 * 1024**3,
+        description="bytes one PDS's blobs may bring into this edge per quota window (429 beyond)")
+    quota_window: int = Field(default=3600, gt=0, description="quota window, seconds")
+    share_did: float = Field(
+        default=0.05, gt=0, le=1,
+        description="part of the disk cache one account's blobs may hold; past it, its own"
+                    " oldest are evicted")
+    share_pds: float = Field(
+        default=0.25, gt=0, le=1,
+        description="part of the disk cache one PDS's blobs may hold; past it, its own"
+                    " oldest are evicted")
     max_pending_misses: int = Field(
         default=512, description="cache misses in progress per worker before answering 429")
     health_probe_interval: float = Field(
@@ -221,6 +241,14 @@ class EdgeSettings(BaseSettings):
         default=WorkerLimits.timeout, description="seconds per image transform")
     transform_memory_mb: int = Field(
         default=WorkerLimits.memory_mb, description="memory limit of a transform process, MiB")
+    decoder_user: str = Field(
+        default="nobody",
+        description="user the image workers and transcoders switch to when the edge runs as"
+                    " root ('' stays root); they also leave the network where the kernel lets them")
+    transform_queue_size: Size = Field(
+        default=WorkerLimits.queue_bytes,
+        description="source bytes of transforms queued or running per worker process;"
+                    " beyond it 503 Busy")
 
     # Video (/watch): transcodes to HLS run in child processes, at most
     # video_max_concurrent per node, video_queue_length more waiting per worker.
@@ -235,6 +263,10 @@ class EdgeSettings(BaseSettings):
         default=VideoLimits.memory_bytes, description="memory limit of a transcode process")
     video_max_concurrent: int = Field(default=1, description="transcodes at once per node")
     video_queue_length: int = Field(default=8, description="transcodes waiting per worker")
+    video_share: float = Field(
+        default=0.2, gt=0, lt=1,
+        description="part of cache_size for /watch (transcodes, their sources, refusals);"
+                    " the disk tier gets the rest; least recently used videos go first")
     video_threads: int = Field(
         default=VideoLimits.threads, description="encoder threads per transcode; 0: auto")
 

@@ -19,11 +19,14 @@ everything else receives what it needs.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 from atcdn.core.accesslog import AccessLog
 from atcdn.core.errors import error_handlers
 from atcdn.core.gauges import Gauges
+from atcdn.core.quotas import Quotas
+from atcdn.core import sandbox
 from atcdn.core.settings import ControlSettings, EdgeSettings, LogSettings
 from atcdn.core.status_route import StatusPage
 from atcdn.edge.admin import Admin
@@ -34,12 +37,15 @@ from atcdn.edge.front import Front
 from atcdn.edge.gate import Gate, Purges
 from atcdn.edge.health import health_routes
 from atcdn.edge.metrics import Metrics, use_dir
+from atcdn.edge.misses import Misses
 from atcdn.edge.presets import load_presets
 from atcdn.edge.renditions import Renditions
+from atcdn.edge.shares import Shares
 from atcdn.edge.sources import Sources
 from atcdn.edge.takedown import Node, Takedowns, follow_feed
 from atcdn.edge.transcodes import Transcodes
 from atcdn.edge.transform import Transformer
+from atcdn.edge.video_space import split
 from atcdn.edge.watch import watch_routes
 from starlette.applications import Starlette
 
@@ -53,7 +59,9 @@ def create_app(settings: EdgeSettings | None = None, control: ControlSettings | 
     node = Node(settings.cache_dir)
     use_dir(node.metrics_dir)  # before prometheus_client loads (edge/metrics.py)
     metrics = Metrics()
-    disk = DiskTier(node.disk_dir, settings.cache_size, settings.memory_max_item)
+    # The disk tier and the videos share cache_size (edge/video_space.py).
+    disk_budget, _ = split(settings.cache_size, settings.video_share)
+    disk = DiskTier(node.disk_dir, disk_budget, settings.memory_max_item)
     memory = MemoryTier(settings.memory_cache_size, touch=disk.touch,
                         observe=lambda used, entries: (metrics.memory_bytes.set(used),
                                                        metrics.memory_entries.set(entries)))
@@ -62,12 +70,20 @@ def create_app(settings: EdgeSettings | None = None, control: ControlSettings | 
     gate = Gate(takedowns, node.generation, memory, purges)
     # No wait for the same work lasts longer than the work itself may.
     flight = SingleFlight(node.lock_dir, deadline=2 * settings.fetch_timeout + 60)
-    fetcher = Fetcher(settings, metrics, node.tmp_dir)
+    shares = Shares(settings.cache_dir / "shares.sqlite",
+                    Quotas(settings.quota_did, settings.quota_pds, settings.quota_window),
+                    int(settings.share_did * disk.budget), int(settings.share_pds * disk.budget),
+                    evict=disk.evict_cid, cached=disk.has_cid)
+    fetcher = Fetcher(settings, metrics, node.tmp_dir, shares)
     transformer = Transformer.from_settings(settings)
-    sources = Sources(disk, fetcher, flight, gate, node.video_dir)
-    renditions = Renditions(settings, disk, memory, sources, transformer, flight, gate, metrics)
+    for missing in sandbox.probe(settings.decoder_user):  # once per server process
+        logging.getLogger("atcdn.edge").warning("decoders run without isolation: %s", missing)
+    sources = Sources(disk, fetcher, flight, gate, node.video_dir, shares)
+    renditions = Renditions(settings, disk, memory, sources, transformer, flight, gate, metrics,
+                            shares)
     transcodes = Transcodes(settings, purges)
     admin = Admin(settings, node, disk, takedowns, purges, metrics)
+    misses = Misses(settings.max_pending_misses)  # /img, /blob and /watch's source fetches
 
     origins = fetcher.origins
     status = StatusPage("edge", settings.cache_dir,
@@ -92,9 +108,9 @@ def create_app(settings: EdgeSettings | None = None, control: ControlSettings | 
 
     router = Starlette(routes=[*health_routes(origins, settings.retry_after), *admin.routes(),
                                status.route(),
-                               *watch_routes(sources.file, transcodes)],
+                               *watch_routes(misses.bounded(sources.file), transcodes)],
                        exception_handlers=error_handlers(retry_after=settings.retry_after),
                        lifespan=lifespan)
     front = Front(settings, load_presets(settings.presets), gate, memory, renditions, metrics,
-                  router)
+                  router, misses)
     return AccessLog(front, logs)  # outermost: request IDs and one access line per request

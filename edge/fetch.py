@@ -5,7 +5,8 @@ The origin is the operator's own service; the PDS is a stranger's, reached throu
 DID document and the SSRF guard (core/pull.py, shared with the origin's shield). Both
 downloads stream into a staging while they are hashed, under the same bounds
 (core/download.py): only bytes matching the CID are returned. A blob pulled from a PDS
-is handed on to the origin in the background, so the next edge finds it there.
+is handed on to the origin in the background, so the next edge finds it there. What a
+PDS sends is charged to its DID and to it (edge/shares.py): a stranger's quota and share.
 """
 
 from __future__ import annotations
@@ -14,27 +15,42 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from atcdn.core.download import Downloads
+from atcdn.core.download import Budget, Downloads
 from atcdn.core.errors import AtcdnError
 from atcdn.core.limits import FetchLimits
 from atcdn.core.pull import PdsPull
+from atcdn.core.quotas import subject_of
 from atcdn.core.settings import EdgeSettings
 from atcdn.core.staging import Staging, sweep
 from atcdn.edge.metrics import Metrics
 from atcdn.edge.origins import Origin, Origins
+from atcdn.edge.shares import Allowance, Shares
 
 log = logging.getLogger("atcdn.edge")
+TIER_HEADER = "x-atcdn-tier"  # the origin's "pulled": a stranger's blob (origin/app.py)
 ORIGIN_QUOTA_RETRY = 60  # seconds; the origin's own Retry-After is not passed down
 # Errors of a connection to an origin that failed: the fetch moves to the next origin.
 UNREACHABLE = frozenset({"UpstreamUnavailable", "UpstreamTimeout"})
 
 
+@dataclass(frozen=True)
+class Fetched:
+    """A verified blob in a finished staging, and the stranger it is charged to (None:
+    the origin's)."""
+
+    staging: Staging
+    allowance: Allowance | None = None
+
+
 class Fetcher:
-    def __init__(self, settings: EdgeSettings, metrics: Metrics, tmp_dir: Path) -> None:
+    def __init__(self, settings: EdgeSettings, metrics: Metrics, tmp_dir: Path,
+                 shares: Shares | None = None) -> None:
         self.settings = settings
+        self.shares = shares  # per-stranger quotas (edge/shares.py); None: none
         self.metrics = metrics
         tmp_dir.mkdir(parents=True, exist_ok=True)
         sweep(tmp_dir, min_age=3600.0)  # a hand-off may outlive its staging's lock
@@ -50,14 +66,16 @@ class Fetcher:
         await self.origins.aclose()
         await self.pull.aclose()
 
-    async def fetch(self, did: str, cid: str) -> Staging:
+    async def fetch(self, did: str, cid: str) -> Fetched:
         """The verified bytes of ``cid`` in a finished staging (the caller discards it):
         the origin's copy, else the PDS's (handed on to the origin so the next edge finds
         it). 404 unknown, 451 taken down at the origin (never looked for elsewhere),
-        502/504 upstream trouble."""
-        status, fetched = await self._from_origins(did, cid)
+        502/504 upstream trouble, 429/413 past the stranger's quota or share."""
+        status, fetched, pulled = await self._from_origins(did, cid)
         if fetched is not None:
-            return fetched
+            if pulled and self.shares is not None:  # a stranger's, from the origin
+                return Fetched(fetched, self.shares.from_origin(did))
+            return Fetched(fetched)
         if status == 451:
             raise AtcdnError(451, "TakenDown", f"{cid} is taken down")
         if status == 429:  # a shielding origin's pull quota for this account or PDS
@@ -69,15 +87,28 @@ class Fetcher:
             raise AtcdnError(502, "UpstreamFailed", f"origin answered HTTP {status}")
         if not self.settings.pds_fallback:
             raise AtcdnError(404, "BlobNotFound", f"no blob {cid}")
-        pds, fetched = await self.pull.pull(did, cid)
+        pds = await self.pull.pds(did)
+        if self.shares is None:
+            pds, fetched = await self.pull.pull(did, cid, pds)
+            self._hand_to_origin(did, cid, pds, fetched)
+            return Fetched(fetched)
+        allowance = self.shares.allow(did, subject_of(pds))
+        budget = Budget(allowance.bytes, lambda: allowance.refusal)
+        size = 0
+        try:
+            pds, fetched = await self.pull.pull(did, cid, pds, budget)
+            size = fetched.size
+        finally:  # what arrived counts, kept or not (decoded, when more)
+            self.shares.charge(allowance, max(budget.received, size))
         self._hand_to_origin(did, cid, pds, fetched)
-        return fetched
+        return Fetched(fetched, allowance)
 
-    async def _from_origins(self, did: str, cid: str) -> tuple[int, Staging | None]:
+    async def _from_origins(self, did: str, cid: str) -> tuple[int, Staging | None, bool]:
         """Ask the CID's home origin (the next one while it is down). A fetch whose
         connection fails (refused, reset, timed out) is tried once on the next origin, at
         once: nothing was sent to the client yet, and a GET is safe to repeat. A 5xx is
-        an answer, retried on the same origin as with one."""
+        an answer, retried on the same origin as with one. The flag: the origin served
+        it from its pulled tier (a stranger's blob)."""
         candidates = self.origins.candidates(cid)
         if len(candidates) == 1:
             return await self._get_origin(candidates[0], did, cid)
@@ -97,21 +128,23 @@ class Fetcher:
         return await self._get_origin(second, did, cid)
 
     async def _get_origin(self, origin: Origin, did: str, cid: str, *,
-                          failover: bool = False) -> tuple[int, Staging | None]:
+                          failover: bool = False) -> tuple[int, Staging | None, bool]:
         """One origin's answer, counted per origin; ``failover``: a failed connection is
         not retried here (the caller moves to the next origin)."""
         results = self.metrics.origin_requests.labels
+        tiers: list[str] = []
         try:
             status, fetched = await self.downloads.get(
                 origin.client, f"/blob/{cid}", {"did": did}, cid, "origin",
-                retry_connections=not failover)
+                retry_connections=not failover,
+                seen=lambda response: tiers.append(response.headers.get(TIER_HEADER, "")))
         except AtcdnError as exc:
             results(origin.url, exc.error).inc()
             raise
         results(origin.url, str(status)).inc()
         if status < 500:
             self.origins.passed(origin)
-        return status, fetched
+        return status, fetched, tiers[-1:] == ["pulled"]
 
     def _hand_to_origin(self, did: str, cid: str, pds: str, staging: Staging) -> None:
         """Give a PDS-fetched blob to its home origin (the next one while the home is

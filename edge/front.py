@@ -2,7 +2,8 @@
 
 The story of a content request: parse the URL -> the gate refuses taken-down items (451)
 -> memory hit? send it. Otherwise the miss path (edge/renditions.py) makes the entry,
-bounded in number per worker (429 beyond). Only ``/img`` and ``/blob`` bypass
+bounded in number per worker (429 beyond; edge/misses.py, shared with /watch's source
+fetches). Only ``/img`` and ``/blob`` bypass
 Starlette's router, so a memory hit costs one dict lookup and two ``send`` calls;
 ``/watch`` passes the same gate, then the router (edge/watch.py), as do the admin routes
 (edge/admin.py).
@@ -10,9 +11,9 @@ Starlette's router, so a memory hit costs one dict lookup and two ``send`` calls
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from atcdn.core.accesslog import note
@@ -21,7 +22,6 @@ from atcdn.core.errors import (
     error_response,
     from_unexpected,
     invalid,
-    overloaded,
     taken_down,
 )
 from atcdn.core.settings import EdgeSettings
@@ -29,12 +29,14 @@ from atcdn.edge import urls
 from atcdn.edge.cache import Entry, MemoryTier
 from atcdn.edge.gate import Gate
 from atcdn.edge.metrics import Metrics
+from atcdn.edge.misses import Misses
 from atcdn.edge.presets import Preset
 from atcdn.edge.renditions import Renditions
 from atcdn.edge.responses import send_entry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger("atcdn.edge")
+PARSED_PATHS = 4096  # per worker: the paths of the hottest entries, parsed once
 NOT_ALLOWED = AtcdnError(405, "MethodNotAllowed", "GET or HEAD only")
 Work = Callable[[], Awaitable[tuple[Entry, str]]]
 
@@ -44,7 +46,7 @@ class Front:
 
     def __init__(self, settings: EdgeSettings, presets: dict[str, Preset], gate: Gate,
                  memory: MemoryTier, renditions: Renditions, metrics: Metrics,
-                 router: ASGIApp) -> None:
+                 router: ASGIApp, misses: Misses) -> None:
         self.settings = settings
         self.presets = presets
         self.gate = gate
@@ -52,8 +54,12 @@ class Front:
         self.renditions = renditions
         self.metrics = metrics
         self.router = router
-        self.pending = 0  # distinct memory misses in progress in this worker
-        self.misses: Counter[tuple[str, str]] = Counter()  # requests per (key, did) miss
+        self.misses = misses  # the bound on misses in progress, shared with /watch
+        # Parsing a path (DID pattern, CID check, a frozen dataclass) was a tenth of a
+        # memory hit; hits repeat their paths. Parsers are pure; errors are not cached.
+        self.parse_image = functools.lru_cache(maxsize=PARSED_PATHS)(functools.partial(
+            urls.parse_image_path, presets=presets, avif=settings.enable_avif))
+        self.parse_blob = functools.lru_cache(maxsize=PARSED_PATHS)(urls.parse_blob_path)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -72,7 +78,7 @@ class Front:
         if scope["method"] not in ("GET", "HEAD"):
             return await self.error(scope, receive, send, "img", NOT_ALLOWED)
         try:
-            req = urls.parse_image_path(scope["path"], self.presets, avif=self.settings.enable_avif)
+            req = self.parse_image(scope["path"])
         except urls.UrlError as exc:
             return await self.error(scope, receive, send, "img", invalid(str(exc)))
         if self.gate.refuses(req.did, req.cid):
@@ -93,7 +99,7 @@ class Front:
         if scope["method"] not in ("GET", "HEAD"):
             return await self.error(scope, receive, send, "blob", NOT_ALLOWED)
         try:
-            req = urls.parse_blob_path(scope["path"])
+            req = self.parse_blob(scope["path"])
         except urls.UrlError as exc:
             return await self.error(scope, receive, send, "blob", invalid(str(exc)))
         if self.gate.refuses(req.did, req.cid):
@@ -128,28 +134,17 @@ class Front:
                    miss: tuple[str, str], work: Work, *, vary: bool = False) -> None:
         """Run a memory miss and send its entry; every failure is answered as JSON.
 
-        Requests that join a miss already running here for the same entry and DID (the
-        same work: core/flight.py) cost one future, not a fetch or a transform, so they
-        neither count nor are refused: a herd of identical requests is one miss
-        (bench/edge.py sends 2,000 at once)."""
-        joining = miss in self.misses
-        if not joining and self.pending >= self.settings.max_pending_misses:
-            return await self.error(scope, receive, send, route, overloaded())
-        self.pending += not joining
-        self.misses[miss] += 1
+        Misses in progress are bounded per worker (429 beyond), but a request joining an
+        identical miss is not counted (edge/misses.py; bench/edge.py sends 2,000 at once)."""
         started = time.monotonic()
         try:
-            entry, outcome = await work()
+            with self.misses.admit(miss):
+                entry, outcome = await work()
         except AtcdnError as exc:
             return await self.error(scope, receive, send, route, exc)
         except Exception as exc:
             log.exception("%s request failed", route)  # with method, path and request ID
             return await self.error(scope, receive, send, route, from_unexpected(exc))
-        finally:
-            self.pending -= not joining
-            self.misses[miss] -= 1
-            if not self.misses[miss]:
-                del self.misses[miss]
         self._served(route, outcome, entry, started)
         await send_entry(scope, receive, send, entry, dict(scope["headers"]), vary=vary)
 

@@ -21,6 +21,7 @@ from atcdn.edge.gate import Gate
 from atcdn.edge.metrics import Metrics
 from atcdn.edge.presets import CONTENT_TYPES, Format
 from atcdn.edge.responses import blob_type
+from atcdn.edge.shares import Shares
 from atcdn.edge.sources import Sources, purged_meanwhile, read_source
 from atcdn.edge.transform import Transformer
 
@@ -28,8 +29,9 @@ from atcdn.edge.transform import Transformer
 class Renditions:
     def __init__(self, settings: EdgeSettings, disk: DiskTier, memory: MemoryTier,
                  sources: Sources, transformer: Transformer, flight: SingleFlight, gate: Gate,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, shares: Shares | None = None) -> None:
         self.settings = settings
+        self.shares = shares  # a stranger's renditions count in its share
         self.disk = disk
         self.memory = memory
         self.sources = sources
@@ -74,6 +76,8 @@ class Renditions:
         self.metrics.transforms.labels("200").inc()
         self.metrics.transform_seconds.observe(time.monotonic() - started)
         self.disk.put_bytes(key, rendered.body, req.cid)
+        if self.shares is not None:
+            self.shares.keep(req.cid, len(rendered.body))
         return self.disk.get(key) or rendered.body
 
     def _entry(self, value: Value, etag: str, content_type: str,

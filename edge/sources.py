@@ -21,6 +21,7 @@ from atcdn.edge.cache import DiskTier, Value
 from atcdn.edge.fetch import Fetcher
 from atcdn.core.flight import SingleFlight
 from atcdn.edge.gate import Gate
+from atcdn.edge.shares import Shares
 
 log = logging.getLogger("atcdn.edge")
 UNCACHED_MAX = 64 * 1024 * 1024  # a source this small is still served when the disk is full
@@ -33,8 +34,9 @@ def purged_meanwhile(cid: str) -> AtcdnError:
 
 class Sources:
     def __init__(self, disk: DiskTier, fetcher: Fetcher, flight: SingleFlight, gate: Gate,
-                 video_dir: Path) -> None:
+                 video_dir: Path, shares: Shares | None = None) -> None:
         self.disk = disk
+        self.shares = shares  # a stranger's sources are kept within its share
         self.fetcher = fetcher
         self.flight = flight
         self.gate = gate
@@ -55,7 +57,8 @@ class Sources:
         value = self.disk.get(key)  # fetched by another process while we waited
         if value is not None:
             return value
-        staging = await self.fetcher.fetch(did, cid)
+        fetched = await self.fetcher.fetch(did, cid)
+        staging = fetched.staging
         uncached: bytes | None = None
         try:
             self.disk.put_source(key, staging, cid)
@@ -69,6 +72,8 @@ class Sources:
             staging.discard()
         if uncached is None:
             self.disk.remember_owner(did, cid)
+            if fetched.allowance is not None and self.shares is not None:
+                self.shares.keep(cid, staging.size, fetched.allowance)
         if self.gate.purged_since(started, did, cid):
             self.disk.delete(key)
             self.gate.recheck(did, cid)

@@ -13,9 +13,11 @@ child (``python -m atcdn.edge.video``, edge/video.py) decodes.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from atcdn.core.errors import AtcdnError
+from filelock import FileLock, Timeout
 
 LOCK_NAME = ".lock"
 DONE_NAME = "done"
@@ -30,6 +32,32 @@ EXIT_DONE, EXIT_REFUSED, EXIT_BUSY = 0, 2, 3
 class VideoError(AtcdnError):
     """A refused or undecodable source; ``status`` is the honest HTTP code. Stored as
     ``error.json`` (``to_json``) for every later request for the video."""
+
+
+def is_locked(folder: Path) -> bool:
+    """Whether a transcode (in any process of this node) holds this video's lock."""
+    if not (folder / LOCK_NAME).exists():
+        return False
+    lock = FileLock(str(folder / LOCK_NAME), thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
+def unless_locked(folder: Path, action: Callable[[Path], object]) -> None:
+    """``action(folder)`` holding the video's lock, unless a transcode holds it."""
+    lock = FileLock(str(folder / LOCK_NAME), thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return
+    try:
+        action(folder)
+    finally:
+        lock.release()
 
 
 def clear(out: Path) -> None:

@@ -2,7 +2,7 @@
 
 Each transcode is ``python -m atcdn.edge.video`` in a child process (RLIMIT_AS inside, a
 wall timeout outside; both in core/limits.py), so hostile media can crash or exhaust only
-that child. Coordination between the edge's worker processes goes through files under
+that child; the child has no network and, under root, its own user (core/sandbox.py). Coordination between the edge's worker processes goes through files under
 ``{cache_dir}/video/`` (edge/transcode_files.py names those of one video):
 
 - ``{cid}/.lock`` is held by the child for the whole transcode: whoever finds it held
@@ -25,6 +25,7 @@ removes its folder, and a transcode that finishes after a purge leaves nothing b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -47,11 +48,13 @@ from atcdn.edge.transcode_files import (
     EXIT_BUSY,
     EXIT_DONE,
     EXIT_REFUSED,
-    LOCK_NAME,
     STATE_NAME,
     VideoError,
     clear,
+    is_locked,
 )
+from atcdn.edge.transcode_files import unless_locked as _unless_locked
+from atcdn.edge.video_space import VideoSpace, split
 from filelock import FileLock, Timeout
 from prometheus_client import Counter, Gauge
 
@@ -81,6 +84,10 @@ class Transcodes:
         self.limits = VideoLimits.from_settings(settings)
         self.slots = max(1, settings.video_max_concurrent)
         self.queue_length = settings.video_queue_length
+        self.decoder_user = settings.decoder_user  # the child's user when we are root
+        # Outputs, sources and refusals in the node's budget (edge/video_space.py).
+        self.space = VideoSpace(self.root, split(settings.cache_size, settings.video_share)[1],
+                                stale=2 * self.limits.timeout)
         self.jobs: dict[str, asyncio.Task[None]] = {}
         self.waiting = 0
         (self.root / "slots").mkdir(parents=True, exist_ok=True)
@@ -120,18 +127,7 @@ class Transcodes:
         except (OSError, ValueError):
             return {}
 
-    @staticmethod
-    def _locked(folder: Path) -> bool:
-        """Whether a transcode (in any process of this node) holds this video's lock."""
-        if not (folder / LOCK_NAME).exists():
-            return False
-        lock = FileLock(str(folder / LOCK_NAME), thread_local=False)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            return True
-        lock.release()
-        return False
+    _locked = staticmethod(is_locked)
 
     # ------------------------------------------------------------------ start
 
@@ -185,6 +181,8 @@ class Transcodes:
         finally:
             slot.release()
             self.jobs.pop(cid, None)
+            with contextlib.suppress(OSError):  # e.g. the folder purged under us
+                await asyncio.to_thread(self.space.trim)  # with this video counted
 
     async def _slot(self) -> FileLock:
         while True:
@@ -207,7 +205,7 @@ class Transcodes:
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "atcdn.edge.video", str(source), str(folder),
-                json.dumps(asdict(self.limits)), env=env, stdout=log, stderr=log,
+                json.dumps(asdict(self.limits)), self.decoder_user, env=env, stdout=log, stderr=log,
                 stdin=asyncio.subprocess.DEVNULL)
         finally:
             log.close()
@@ -276,19 +274,6 @@ class Transcodes:
                 await task
             except BaseException:
                 pass
-
-
-def _unless_locked(folder: Path, action: Callable[[Path], object]) -> None:
-    """``action(folder)`` holding the video's lock, unless a transcode holds it."""
-    lock = FileLock(str(folder / LOCK_NAME), thread_local=False)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        return
-    try:
-        action(folder)
-    finally:
-        lock.release()
 
 
 def _remove(folder: Path) -> None:

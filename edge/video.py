@@ -36,6 +36,7 @@ import av
 from atcdn.core.files import write_atomic, write_json
 from atcdn.core.limits import VideoLimits, confine
 from atcdn.core.mime import SNIFF_BYTES, sniff
+from atcdn.core.sandbox import isolate, user_ids
 from atcdn.edge import hls
 from atcdn.edge.transcode_files import (
     DONE_NAME,
@@ -705,8 +706,10 @@ class Progress:
 # ---------------------------------------------------------------------------- child process
 
 
-def run(source: Path, out: Path, limits: VideoLimits) -> int:
-    """Child-process entry: lock, start clean, transcode, mark done or refused."""
+def run(source: Path, out: Path, limits: VideoLimits,
+        locked: Callable[[], None] = lambda: None) -> int:
+    """Child-process entry: lock, ``locked()`` (isolation), start clean, transcode, mark
+    done or refused."""
     out.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(out / LOCK_NAME))
     try:
@@ -715,6 +718,7 @@ def run(source: Path, out: Path, limits: VideoLimits) -> int:
     except Timeout:
         return EXIT_BUSY  # another process of this node is on it
     try:
+        locked()
         if (out / DONE_NAME).exists() or (out / ERROR_NAME).exists():
             return EXIT_DONE
         clear(out)
@@ -737,9 +741,25 @@ def run(source: Path, out: Path, limits: VideoLimits) -> int:
 
 
 def main(argv: list[str]) -> int:
-    source, out, limits_json = argv
+    source, out, limits_json, user = argv
     limits = VideoLimits(**json.loads(limits_json))
     confine(limits.memory_bytes)
+    # Off the network, and (as root) to the decoder user, who can reach neither the
+    # source nor the output folder by path: the source is opened and the folder entered
+    # (and given to that user) first (core/sandbox.py).
+    fd = os.open(source, os.O_RDONLY)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    ids = user_ids(user)
+    if ids is not None:
+        for path in (Path(out), *Path(out).rglob("*")):
+            os.chown(path, *ids, follow_symlinks=False)
+    os.chdir(out)
+
+    def enter() -> None:  # with the lock held: it is taken by path
+        for missing in isolate(user):
+            print(f"transcoder not isolated: {missing}", file=sys.stderr, flush=True)
+
+    return run(Path(f"/proc/self/fd/{fd}"), Path("."), limits, enter)
     # No PyAV log callback (its default): a callback needs the GIL from codec threads,
     # which deadlocks when a failed decoder is freed. FFmpeg logs to our stderr instead.
     av.logging.set_level(None)

@@ -123,6 +123,7 @@ class Watch:
             etag = f'"{cid}/{relative}/{stat.st_size}-{stat.st_mtime_ns}"'
             cache = GROWING
         headers = {"Cache-Control": cache, "ETag": etag, "Access-Control-Allow-Origin": "*"}
+        self.transcodes.space.touch(cid)  # least recently used videos are removed first
         if etag_matches(request.headers.get("if-none-match", ""), etag):
             return Response(status_code=304, headers=headers)
         return FileResponse(path, media_type=CONTENT_TYPES[path.suffix], headers=headers)

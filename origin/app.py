@@ -8,7 +8,9 @@ that misses is pulled from that DID's PDS first (the shield: origin/shield.py). 
 store itself, origin/store.py): operators' pushes are *pinned* (kept); edges' hand-offs
 of blobs pulled from a PDS for a stranger go to the bounded, evictable *pulled* tier,
 under per-account and per-PDS quotas. Takedown and restore need the admin token
-(``ATCDN_ORIGIN_ADMIN_TOKEN``), which edges never hold. Neither token opens the other's
+(``ATCDN_ORIGIN_ADMIN_TOKEN``), which edges never hold. Several origins over one S3
+bucket behave as one (docs/fleet-store.md): holders are shared as marker objects in the
+bucket (origin/holders.py), takedowns through the AWS takedown feed they all follow. Neither token opens the other's
 routes, except the takedown feed (``/admin/feed``): read-only, readable with either, so
 edges deployed without AWS follow it. Errors are ``AtcdnError``s (atcdn.core.errors). ``create_app`` is the factory the
 servers run (``atcdn origin serve``); it reads the settings from the environment.
@@ -18,14 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
+import logging
+import time
 from collections.abc import AsyncIterator
 
 from atcdn.core import cid as cids
 from atcdn.core import did as dids
 from atcdn.core.accesslog import AccessLog
 from atcdn.core.errors import AtcdnError, error_handlers, invalid
-from atcdn.core.feed import Event, start_follower
+from atcdn.core.feed import Action, Event, Feed, start_follower
 from atcdn.core.gauges import Gauges
 from atcdn.core.mime import is_active, sniff
 from atcdn.core.ranges import IMMUTABLE, RangeNotSatisfiable, etag_matches, parse_range
@@ -33,31 +38,38 @@ from atcdn.core.settings import ControlSettings, LogSettings, OriginSettings
 from atcdn.core.staging import Staging
 from atcdn.core.status_route import StatusPage
 from atcdn.core.takedowns import Target
-from atcdn.origin.index import BlobMeta, Index, Via
+from atcdn.origin.holders import SharedHolders
+from atcdn.origin.index import BlobMeta, Decision, Index, Via
 from atcdn.origin.metrics import Metrics, MetricsMiddleware
 from atcdn.origin.pulled import PulledTier, Quota
 from atcdn.origin.shield import Shield
-from atcdn.origin.store import BlobStore, open_store
+from atcdn.origin.store import BlobStore, S3Store, open_store
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Lifespan
 
+log = logging.getLogger("atcdn.origin")
 SANDBOX = "default-src 'none'; sandbox"
 AUTH_REQUIRED = {"WWW-Authenticate": "Bearer"}
 DRAIN_MAX = 1024 * 1024  # a refused body up to this size is read before the answer
 VIA: tuple[Via, ...] = ("push", "ingest")  # what ?via= may say on a PUT (hand-offs: "pds")
+HOLDERS_TTL = 5.0  # seconds a read of the shared holders answers unsettled decisions
 
 
 class Origin:
     """The handlers, sharing one store, index, metrics and settings."""
 
     def __init__(self, settings: OriginSettings, store: BlobStore, index: Index,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, feed: Feed | None = None) -> None:
         self.settings = settings
         self.store = store  # pinned: what operators pushed and ingest found
-        self.pulled = PulledTier(settings, index, metrics)  # evictable, bounded
+        self.fleet_feed = feed  # the fleet's takedown feed, when this origin follows it
+        # An S3 bucket may be shared by several origins: so are the holders.
+        self.holders = (SharedHolders(store.client, store.bucket, settings.s3_holders_prefix)
+                        if isinstance(store, S3Store) else None)
+        self.pulled = PulledTier(settings, index, metrics, self.holders)  # evictable, bounded
         self.index = index
         self.metrics = metrics
         # With pds_pull on, misses are pulled from the DID's PDS (origin/shield.py).
@@ -155,21 +167,47 @@ class Origin:
         before = self.index.get(cid)
         with self.metrics.verifying():
             created = await self.store.commit(staging, cid)
+        if did is not None:
+            await self.share_holder(cid, did, via)
         meta = self.index.record(cid, staging.size, sniff(staging.head), did, via=via)
         if before is not None and not before.pinned:
             self.pulled.store.path(cid).unlink(missing_ok=True)
         return meta, created
 
-    async def lookup(self, cid: str) -> BlobMeta:
+    async def share_holder(self, cid: str, did: str, via: Via) -> None:
+        """Tell the other origins that ``did`` holds ``cid`` (before answering)."""
+        if self.holders is not None:
+            await self.holders.share(cid, did, via)
+
+    async def authorize(self, cid: str, did: str | None) -> Decision:
+        """``Index.authorize``, reading the shared holders through when the answer rests
+        on holders this origin may not know yet (not read for ``HOLDERS_TTL``)."""
+        decision = self.index.authorize(cid, did)
+        if self.holders is None or self.index.settled(cid, did):
+            return decision
+        meta = await self.find(cid)
+        if meta is not None and time.time() - meta.synced > HOLDERS_TTL:
+            self.index.learn(cid, await asyncio.to_thread(self.holders.read, cid))
+            decision = self.index.authorize(cid, did)
+        return decision
+
+    async def find(self, cid: str) -> BlobMeta | None:
+        """The blob's metadata from the index, else from the store (a blob another origin
+        over the same bucket stored, or one stored by other means); None if not stored."""
         meta = self.index.get(cid)
         if meta is not None:
             return meta
-        # Stored without the index knowing (e.g. a bucket filled by other means).
         size = await self.store.size(cid)
         if size is None:
-            raise AtcdnError(404, "BlobNotFound", f"blob {cid} is not stored")
+            return None
         head = await self.store.head(cid) if size else b""
         return self.index.record(cid, size, sniff(head))
+
+    async def lookup(self, cid: str) -> BlobMeta:
+        meta = await self.find(cid)
+        if meta is None:
+            raise AtcdnError(404, "BlobNotFound", f"blob {cid} is not stored")
+        return meta
 
     # -- routes --------------------------------------------------------------------
 
@@ -185,7 +223,7 @@ class Origin:
         return await self.serve(request, self.parse_cid(cid), did)
 
     async def serve(self, request: Request, cid: str, did: str | None) -> Response:
-        decision = self.index.authorize(cid, did)
+        decision = await self.authorize(cid, did)
         if decision != "taken-down" and self.shield is not None and did is not None:
             await self.shield.ensure(cid, did)  # a miss: pulled from the DID's PDS
             decision = self.index.authorize(cid, did)  # a takedown may have come meanwhile
@@ -206,6 +244,8 @@ class Origin:
         if if_none_match is not None and etag_matches(if_none_match, etag):
             return Response(status_code=304, headers=headers)
         headers["Content-Type"] = meta.mime
+        if not meta.pinned:  # a stranger's: an edge charges it to the DID's share
+            headers[TIER_HEADER] = "pulled"
         if is_active(meta.mime):
             headers["Content-Disposition"] = "attachment"
         try:
@@ -268,7 +308,7 @@ class Origin:
         if meta is not None:  # bytes already here: only the holder is news
             async for _ in request.stream():
                 pass
-            self.index.add_holder(cid, did, "pds")
+            await self.pulled.hold(cid, did)
             return JSONResponse({**self.describe(meta), "tier": _tier(meta)}, 200)
         quota = self.pulled.quota(did, request.query_params.get("pds", ""))
         try:
@@ -310,13 +350,29 @@ class Origin:
         except ValueError as exc:  # bad JSON, or a bad target
             raise invalid(str(exc)[:300] or "body must be JSON") from None
 
+    async def publish(self, action: Action, target: Target) -> None:
+        """Put a takedown or restore on the fleet's feed (when this origin follows one)
+        before applying it here, so every origin applies it; unless it changes nothing
+        here, which means the feed already carries it."""
+        if self.fleet_feed is None or self.index.has_block(target) == (action == "takedown"):
+            return
+        try:
+            await asyncio.to_thread(functools.partial(
+                self.fleet_feed.publish, action, cid=target.cid, did=target.did,
+                reason=target.reason))
+        except Exception as exc:  # noqa: BLE001 - any failure: nothing applied, retry
+            raise AtcdnError(503, "Unavailable", f"the takedown feed refused the {action}:"
+                             f" {exc!r}"[:300] + "; nothing applied, retry") from None
+
     async def takedown(self, request: Request) -> Response:
         target = await self.target(request)
+        await self.publish("takedown", target)
         changed, seq = self.index.take_down(target)
         return JSONResponse(target.answer("takedown", changed=changed, seq=seq))
 
     async def restore(self, request: Request) -> Response:
         target = await self.target(request)
+        await self.publish("restore", target)
         changed, seq = self.index.restore(target)
         return JSONResponse(target.answer("restore", changed=changed, seq=seq))
 
@@ -349,6 +405,9 @@ class Origin:
         return Response(body, headers={"Content-Type": content_type})
 
 
+TIER_HEADER = "X-Atcdn-Tier"  # "pulled" on a blob of the evictable pulled tier
+
+
 def _tier(meta: BlobMeta) -> str:
     return "pinned" if meta.pinned else "pulled"
 
@@ -367,7 +426,15 @@ def follow_takedowns(index: Index, settings: OriginSettings,
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        follower = start_follower(apply, control, settings.data_dir / "takedown-position")
+        position = control.takedown_state_file or settings.data_dir / "takedown-position"
+        if index.created:  # a new index knows no takedown: replay the feed from its start
+            position.unlink(missing_ok=True)
+        follower = start_follower(apply, control, position)
+        if follower is not None:  # serve only once caught up with the fleet's takedowns
+            try:
+                await asyncio.to_thread(follower.poll)
+            except Exception:
+                log.exception("takedown feed unreachable at start; following it later")
         yield
         if follower is not None:
             follower.stop()
@@ -406,7 +473,7 @@ def create_app(settings: OriginSettings | None = None, control: ControlSettings 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     metrics = Metrics()
     origin = Origin(settings, open_store(settings), Index(settings.data_dir / "index.sqlite"),
-                    metrics)
+                    metrics, Feed(control) if control.takedown_follow else None)
     routes = [
         Route("/blob/{cid}", origin.get_blob, methods=["GET", "HEAD"]),
         Route("/blob/{cid}", origin.put_blob, methods=["PUT"]),

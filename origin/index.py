@@ -10,6 +10,12 @@ stranger's request, evictable); its *holders* (the DIDs known to hold it, and ho
 was learned); the takedowns in their three scopes; the takedown feed the edges follow;
 and the byte counts behind the pulled tier's quotas. ``authorize`` is the serving rule
 (docs/authorization.md). Bytes are never deleted by a takedown.
+
+Over an S3 store several origins share, this file is a cache that can be deleted: the
+holders are read through from the store (``learn``, origin/holders.py), the takedowns
+replayed from the takedown feed, the blobs' size and type read from the store
+(docs/fleet-store.md). ``settled`` says when a decision cannot change by what other
+origins learned, so no shared read is needed.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Literal
 
 from atcdn.core.database import Database
 from atcdn.core.feed import Event
+from atcdn.core.quotas import over_budget
 from atcdn.core.takedowns import Target
 
 SCHEMA = """
@@ -63,7 +70,8 @@ CREATE TABLE IF NOT EXISTS usage (
 );
 """
 # Columns added after the first release, and the tables they replace (migrated once).
-COLUMNS = {"pinned": "INTEGER NOT NULL DEFAULT 1", "used": "REAL NOT NULL DEFAULT 0"}
+COLUMNS = {"pinned": "INTEGER NOT NULL DEFAULT 1", "used": "REAL NOT NULL DEFAULT 0",
+           "synced": "REAL NOT NULL DEFAULT 0"}  # synced: holders last read from the store
 TOUCH_EVERY = 60.0  # seconds between recording that a pulled blob was read
 
 Via = Literal["push", "ingest", "pds"]
@@ -78,10 +86,12 @@ class BlobMeta:
     first_seen: float
     pinned: bool = True
     used: float = 0.0
+    synced: float = 0.0  # when the shared holders were last read (0: never)
 
 
 class Index:
     def __init__(self, path: Path) -> None:
+        self.created = not path.exists()  # a new (or deleted) file: rebuild from shared facts
         self._database = Database(path, SCHEMA)
         self._run = self._database.run
         self._write = self._database.write
@@ -94,7 +104,7 @@ class Index:
     # -- blobs and holders --------------------------------------------------------------
 
     def get(self, cid: str) -> BlobMeta | None:
-        rows = self._run("SELECT cid, size, mime, first_seen, pinned, used FROM blobs "
+        rows = self._run("SELECT cid, size, mime, first_seen, pinned, used, synced FROM blobs "
                          "WHERE cid = ?", (cid,))
         return _meta(rows[0]) if rows else None
 
@@ -104,14 +114,14 @@ class Index:
         optionally, a DID holding it."""
         now = time.time()
         with self._write() as db:
-            db.execute("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?, ?, ?)",
-                       (cid, size, mime, now, int(pinned), now))
+            db.execute("INSERT OR IGNORE INTO blobs (cid, size, mime, first_seen, pinned, used)"
+                       " VALUES (?, ?, ?, ?, ?, ?)", (cid, size, mime, now, int(pinned), now))
             if pinned:
                 db.execute("UPDATE blobs SET pinned = 1 WHERE cid = ?", (cid,))
             if did is not None:
                 db.execute("INSERT OR IGNORE INTO holders VALUES (?, ?, ?, ?)",
                            (cid, did, via, now))
-            row = db.execute("SELECT cid, size, mime, first_seen, pinned, used FROM blobs "
+            row = db.execute("SELECT cid, size, mime, first_seen, pinned, used, synced FROM blobs "
                              "WHERE cid = ?", (cid,)).fetchone()
         return _meta(row)
 
@@ -138,6 +148,14 @@ class Index:
 
     def dids(self, cid: str) -> list[str]:
         return list(self.holders(cid))
+
+    def learn(self, cid: str, holders: dict[str, str]) -> None:
+        """Merge the holders of a stored blob read from the shared store, and note when."""
+        now = time.time()
+        with self._write() as db:
+            db.executemany("INSERT OR IGNORE INTO holders VALUES (?, ?, ?, ?)",
+                           [(cid, did, via, now) for did, via in holders.items()])
+            db.execute("UPDATE blobs SET synced = ? WHERE cid = ?", (now, cid))
 
     # -- takedowns ----------------------------------------------------------------------
 
@@ -186,6 +204,26 @@ class Index:
             "LEFT JOIN blocks b ON b.did = h.did AND b.cid IN ('', h.cid) WHERE h.cid = ?",
             (cid,))[0]
         return "serve" if holders == 0 or live > 0 else "taken-down"
+
+    def settled(self, cid: str, did: str | None) -> bool:
+        """Whether ``authorize(cid, did)`` stays true whatever holders other origins
+        learned since (holders are only ever added): a takedown that needs no holder, or
+        a holder that backs the request. Otherwise the answer rests on holders not being
+        known here (not held, no holder, every known holder taken down)."""
+        if self._run("SELECT 1 FROM blocks WHERE did = '' AND cid = ?", (cid,)):
+            return True
+        if did is not None:
+            return bool(self._run("SELECT 1 FROM blocks WHERE did = ? AND cid IN ('', ?) "
+                                  "UNION ALL SELECT 1 FROM holders WHERE cid = ? AND did = ?",
+                                  (did, cid, cid, did)))
+        return bool(self._run(
+            "SELECT 1 FROM holders h LEFT JOIN blocks b ON b.did = h.did AND b.cid IN ('', h.cid)"
+            " WHERE h.cid = ? AND b.did IS NULL LIMIT 1", (cid,)))
+
+    def has_block(self, target: Target) -> bool:
+        """Whether a takedown of exactly this scope is in force."""
+        return bool(self._run("SELECT 1 FROM blocks WHERE did = ? AND cid = ?",
+                              (target.did or "", target.cid or "")))
 
     def blocked(self, cid: str, did: str | None = None) -> bool:
         return self.authorize(cid, did) == "taken-down"
@@ -238,16 +276,11 @@ class Index:
     def evict_pulled(self, budget: int) -> list[str]:
         """Forget least recently used pulled blobs until they fit ``budget``; returns
         their CIDs (the caller deletes the bytes). Their holders are kept: still true."""
-        victims: list[str] = []
         with self._write() as db:
             total = db.execute("SELECT COALESCE(SUM(size), 0) FROM blobs "
                                "WHERE pinned = 0").fetchone()[0]
-            for cid, size in db.execute("SELECT cid, size FROM blobs WHERE pinned = 0 "
-                                        "ORDER BY used").fetchall():
-                if total <= budget:
-                    break
-                victims.append(cid)
-                total -= size
+            victims = over_budget(db.execute("SELECT cid, size FROM blobs WHERE pinned = 0 "
+                                             "ORDER BY used"), total, budget)
             db.executemany("DELETE FROM blobs WHERE cid = ? AND pinned = 0",
                            [(cid,) for cid in victims])
         return victims
@@ -272,5 +305,5 @@ def _migrate(db: sqlite3.Connection) -> None:
 
 
 def _meta(row: tuple) -> BlobMeta:
-    cid, size, mime, first_seen, pinned, used = row
-    return BlobMeta(cid, size, mime, first_seen, bool(pinned), used)
+    cid, size, mime, first_seen, pinned, used, synced = row
+    return BlobMeta(cid, size, mime, first_seen, bool(pinned), used, synced)

@@ -11,21 +11,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from atcdn.core.errors import AtcdnError
 from atcdn.core.mime import sniff
+from atcdn.core.quotas import Quotas, subject_of
 from atcdn.core.settings import OriginSettings
 from atcdn.core.staging import Staging
+from atcdn.origin.holders import SharedHolders
 from atcdn.origin.index import BlobMeta, Index
 from atcdn.origin.metrics import Metrics
 from atcdn.origin.store import FileStore
-
-
-def site(url: str) -> str:
-    """A PDS URL reduced to what a quota is kept for: scheme://host[:port] (pure)."""
-    parts = urlsplit(url.strip().lower())
-    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else "unknown"
 
 
 @dataclass(frozen=True)
@@ -45,21 +40,23 @@ class Quota:
 
 
 class PulledTier:
-    def __init__(self, settings: OriginSettings, index: Index, metrics: Metrics) -> None:
+    def __init__(self, settings: OriginSettings, index: Index, metrics: Metrics,
+                 holders: SharedHolders | None = None) -> None:
         self.settings = settings
         self.index = index
         self.metrics = metrics
+        self.holders = holders  # shared with the other origins over one bucket, if any
         self.store = FileStore(settings.data_dir / "pulled")
+        self.rule = Quotas(settings.pulled_quota_did, settings.pulled_quota_pds,
+                           settings.pulled_quota_window)  # the arithmetic: core/quotas.py
 
     def quota(self, did: str, pds_url: str) -> Quota:
         """The quota of ``did`` and of its PDS (``pds_url``) in the current window."""
-        length = self.settings.pulled_quota_window
-        now = int(time.time())
-        window = now // length
-        pds = "pds:" + site(pds_url)
-        left, whose = min((self.settings.pulled_quota_did - self.index.usage(did, window), did),
-                          (self.settings.pulled_quota_pds - self.index.usage(pds, window), pds))
-        return Quota(max(0, left), whose, window, (did, pds), length - now % length)
+        now = time.time()
+        window = self.rule.window_of(now)
+        pds = subject_of(pds_url)
+        left, whose = self.rule.left(did, pds, lambda subject: self.index.usage(subject, window))
+        return Quota(left, whose, window, (did, pds), self.rule.retry_after(now))
 
     def refuse(self, quota: Quota) -> AtcdnError:
         """The 429 of a used-up quota, counted."""
@@ -70,11 +67,19 @@ class PulledTier:
         """Count bytes received (stored or not) against the quota's subjects."""
         self.index.charge(list(quota.subjects), quota.window, received)
 
+    async def hold(self, cid: str, did: str) -> None:
+        """Record that ``did``'s own PDS served ``cid`` (the bytes are already here)."""
+        if self.holders is not None:
+            await self.holders.share(cid, did, "pds")
+        self.index.add_holder(cid, did, "pds")
+
     async def keep(self, staging: Staging, cid: str, did: str) -> tuple[BlobMeta, bool]:
         """Store a received blob (verified against ``cid`` on commit, 422 otherwise),
         held by ``did``, then evict down to the budget; (meta, whether it was new)."""
         with self.metrics.verifying():
             created = await self.store.commit(staging, cid)
+        if self.holders is not None:
+            await self.holders.share(cid, did, "pds")
         meta = self.index.record(cid, staging.size, sniff(staging.head), did, via="pds",
                                  pinned=False)
         for victim in self.index.evict_pulled(self.settings.pulled_max_bytes):

@@ -90,6 +90,6 @@ class Shield:
             self.pulled.charge(quota, budget.received)
         if self.index.get(cid) is not None:  # the bytes are here: only the holder is news
             staging.discard()
-            self.index.add_holder(cid, did, "pds")
+            await self.pulled.hold(cid, did)
             return
         await self.pulled.keep(staging, cid, did)

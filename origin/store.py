@@ -176,6 +176,11 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+# botocore's "standard" mode retries throttling, 500/502/503/504 and dropped connections
+# with jittered backoff: a storage node dying under a write costs a retry, not an error.
+RETRIES = {"mode": "standard", "max_attempts": 5}
+
+
 class S3Store(BlobStore):
     """Blobs as objects ``<prefix><cid>`` in a bucket of any S3-compatible service."""
 
@@ -195,7 +200,7 @@ class S3Store(BlobStore):
             "s3", endpoint_url=endpoint, region_name=region,
             aws_access_key_id=access_key, aws_secret_access_key=secret_key,
             config=Config(s3={"addressing_style": "path" if path_style else "auto"},
-                          signature_version="s3v4", retries={"max_attempts": 3}),
+                          signature_version="s3v4", retries=RETRIES),
         )
         self.transfer = TransferConfig(multipart_threshold=self.MULTIPART_THRESHOLD,
                                        multipart_chunksize=16 * 1024 * 1024, max_concurrency=4)

@@ -91,6 +91,15 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
+def seaweed_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A SeaweedFS cluster, each part its own process (master, three volume servers with
+    two copies of every blob, filer, S3 gateway), for one module: its tests kill parts."""
+    from tests.helpers.seaweed import run_seaweed_cluster
+
+    yield from run_seaweed_cluster(need_tool("weed"), tmp_path_factory.mktemp("cluster"))
+
+
+@pytest.fixture(scope="module")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A real moto_server process (stand-in for AWS); yields the env that points boto3 at it."""
     binary = need_tool("moto_server")

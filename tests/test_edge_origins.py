@@ -21,7 +21,13 @@ from atcdn.core.cid import compute
 from atcdn.core.ring import Ring
 
 from tests.helpers.env import ADMIN_TOKEN, TOKEN
-from tests.helpers.nodes import Edge, Origin, start_edge, start_upstream
+from tests.helpers.nodes import (
+    Edge,
+    Origin,
+    running_origins,
+    start_edge,
+    start_upstream,
+)
 from tests.helpers.pictures import DID
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -84,15 +90,8 @@ def push_all(origins: list[Origin], data: bytes) -> str:
 @pytest.fixture
 def origins(tmp_path: Path) -> Iterator[list[Origin]]:
     """Three real origins, each with its own fs store, JSON access logs."""
-    nodes = [Origin(tmp_path / f"o{i}", {"ATCDN_LOG_FORMAT": "json"}, tmp_path / f"o{i}.log")
-             for i in range(3)]
-    try:
-        for node in nodes:
-            node.start()
+    with running_origins(tmp_path, 3, {"ATCDN_LOG_FORMAT": "json"}) as nodes:
         yield nodes
-    finally:
-        for node in nodes:
-            node.stop()
 
 
 @dataclass

@@ -164,3 +164,33 @@ def test_blob_sends_bmp_tiff_pdf_as_attachments(origin: str, edge) -> None:
         else:
             assert r.headers["content-type"] == "application/octet-stream"
             assert r.headers["content-disposition"] == "attachment"
+
+
+# -- the transform queue ------------------------------------------------------------------
+
+def test_transform_queue_is_bounded_in_bytes(origin: str, edge_factory) -> None:
+    """Sources waiting for an image worker are held in the server process: beyond
+    ``ATCDN_EDGE_TRANSFORM_QUEUE_SIZE`` bytes of them, a new transform is 503 Busy."""
+    import concurrent.futures
+    import time
+
+    slow = put(origin, slow_animation())
+    others = [put(origin, jpeg(800, 600)) for _ in range(4)]
+    edge = edge_factory(origin, env={"ATCDN_EDGE_TRANSFORM_QUEUE_SIZE": "1000",
+                                     "ATCDN_EDGE_TRANSFORM_WORKERS": "1"})
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        busy = pool.submit(httpx.get, f"{edge.url}/img/feed_fullsize/plain/{DID}/{slow}@webp",
+                           timeout=60)
+        time.sleep(0.5)  # its source is now with the one worker
+        answers = list(pool.map(lambda cid: httpx.get(
+            f"{edge.url}/img/avatar/plain/{DID}/{cid}@jpeg", timeout=60), others))
+        # It only has to hold the worker (under load it may pass the 20 s timeout).
+        assert busy.result().status_code in (200, 503)
+        assert busy.result().headers["content-type"] != "application/json" or \
+            busy.result().json()["error"] == "TransformTimeout"
+    assert [r.status_code for r in answers] == [503] * 4, [r.text for r in answers]
+    assert {r.json()["error"] for r in answers} == {"Busy"}
+    assert all(int(r.headers["retry-after"]) >= 1 for r in answers)
+    # Nothing is remembered: once the worker is free, the same request is served.
+    r = httpx.get(f"{edge.url}/img/avatar/plain/{DID}/{others[0]}@jpeg", timeout=60)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"

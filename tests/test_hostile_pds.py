@@ -208,3 +208,107 @@ def test_fetch_temp_space_is_bounded(origin, hostile, edge_factory) -> None:
     # Not a failure of the PDS: asked again once there is room, it is served.
     r = httpx.get(f"{edge.url}/blob/{DID}/{second_cid}", timeout=30)
     assert r.status_code == 200 and r.content == second
+
+
+# -- hole 1: per-stranger shares of an edge's cache -------------------------------------
+
+def did(n: int) -> str:
+    return f"did:plc:{'stranger' + 'bcdefghijk'[n]:a<24}"
+
+
+def push(origin_url: str, data: bytes, owner: str = DID) -> str:
+    from tests.helpers.env import TOKEN
+
+    cid = compute(data)
+    httpx.put(f"{origin_url}/blob/{cid}", content=data, params={"did": owner},
+              headers={"authorization": f"Bearer {TOKEN}"}).raise_for_status()
+    return cid
+
+
+def test_quota_per_did_and_per_pds(tmp_path, hostile, edge_factory) -> None:
+    """What one account, and one PDS, can make an edge fetch in a window is bounded:
+    429 QuotaExceeded with Retry-After, naming whose quota; the operator's own blobs
+    (pinned at the origin) are not counted."""
+    from tests.helpers.nodes import running_origin
+
+    pds = hostile()
+    for n in range(4):
+        pds.add_did(did(n), pds.url)
+    with running_origin(tmp_path) as origin:
+        pinned = push(origin.url, os.urandom(90_000), did(0))
+        edge = edge_factory(origin.url, env={"ATCDN_PLC_URL": pds.url,
+                                             "ATCDN_EDGE_QUOTA_DID": "100000",
+                                             "ATCDN_EDGE_QUOTA_PDS": "170000"})
+        blobs = [pds.add_blob(os.urandom(60_000)) for _ in range(4)]
+        get = lambda who, cid: httpx.get(f"{edge.url}/blob/{who}/{cid}", timeout=30)  # noqa: E731
+        assert get(did(0), blobs[0]).status_code == 200
+        refused = get(did(0), blobs[1])  # 60 KB of the account's 100 KB are used
+        assert refused.status_code == 429, refused.headers
+        assert refused.json()["error"] == "QuotaExceeded" and did(0) in refused.json()["message"]
+        assert 0 < int(refused.headers["retry-after"]) <= 3600
+        assert get(did(0), pinned).status_code == 200  # the operator's: not counted
+        assert get(did(1), blobs[1]).status_code == 200  # another account: its own quota
+        refused = get(did(2), blobs[2])  # the PDS has brought 120 KB of its 170 KB
+        assert refused.status_code == 429, refused.headers
+        assert "pds:" in refused.json()["message"]
+
+
+def cached_sources(cache_dir: Path, cids: list[str]) -> list[str]:
+    import diskcache
+    from atcdn.edge import urls
+
+    with diskcache.Cache(str(cache_dir / "disk")) as cache:
+        return [cid for cid in cids if urls.source_key(cid) in cache]
+
+
+def test_a_stranger_evicts_no_more_than_its_share(tmp_path, hostile, edge_factory) -> None:
+    """The disk tier holds the operator's blobs; a stranger then makes the edge fetch
+    twice the tier's size. The stranger's blobs never hold more than its share, so none
+    of the operator's is pushed out."""
+    from tests.helpers.nodes import running_origin
+
+    pds = hostile()
+    with running_origin(tmp_path) as origin:
+        mine = [push(origin.url, os.urandom(200_000)) for _ in range(8)]  # 1.6 MB
+        edge = edge_factory(origin.url, env={"ATCDN_PLC_URL": pds.url,
+                                             "ATCDN_EDGE_CACHE_SIZE": "3000000",
+                                             "ATCDN_EDGE_SHARE_DID": "0.2"})
+        for cid in mine:
+            assert httpx.get(f"{edge.url}/blob/{DID}/{cid}", timeout=30).status_code == 200
+        theirs = [pds.add_blob(os.urandom(200_000)) for _ in range(30)]  # 6 MB
+        pds.add_did(did(9), pds.url)
+        for cid in theirs:
+            r = httpx.get(f"{edge.url}/blob/{did(9)}/{cid}", timeout=30)
+            assert r.status_code == 200, r.text
+        kept = cached_sources(edge.cache_dir, theirs)
+        assert 0 < len(kept) * 200_000 <= 0.2 * 3_000_000, len(kept)
+        assert kept == theirs[-len(kept):]  # its oldest went first
+        assert cached_sources(edge.cache_dir, mine) == mine
+
+
+def test_a_strangers_blobs_from_a_shield_count_against_its_share(tmp_path, hostile,
+                                                                   edge_factory) -> None:
+    """The same, with the edge fetching nothing from PDSes itself: a shielding origin
+    pulls the stranger's blobs into its pulled tier and says so (``X-Atcdn-Tier``); the
+    edge keeps them within the stranger's share, and the operator's stay."""
+    from tests.helpers.nodes import running_origin
+
+    pds = hostile()
+    pds.add_did(did(9), pds.url)
+    env = {"ATCDN_ORIGIN_PDS_PULL": "1", "ATCDN_PLC_URL": pds.url,
+           "ATCDN_ALLOW_PRIVATE_NETWORKS": "1"}
+    with running_origin(tmp_path, env=env) as origin:
+        mine = [push(origin.url, os.urandom(200_000)) for _ in range(8)]  # 1.6 MB
+        edge = edge_factory(origin.url, env={"ATCDN_PDS_FALLBACK": "0",
+                                             "ATCDN_EDGE_CACHE_SIZE": "3000000",
+                                             "ATCDN_EDGE_SHARE_DID": "0.2"})
+        for cid in mine:
+            assert httpx.get(f"{edge.url}/blob/{DID}/{cid}", timeout=30).status_code == 200
+        theirs = [pds.add_blob(os.urandom(200_000)) for _ in range(30)]  # 6 MB
+        for cid in theirs:
+            r = httpx.get(f"{edge.url}/blob/{did(9)}/{cid}", timeout=30)
+            assert r.status_code == 200, r.text
+        assert edge.metric("atcdn_edge_pds_fetches_total") == 0  # all through the origin
+        kept = cached_sources(edge.cache_dir, theirs)
+        assert 0 < len(kept) * 200_000 <= 0.2 * 3_000_000, len(kept)
+        assert cached_sources(edge.cache_dir, mine) == mine

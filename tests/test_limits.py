@@ -21,7 +21,7 @@ SETTING_OF = {
                   "max_frames": "image_max_frames",
                   "max_animation_pixels": "image_max_animation_pixels"},
     WorkerLimits: {"workers": "transform_workers", "timeout": "transform_timeout",
-                   "memory_mb": "transform_memory_mb"},
+                   "memory_mb": "transform_memory_mb", "queue_bytes": "transform_queue_size"},
     VideoLimits: {"max_bytes": "video_max_bytes", "max_seconds": "video_max_seconds",
                   "max_pixels": "video_max_pixels", "memory_bytes": "video_memory_bytes",
                   "timeout": "video_timeout", "threads": "video_threads"},

@@ -14,24 +14,16 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
-import jinja2
 from atcdn.core.cid import compute
 from PIL import Image
 
-from tests.helpers.env import ROOT, TOKEN, need_tool
+from tests.helpers.env import TOKEN, need_tool
 from tests.helpers.nodes import Edge, running_origin, start_edge
 from tests.helpers.pictures import DID
+from tests.helpers.pop import render_config
 from tests.helpers.servers import Process, free_port
 
-TEMPLATE = ROOT / "ansible" / "roles" / "haproxy" / "templates" / "haproxy.cfg.j2"
 BLOBS = 90
-
-
-def render_config(path: Path, port: int, edges: dict[str, str]) -> None:
-    template = jinja2.Template(TEMPLATE.read_text(), undefined=jinja2.StrictUndefined)
-    path.write_text(template.render(
-        haproxy_bind=f"127.0.0.1:{port}", haproxy_check_interval="300ms", haproxy_maxconn=1000,
-        haproxy_edges=[{"name": n, "address": u.split("://")[1]} for n, u in edges.items()]))
 
 
 def tiny_png(i: int) -> bytes:

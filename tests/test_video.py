@@ -365,3 +365,57 @@ def test_takedown_stops_a_transcode_in_flight(server: WatchServer, client: httpx
     # Taken down again, so the module's other tests do not wait behind this transcode.
     client.post(server.url + "/admin/takedown", json={"cid": cid}, headers=admin)
     assert not folder.exists()
+
+
+def test_videos_stay_within_their_share_of_the_cache(tmp_path: Path) -> None:
+    """Transcodes, their sources and refusals count in the cache budget: videos
+    transcoded one after another never hold more than ``video_share`` of ``cache_size``;
+    the least recently used go first, and a removed one is transcoded again when asked."""
+    import os
+    import subprocess
+    import sys
+
+    from atcdn.core.limits import VideoLimits
+
+    clips = [make_clip(tmp_path / f"v{i}.mp4", width=160 + 16 * i, height=120, seconds=1,
+                       audio=False) for i in range(5)]
+    sample = tmp_path / "sample"  # what one video leaves: its output and its source
+    subprocess.run([sys.executable, "-m", "atcdn.edge.video", str(clips[-1]), str(sample), "{}",
+                    ""], check=True, capture_output=True)
+    one = sum(p.stat().st_size for p in sample.rglob("*") if p.is_file()) + clips[-1].stat().st_size
+    budget = int(2.5 * one)  # room for two videos, not three
+    srv = WatchServer(tmp_path / "node", workers=1, cache_size=budget * 100, video_share=0.01,
+                      memory_max_item=VideoLimits.max_bytes)  # sources copied to video/sources
+    video_dir = srv.cache / "video"
+
+    def used() -> int:
+        return sum(p.stat().st_size for p in video_dir.rglob("*")
+                   if p.is_file() and "slots" not in p.parts)
+
+    def within_budget() -> int:
+        deadline = time.monotonic() + 10  # trimmed as the transcode ends
+        while used() > budget and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return used()
+
+    srv.start()
+    try:
+        cids = [srv.add(path.read_bytes()) for path in clips]
+        refused = srv.add(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))  # a broken MP4
+        with httpx.Client(timeout=60) as c:
+            for n, cid in enumerate([*cids, refused]):
+                c.get(srv.video_url(cid) + "/playlist.m3u8")
+                assert srv.wait_done(cid)["state"] == ("failed" if cid == refused else "done")
+                assert within_budget() <= budget, (n, used(), budget)
+                if n >= 1:  # the first is watched again: the second is now the oldest
+                    c.get(srv.video_url(cids[0]) + "/playlist.m3u8")
+            states = {cid: c.get(srv.video_url(cid) + "/status").json()["state"] for cid in cids}
+            assert states[cids[0]] == "done", states  # watched all along: kept
+            assert states[cids[1]] == "absent", states  # the least recently used: removed
+            assert not (video_dir / "sources" / cids[1]).exists()
+            assert not (video_dir / f"{cids[1]}.log").exists()
+            assert c.get(srv.video_url(cids[1]) + "/playlist.m3u8").status_code == 200
+            assert srv.wait_done(cids[1])["state"] == "done"
+            assert within_budget() <= budget
+    finally:
+        srv.stop()

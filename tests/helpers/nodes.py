@@ -54,6 +54,20 @@ def running_origin(tmp: Path, *, backend: str = "fs", seaweed=None,
         origin.stop()
 
 
+@contextmanager
+def running_origins(tmp: Path, count: int, env: Mapping[str, str]) -> Iterator[list[Origin]]:
+    """``count`` origins (``tmp/o0``, ``tmp/o1``, ...) with the same ``env`` (several origins
+    over one store, or each over its own); all stopped afterwards."""
+    nodes = [Origin(tmp / f"o{n}", env, tmp / f"o{n}.log") for n in range(count)]
+    try:
+        for node in nodes:
+            node.start()
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+
+
 class Edge:
     """A running ``atcdn edge serve`` process."""
 
@@ -63,13 +77,17 @@ class Edge:
         self.cache_dir = cache_dir
 
     def metric(self, name: str) -> float:
-        """Sum of every sample of ``name`` on /metrics (all labels, all workers)."""
-        text = httpx.get(self.url + "/metrics").text
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(name + "{") or line.startswith(name + " "):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+        return metric(self.url, name)
+
+
+def metric(url: str, name: str) -> float:
+    """Sum of every sample of ``name`` on a node's /metrics (all labels, all workers)."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def start_edge(origin_url: str | Sequence[str], cache_dir: Path, log: Path, *,
