@@ -9,7 +9,7 @@ ends, which quota binds and what to evict is decided here, once. Subjects are na
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -60,4 +60,24 @@ def over_budget(entries: Iterable[tuple[str, int]], total: int, budget: int) -> 
             break
         victims.append(key)
         total -= size
+    return victims
+
+
+def over_shares(entries: Sequence[tuple[str, int, tuple[str, ...]]], held: Mapping[str, int],
+                shares: Mapping[str, int]) -> list[str]:
+    """Which entries (key, size, subjects), oldest first, to drop so that every subject
+    of ``shares`` holds at most its share. ``held`` is what each subject holds in all
+    (entries that may not be dropped included); a subject past its share loses only its
+    *own* entries, so one never pays for another's."""
+    held = dict(held)
+    victims: list[str] = []
+    for subject, share in shares.items():
+        own = [(key, size) for key, size, subjects in entries
+               if subject in subjects and key not in victims]
+        dropped = over_budget(own, held.get(subject, 0), share)
+        for key, size, subjects in entries:
+            if key in dropped:
+                for other in subjects:
+                    held[other] = held.get(other, 0) - size
+        victims += dropped
     return victims

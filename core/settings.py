@@ -204,12 +204,12 @@ class EdgeSettings(BaseSettings):
     quota_window: int = Field(default=3600, gt=0, description="quota window, seconds")
     share_did: float = Field(
         default=0.05, gt=0, le=1,
-        description="part of the disk cache one account's blobs may hold; past it, its own"
-                    " oldest are evicted")
+        description="part of the disk cache, and of the videos' space, one account's blobs"
+                    " may hold; past it, its own oldest are evicted")
     share_pds: float = Field(
         default=0.25, gt=0, le=1,
-        description="part of the disk cache one PDS's blobs may hold; past it, its own"
-                    " oldest are evicted")
+        description="part of the disk cache, and of the videos' space, one PDS's blobs may"
+                    " hold; past it, its own oldest are evicted")
     max_pending_misses: int = Field(
         default=512, description="cache misses in progress per worker before answering 429")
     health_probe_interval: float = Field(

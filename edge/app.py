@@ -81,7 +81,7 @@ def create_app(settings: EdgeSettings | None = None, control: ControlSettings | 
     sources = Sources(disk, fetcher, flight, gate, node.video_dir, shares)
     renditions = Renditions(settings, disk, memory, sources, transformer, flight, gate, metrics,
                             shares)
-    transcodes = Transcodes(settings, purges)
+    transcodes = Transcodes(settings, purges, owner=shares.owner)
     admin = Admin(settings, node, disk, takedowns, purges, metrics)
     misses = Misses(settings.max_pending_misses)  # /img, /blob and /watch's source fetches
 

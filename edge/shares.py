@@ -149,6 +149,12 @@ class Shares:
             self.prune()
         return victims
 
+    def owner(self, cid: str) -> tuple[str, str] | None:
+        """The (DID, PDS) ``cid``'s source is charged to; None when nobody's. The video
+        space keeps a stranger's transcodes within the same shares (edge/video_space.py)."""
+        rows = self._db.run("SELECT did, pds FROM held WHERE cid = ?", (cid,))
+        return (rows[0][0], rows[0][1]) if rows else None
+
     def prune(self) -> int:
         """Forget the CIDs the disk tier no longer holds anything of."""
         cids = [row[0] for row in self._db.run("SELECT cid FROM held")]

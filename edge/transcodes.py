@@ -78,16 +78,20 @@ ROOT = Path(__file__).resolve().parent.parent  # so the child finds the edge pac
 class Transcodes:
     """The transcodes of one edge worker process (and what it can see of the others')."""
 
-    def __init__(self, settings: EdgeSettings, purges: Purges) -> None:
+    def __init__(self, settings: EdgeSettings, purges: Purges,
+                 owner: Callable[[str], tuple[str, str] | None] = lambda cid: None) -> None:
         self.root = Path(settings.cache_dir) / "video"
         self.purges = purges
+        self.owner = owner  # whose source a video is (edge/shares.py); None: nobody's
         self.limits = VideoLimits.from_settings(settings)
         self.slots = max(1, settings.video_max_concurrent)
         self.queue_length = settings.video_queue_length
         self.decoder_user = settings.decoder_user  # the child's user when we are root
-        # Outputs, sources and refusals in the node's budget (edge/video_space.py).
+        # Outputs, sources and refusals in the node's budget, a stranger's within its
+        # shares of it (edge/video_space.py).
         self.space = VideoSpace(self.root, split(settings.cache_size, settings.video_share)[1],
-                                stale=2 * self.limits.timeout)
+                                stale=2 * self.limits.timeout, share_did=settings.share_did,
+                                share_pds=settings.share_pds)
         self.jobs: dict[str, asyncio.Task[None]] = {}
         self.waiting = 0
         (self.root / "slots").mkdir(parents=True, exist_ok=True)
@@ -151,6 +155,7 @@ class Transcodes:
         if self.folder(cid).exists():  # what an interrupted transcode left: never served
             self._discard(self.folder(cid))
         self.folder(cid).mkdir(parents=True, exist_ok=True)
+        self.space.own(cid, self.owner(cid))
         size = path.stat().st_size
         if size > self.limits.max_bytes:
             limit = self.limits.max_bytes

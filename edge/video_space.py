@@ -10,17 +10,28 @@ a folder younger than ``stale`` seconds without ``done`` or ``error.json`` (queu
 source still needed); an older one is what an interrupted transcode left. Removal takes
 the video's lock, so no transcode starts in a folder being removed; a removed video is
 transcoded again when asked for.
+
+A stranger's videos are kept within its shares (issue 9, hole 1), as its blobs are in the
+disk tier (edge/shares.py): a video whose source was charged to a DID and a PDS is theirs
+(``own`` records it in ``{cid}.owner`` when the transcode is asked for), and the videos of
+a DID hold at most ``share_did`` of the video budget, those of a PDS ``share_pds``. Past
+its share a subject's *own* least recently used videos go first (``over_shares``); only
+then, if all still do not fit, the least recently used of all. The operator's videos are
+nobody's: a stranger asking for many transcodes pushes out its own, never theirs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from atcdn.core.quotas import over_budget
+from atcdn.core.files import write_json
+from atcdn.core.quotas import over_budget, over_shares
 from atcdn.edge.transcode_files import DONE_NAME, ERROR_NAME, is_locked, unless_locked
 
 TOUCH_EVERY = 1.0  # seconds between marks of a video as used, per worker
@@ -39,6 +50,7 @@ class Video:
     size: int = 0
     used: float = 0.0
     removable: bool = True
+    owner: tuple[str, ...] = ()  # (DID, PDS subject) a stranger's video is charged to
 
 
 def _tree_size(path: Path) -> int:
@@ -53,11 +65,23 @@ def _tree_size(path: Path) -> int:
 
 
 class VideoSpace:
-    def __init__(self, root: Path, budget: int, stale: float) -> None:
+    def __init__(self, root: Path, budget: int, stale: float,
+                 share_did: float = 1.0, share_pds: float = 1.0) -> None:
         self.root = root
         self.budget = budget
         self.stale = stale
+        self.share_did = int(share_did * budget)  # bytes of videos one DID may hold
+        self.share_pds = int(share_pds * budget)
         self._touched: dict[str, float] = {}
+
+    def own(self, cid: str, owner: tuple[str, str] | None) -> None:
+        """Record whose video ``cid`` is: the (DID, PDS) its source was charged to, or
+        nobody (the operator's)."""
+        path = self.root / f"{cid}.owner"
+        if owner is None:
+            path.unlink(missing_ok=True)
+        else:
+            write_json(path, list(owner))
 
     def touch(self, cid: str) -> None:
         """Mark a video as used (served); cheap enough for every request."""
@@ -93,7 +117,11 @@ class VideoSpace:
                             v.removable = False
                     elif entry.name.endswith(".log"):
                         video(entry.name[:-4]).size += entry.stat().st_size
-                except FileNotFoundError:
+                    elif entry.name.endswith(".owner"):
+                        v = video(entry.name[:-6])
+                        v.size += entry.stat().st_size
+                        v.owner = tuple(json.loads(Path(entry.path).read_text()))
+                except (FileNotFoundError, ValueError):
                     continue
         sources = self.root / "sources"
         if sources.is_dir():
@@ -113,11 +141,21 @@ class VideoSpace:
         return sum(v.size for v in self.videos().values())
 
     def trim(self) -> list[str]:
-        """Remove least recently used videos until all fit the budget; their CIDs."""
+        """Remove each stranger's own least recently used videos past its shares, then
+        the least recently used of all until all fit the budget; their CIDs."""
         videos = self.videos()
         total = sum(v.size for v in videos.values())
         order = sorted((v for v in videos.values() if v.removable), key=lambda v: v.used)
-        victims = over_budget(((v.cid, v.size) for v in order), total, self.budget)
+        held: Counter[str] = Counter()
+        for v in videos.values():  # transcodes in progress included
+            for subject in v.owner:
+                held[subject] += v.size
+        shares = {subject: self.share_did if subject.startswith("did:") else self.share_pds
+                  for subject in sorted(held, key=lambda s: not s.startswith("did:"))}
+        victims = over_shares([(v.cid, v.size, v.owner) for v in order], held, shares)
+        total -= sum(videos[cid].size for cid in victims)
+        victims += over_budget(((v.cid, v.size) for v in order if v.cid not in victims),
+                               total, self.budget)
         for cid in victims:
             self.remove(cid)
         return victims
@@ -130,3 +168,4 @@ class VideoSpace:
                 return
         (self.root / f"{cid}.log").unlink(missing_ok=True)
         (self.root / "sources" / cid).unlink(missing_ok=True)
+        (self.root / f"{cid}.owner").unlink(missing_ok=True)

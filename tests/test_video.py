@@ -419,3 +419,71 @@ def test_videos_stay_within_their_share_of_the_cache(tmp_path: Path) -> None:
             assert within_budget() <= budget
     finally:
         srv.stop()
+
+
+def test_a_strangers_videos_stay_within_its_share(tmp_path: Path, hostile,
+                                                  edge_factory) -> None:
+    """The attack (issue 9, hole 1): the operator's pushed videos are transcoded, then a
+    stranger's DID has its own PDS (a stand-in) send videos and asks for their
+    transcodes, past the video budget. The stranger's videos never hold more than its
+    share of the budget, its least recently used going first; none of the operator's
+    is removed."""
+    import subprocess
+    import sys
+
+    from atcdn.core.cid import compute
+    from atcdn.core.limits import VideoLimits
+
+    from tests.helpers.env import TOKEN
+    from tests.helpers.nodes import running_origin
+
+    stranger = "did:plc:" + "s" * 24
+    clips = [make_clip(tmp_path / f"v{i}.mp4", width=160, height=120, seconds=1, fps=20 + i,
+                       audio=False) for i in range(8)]
+    sample = tmp_path / "sample"  # what one video leaves: its output and its source
+    subprocess.run([sys.executable, "-m", "atcdn.edge.video", str(clips[-1]), str(sample), "{}",
+                    ""], check=True, capture_output=True)
+    one = sum(p.stat().st_size for p in sample.rglob("*") if p.is_file()) + clips[-1].stat().st_size
+    budget = 5 * one  # the operator's three and the stranger's share, not all eight
+    pds = hostile()
+    pds.add_did(stranger, pds.url)
+    with running_origin(tmp_path) as origin:
+        mine = []
+        for clip in clips[:3]:
+            data = clip.read_bytes()
+            httpx.put(f"{origin.url}/blob/{compute(data)}", content=data, params={"did": DID},
+                      headers={"authorization": f"Bearer {TOKEN}"}).raise_for_status()
+            mine.append(compute(data))
+        theirs = [pds.add_blob(clip.read_bytes()) for clip in clips[3:]]
+        edge = edge_factory(origin.url, env={
+            "ATCDN_PLC_URL": pds.url, "ATCDN_EDGE_CACHE_SIZE": str(budget * 100),
+            "ATCDN_EDGE_VIDEO_SHARE": "0.01", "ATCDN_EDGE_SHARE_DID": "0.3",
+            "ATCDN_EDGE_SHARE_PDS": "0.5",
+            "ATCDN_EDGE_MEMORY_MAX_ITEM": str(VideoLimits.max_bytes)})  # sources in video/
+        video_dir = edge.cache_dir / "video"
+
+        def state(did: str, cid: str) -> str:
+            return httpx.get(f"{edge.url}/watch/{did}/{cid}/status", timeout=10).json()["state"]
+
+        def transcode(did: str, cid: str) -> None:
+            r = httpx.get(f"{edge.url}/watch/{did}/{cid}/playlist.m3u8", timeout=60)
+            assert r.status_code in (200, 202), r.text
+            deadline = time.monotonic() + 120
+            while state(did, cid) not in ("done", "failed") and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert state(did, cid) == "done"
+            time.sleep(0.5)  # trimmed as the transcode ends
+
+        def held(cid: str) -> int:
+            files = [*(video_dir / cid).rglob("*"), video_dir / "sources" / cid,
+                     video_dir / f"{cid}.log", video_dir / f"{cid}.owner"]
+            return sum(p.stat().st_size for p in files if p.is_file())
+
+        for cid in mine:
+            transcode(DID, cid)
+        for cid in theirs:
+            transcode(stranger, cid)
+            assert [state(DID, c) for c in mine] == ["done"] * 3  # none of the operator's
+            kept = [c for c in theirs if state(stranger, c) == "done"]
+            assert sum(held(c) for c in kept) <= 0.3 * budget, (kept, budget)
+        assert kept == theirs[-1:]  # its own least recently used went first
