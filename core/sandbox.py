@@ -41,12 +41,44 @@ def _unshare(flags: int) -> None:
         raise OSError(code, os.strerror(code))
 
 
+def _searchable(path: str, uid: int, gid: int) -> bool:
+    """Whether ``uid``/``gid`` may pass through every directory above ``path`` and read
+    it (permission bits only: no ACLs)."""
+    current = os.path.abspath(path)
+    while True:
+        try:
+            st = os.stat(current)
+        except OSError:
+            return False
+        need = 0o5 if current == os.path.abspath(path) else 0o1  # r-x at the end, x above
+        bits = (st.st_mode >> 6 if st.st_uid == uid else
+                st.st_mode >> 3 if st.st_gid == gid else st.st_mode) & 0o7
+        if bits & need != need:
+            return False
+        parent = os.path.dirname(current)
+        if parent == current:
+            return True
+        current = parent
+
+
+def _code_paths() -> list[str]:
+    """What a decoder still imports after the switch: the interpreter's libraries and
+    atcdn's own package."""
+    import atcdn.core
+    return [sys.prefix, sys.base_prefix, os.path.dirname(os.path.dirname(atcdn.core.__file__))]
+
+
 def _become(user: str) -> str | None:
-    """Switch this (root) process to ``user`` for good; what failed, or None."""
+    """Switch this (root) process to ``user`` for good; what failed, or None. A user
+    who cannot reach the interpreter's or atcdn's files is not switched to (the decoder
+    would die at its next import, e.g. a checkout under a private home or temp dir)."""
     try:
         entry = pwd.getpwnam(user)
     except KeyError:
         return f"no user {user!r} to run decoders as"
+    for path in _code_paths():
+        if not _searchable(path, entry.pw_uid, entry.pw_gid):
+            return f"user {user!r} cannot read {path}: decoders stay root"
     os.setgroups([])
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)
@@ -60,6 +92,8 @@ def user_ids(user: str) -> tuple[int, int] | None:
     try:
         entry = pwd.getpwnam(user)
     except KeyError:
+        return None
+    if not all(_searchable(path, entry.pw_uid, entry.pw_gid) for path in _code_paths()):
         return None
     return entry.pw_uid, entry.pw_gid
 

@@ -244,7 +244,8 @@ class EdgeSettings(BaseSettings):
     decoder_user: str = Field(
         default="nobody",
         description="user the image workers and transcoders switch to when the edge runs as"
-                    " root ('' stays root); they also leave the network where the kernel lets them")
+                    " root and that user can read the installed code ('' stays root); they also"
+                    " leave the network where the kernel lets them")
     transform_queue_size: Size = Field(
         default=WorkerLimits.queue_bytes,
         description="source bytes of transforms queued or running per worker process;"

@@ -194,7 +194,7 @@ def connects(port: int, *, netns: str = "", isolated: bool = False) -> bool:
 def isolation_or_skip() -> None:
     from atcdn.core.sandbox import probe
 
-    missing = probe("nobody")
+    missing = [m for m in probe("nobody") if "network" in m]  # not the user switch
     if missing:
         pytest.skip(f"this platform does not let decoders leave the network: {missing}")
 
@@ -227,13 +227,16 @@ def check_decoder(pid: int, port: int) -> None:
     we are root, runs as nobody."""
     import pwd
 
+    from atcdn.core.sandbox import user_ids
+
     deadline = time.monotonic() + 20  # a worker isolates itself as it starts
     while (netns := identity(pid)[0]) == os.readlink("/proc/self/ns/net"):
         assert time.monotonic() < deadline, f"{pid} kept the network"
         time.sleep(0.05)
     uid = identity(pid)[1]
     if os.geteuid() == 0:
-        assert uid == pwd.getpwnam("nobody").pw_uid
+        if user_ids("nobody") is not None:  # else nobody cannot read this checkout
+            assert uid == pwd.getpwnam("nobody").pw_uid
         assert not connects(port, netns=f"/proc/{pid}/ns/net")
 
 
@@ -277,3 +280,23 @@ def test_transcoder_has_no_network(tmp_path: Path, listener: int) -> None:
             await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(run())
+
+
+def test_decoder_user_who_cannot_reach_the_code_is_not_switched_to(tmp_path: Path) -> None:
+    """A checkout under a private directory (0700, as a temp dir or a home is): switching
+    the decoders to nobody would kill them at their next import, so they stay root."""
+    from atcdn.core.sandbox import _searchable
+
+    private = tmp_path / "private"
+    (private / "code").mkdir(parents=True)
+    private.chmod(0o700)
+    open_dir = tmp_path / "open"
+    (open_dir / "code").mkdir(parents=True)
+    for path in (open_dir, open_dir / "code", *tmp_path.parents, tmp_path):
+        if path == tmp_path or path in tmp_path.parents:
+            continue
+        path.chmod(0o755)
+    nobody = 65534
+    assert not _searchable(str(private / "code"), nobody, nobody)
+    reachable = all(os.stat(p).st_mode & 0o1 for p in (tmp_path, *tmp_path.parents))
+    assert _searchable(str(open_dir / "code"), nobody, nobody) == bool(reachable)
