@@ -132,7 +132,7 @@ class VideoSpace:
                     except FileNotFoundError:
                         continue
                     v = video(entry.name.split(".")[1] if entry.name.startswith(".")
-                              else entry.name)  # ".{cid}.{pid}.tmp": being written
+                              else entry.name)  # ".{cid}.{pid}.{random}.tmp": being written
                     v.size += stat.st_size
                     v.used = max(v.used, stat.st_mtime)
         return videos
