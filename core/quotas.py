@@ -15,6 +15,10 @@ from urllib.parse import urlsplit
 
 from atcdn.core.errors import AtcdnError
 
+# An origin's answer header naming a blob of its evictable pulled tier ("pulled"): a
+# stranger's, which an edge keeps within that stranger's share (edge/shares.py).
+TIER_HEADER = "x-atcdn-tier"
+
 
 def subject_of(pds_url: str) -> str:
     """A PDS URL reduced to what a quota is kept for: ``pds:scheme://host[:port]``."""

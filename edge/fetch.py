@@ -23,7 +23,7 @@ from atcdn.core.download import Budget, Downloads
 from atcdn.core.errors import AtcdnError
 from atcdn.core.limits import FetchLimits
 from atcdn.core.pull import PdsPull
-from atcdn.core.quotas import subject_of
+from atcdn.core.quotas import TIER_HEADER, subject_of
 from atcdn.core.settings import EdgeSettings
 from atcdn.core.staging import Staging, sweep
 from atcdn.edge.metrics import Metrics
@@ -31,7 +31,6 @@ from atcdn.edge.origins import Origin, Origins
 from atcdn.edge.shares import Allowance, Shares
 
 log = logging.getLogger("atcdn.edge")
-TIER_HEADER = "x-atcdn-tier"  # the origin's "pulled": a stranger's blob (origin/app.py)
 ORIGIN_QUOTA_RETRY = 60  # seconds; the origin's own Retry-After is not passed down
 # Errors of a connection to an origin that failed: the fetch moves to the next origin.
 UNREACHABLE = frozenset({"UpstreamUnavailable", "UpstreamTimeout"})

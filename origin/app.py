@@ -33,6 +33,7 @@ from atcdn.core.errors import AtcdnError, error_handlers, invalid
 from atcdn.core.feed import Action, Event, Feed, start_follower
 from atcdn.core.gauges import Gauges
 from atcdn.core.mime import is_active, sniff
+from atcdn.core.quotas import TIER_HEADER
 from atcdn.core.ranges import IMMUTABLE, RangeNotSatisfiable, etag_matches, parse_range
 from atcdn.core.settings import ControlSettings, LogSettings, OriginSettings
 from atcdn.core.staging import Staging
@@ -403,9 +404,6 @@ class Origin:
         body, content_type = await asyncio.to_thread(self.metrics.render,
                                                      Gauges(self.index.readings))
         return Response(body, headers={"Content-Type": content_type})
-
-
-TIER_HEADER = "X-Atcdn-Tier"  # "pulled" on a blob of the evictable pulled tier
 
 
 def _tier(meta: BlobMeta) -> str:
