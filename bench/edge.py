@@ -123,13 +123,17 @@ def start_origin(work: Path, port: int) -> Process:
         work, "origin", f"http://127.0.0.1:{port}/health", env={"ATCDN_ORIGIN_TOKEN": TOKEN})
 
 
-def start_edge(work: Path, name: str, port: int, origin: str, server: str) -> Process:
-    return start(
-        atcdn("edge", "serve", "--host", "127.0.0.1", "--port", str(port), "--origin", origin,
-              "--cache-dir", str(work / name), "--workers", "2", "--server", server),
-        work, name, f"http://127.0.0.1:{port}/health",
-        env={"ATCDN_ALLOW_PRIVATE_NETWORKS": "1", "ATCDN_PDS_FALLBACK": "false",
-             "ATCDN_PLC_URL": "http://127.0.0.1:9"})
+def start_edge(work: Path, name: str, port: int, origin: str, server: str,
+               python: str | None = None) -> Process:
+    """An edge with 2 workers; ``python``: another interpreter whose atcdn runs (another
+    checkout in its own venv, started from ``work`` so that it cannot import this one)."""
+    argv = atcdn("edge", "serve", "--host", "127.0.0.1", "--port", str(port), "--origin", origin,
+                 "--cache-dir", str(work / name), "--workers", "2", "--server", server)
+    if python:
+        argv[0] = python
+    return start(argv, work, name, f"http://127.0.0.1:{port}/health",
+                 env={"ATCDN_ALLOW_PRIVATE_NETWORKS": "1", "ATCDN_PDS_FALLBACK": "false",
+                      "ATCDN_PLC_URL": "http://127.0.0.1:9"}, cwd=work if python else ROOT)
 
 
 NGINX_CONF = """\
@@ -306,13 +310,21 @@ def store_objects(origin: str, small_bytes: int) -> list[Target]:
     ]
 
 
+def server_spec(spec: str) -> str:
+    if spec.partition("@")[0] not in ("uvicorn", "granian"):
+        raise argparse.ArgumentTypeError(f"{spec}: uvicorn or granian, then @PYTHON or nothing")
+    return spec
+
+
 def start_edges(args: argparse.Namespace, work: Path, origin: str,
                 procs: list[Process]) -> dict[str, str]:
     servers = {}
-    for server in args.servers:
+    for number, spec in enumerate(args.servers):
+        server, _, python = spec.partition("@")
         port = free_port()
-        procs.append(start_edge(work, f"edge-{server}", port, origin, server))
-        servers[f"edge ({server})"] = f"http://127.0.0.1:{port}"
+        procs.append(start_edge(work, f"edge-{number}-{server}", port, origin, server,
+                                python or None))
+        servers[f"edge ({spec})"] = f"http://127.0.0.1:{port}"
     return servers
 
 
@@ -382,7 +394,8 @@ def bench_herd(args: argparse.Namespace, work: Path, origin: str) -> dict:
     cid = put_blob(origin, photo)
     port = free_port()
     path = f"/img/feed_fullsize/plain/{DID}/{cid}@jpeg"
-    edge = start_edge(work, f"edge-herd-{args.servers[0]}", port, origin, args.servers[0])
+    server, _, python = args.servers[0].partition("@")
+    edge = start_edge(work, f"edge-herd-{server}", port, origin, server, python or None)
     try:
         before = scrape(f"http://127.0.0.1:{port}/metrics")
         result = asyncio.run(herd("127.0.0.1", port, path, args.herd, timeout=120))
@@ -492,8 +505,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--servers", nargs="+", default=["uvicorn", "granian"],
-                        choices=["uvicorn", "granian"],
-                        help="edge servers, first is judged and runs the herd")
+                        type=server_spec, metavar="SERVER[@PYTHON]",
+                        help="edge servers (uvicorn or granian), first is judged and runs "
+                             "the herd; @PYTHON runs that interpreter's atcdn (another "
+                             "checkout side by side, e.g. uvicorn@/tmp/old-venv/bin/python)")
     parser.add_argument("--peers", nargs="*", default=["nginx", "varnish"],
                         choices=["nginx", "varnish"])
     parser.add_argument("--small-bytes", type=int, default=SMALL,

@@ -8,8 +8,8 @@ line: method, path, status, bytes sent, duration, cache outcome (``memory``, ``d
 ``miss`` or ``-``; an app reports it with ``note(cache=...)``), client and ID.
 
 Access lines skip the logging machinery (a LogRecord, its caller's frame, the handler's
-RLock): one f-string, written in batches (``BatchedStreamHandler``). Formatting them in a
-batch on the handler's timer thread instead measured slower on a real server
+RLock): one f-string, appended to a batch the event loop writes (``AccessLines``).
+Formatting them in a batch on a timer thread instead measured slower on a real server
 (bench/hitcost.py): the records went cold between threads.
 
 Lines are text (logfmt-like ``key=value``) or JSON objects, one a line
@@ -20,6 +20,9 @@ traceback.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
 import functools
 import json
 import logging
@@ -27,11 +30,10 @@ import os
 import random
 import re
 import sys
-import threading
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 from atcdn.core.errors import error_response, from_unexpected
@@ -67,17 +69,36 @@ class Tally:
 
 
 class RequestInfo(Tally):
-    """One request, as its access line will tell it: the response's tally, and the
-    request's ID, method, path and cache outcome; when it ended (``time_ns``), after how
-    long (ns) and for which client."""
+    """One request, as its access line will tell it: the response's tally, the request's
+    ID and cache outcome, when it ended and after how long (``perf_counter_ns``), and its
+    scope (method, path and client are read from it only when the line is formatted)."""
 
-    __slots__ = ("id", "method", "path", "cache", "ended", "elapsed", "client")
+    __slots__ = ("cache", "ended", "elapsed", "id", "scope")
 
-    def __init__(self, id: str, method: str, path: str) -> None:  # noqa: A002
+    def __init__(self, id: str, scope: Scope) -> None:
         self.status = self.sent = self.ended = self.elapsed = 0
-        self.headers: Any = ()
-        self.id, self.method, self.path = id, method, path
-        self.cache = self.client = "-"
+        self.headers = ()
+        self.id, self.scope = id, scope
+        self.cache = "-"
+
+    @property
+    def method(self) -> str:
+        return self.scope["method"]  # type: ignore[no-any-return]
+
+    @property
+    def path(self) -> str:
+        """As sent (still percent-encoded): a %0A in a URL cannot forge a log line."""
+        scope = self.scope
+        raw = scope.get("raw_path")
+        path = raw.decode("latin-1") if raw else quote(scope["path"])
+        if scope.get("query_string"):
+            path = f"{path}?{scope['query_string'].decode('latin-1')}"
+        return path
+
+    @property
+    def client(self) -> str:
+        client = self.scope.get("client")
+        return client[0] if client else "-"  # type: ignore[no-any-return]
 
 
 _current: ContextVar[RequestInfo | None] = ContextVar("atcdn_request", default=None)
@@ -104,32 +125,66 @@ def request_id(headers: list[tuple[bytes, bytes]]) -> str:
     return _ids.getrandbits(64).to_bytes(8).hex()  # a label, not a secret: no system call
 
 
-class AccessLog:
-    """ASGI middleware: request IDs, one access line per request, logged failures."""
+class Answer(NamedTuple):
+    """A whole answer an app has ready in memory: status, headers and body."""
 
-    def __init__(self, app: ASGIApp, settings: LogSettings | None = None) -> None:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+class AccessLog:
+    """ASGI middleware: request IDs, one access line per request, logged failures.
+
+    ``hits``, when given, is the app's hit path (the edge's memory hits): a synchronous
+    function of the scope returning an ``Answer`` ready in memory, or None. Its answers
+    are sent here with the request ID and logged with cache outcome ``memory``, without
+    the wrapper around ``send`` and the request context that other requests get: that
+    machinery was a tenth of a hit's CPU (bench/hitcost.py). Everything else goes to
+    ``app``."""
+
+    def __init__(self, app: ASGIApp, settings: LogSettings | None = None,
+                 hits: Callable[[Scope], Answer | None] | None = None) -> None:
         self.app = app
+        self.hits = hits
         settings = settings or LogSettings()
         self.enabled = settings.access
-        self.write = configure(settings).write_line
-        self.line = access_json if settings.format == "json" else access_text
+        self.lines = AccessLines(configure(settings),
+                                 access_json if settings.format == "json" else access_text)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                send = self._flushing(send)
             return await self.app(scope, receive, send)
         started = time.perf_counter_ns()
-        # As sent (still percent-encoded): a %0A in a URL cannot forge a log line.
-        raw = scope.get("raw_path")
-        path = raw.decode("latin-1") if raw else quote(scope["path"])
-        if scope.get("query_string"):
-            path = f"{path}?{scope['query_string'].decode('latin-1')}"
-        info = RequestInfo(request_id(scope["headers"]), scope["method"], path)
+        if self.hits is not None:
+            try:
+                ready = self.hits(scope)
+            except Exception:
+                log.exception("the hit path failed; %s %s goes the long way",
+                              scope["method"], scope["path"])
+                ready = None
+            if ready is not None:
+                rid = request_id(scope["headers"])
+                await send({"type": "http.response.start", "status": ready.status,
+                            "headers": [*ready.headers, (b"x-request-id", rid.encode())]})
+                await send({"type": "http.response.body", "body": ready.body})
+                if self.enabled:
+                    info = RequestInfo(rid, scope)
+                    info.status, info.sent, info.cache = ready.status, len(ready.body), "memory"
+                    info.ended = time.perf_counter_ns()
+                    info.elapsed = info.ended - started
+                    self.lines.add(info)
+                return
+        info = RequestInfo(request_id(scope["headers"]), scope)
         echo = (b"x-request-id", info.id.encode())
+        see = info.see
 
         def send_logged(message: Message) -> Awaitable[None]:
             # A plain function handing back send's awaitable: no coroutine of its own
             # per message (this runs twice on every hit).
-            info.see(message)
+            see(message)
             if message["type"] == "http.response.start":
                 message = {**message, "headers": [*(message.get("headers") or ()), echo]}
             return send(message)
@@ -147,12 +202,18 @@ class AccessLog:
         finally:
             _current.reset(token)
             if self.enabled:
-                info.elapsed = time.perf_counter_ns() - started
-                info.ended = time.time_ns()
-                client = scope.get("client")
-                if client:
-                    info.client = client[0]
-                self.write(self.line(info))
+                info.ended = time.perf_counter_ns()
+                info.elapsed = info.ended - started
+                self.lines.add(info)
+
+    def _flushing(self, send: Send) -> Send:
+        """The lifespan's ``send``: the pending access lines are written before the
+        server hears that the app shut down."""
+        async def flushing_send(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                self.lines.flush()
+            await send(message)
+        return flushing_send
 
 
 # -- formatting -----------------------------------------------------------------------
@@ -198,78 +259,80 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(body, separators=(",", ":"))
 
 
-def access_text(info: RequestInfo) -> str:
+# "0.00" to "9.99": formatting a duration ("{:02d}") was a third of a text line, and hits
+# take under 10 ms.
+_SHORT_MS = tuple(f"{centi // 100}.{centi % 100:02d}" for centi in range(1000))
+
+
+def _ms(elapsed: int) -> str:
+    """``elapsed`` ns as milliseconds with two decimals (integer arithmetic)."""
+    centi = elapsed // 10_000  # hundredths of a millisecond
+    return _SHORT_MS[centi] if centi < 1000 else f"{centi // 100}.{centi % 100:02d}"
+
+
+def access_text(info: RequestInfo, clock: int) -> str:
     """An access line as TextFormatter writes lines: ``time INFO atcdn.access k=v...``
-    (the duration in integer arithmetic: float formatting is not free)."""
-    centi = info.elapsed // 10_000  # hundredths of a millisecond
-    return (f"{_millisecond(info.ended // 1_000_000)} INFO atcdn.access "
+    (``clock``: ``time_ns() - perf_counter_ns()``, which dates ``info.ended``)."""
+    return (f"{_millisecond((info.ended + clock) // 1_000_000)} INFO atcdn.access "
             f"method={info.method} path={info.path} status={info.status} bytes={info.sent} "
-            f"ms={centi // 100}.{centi % 100:02d} cache={info.cache} client={info.client} "
-            f"id={info.id}")
+            f"ms={_ms(info.elapsed)} cache={info.cache} client={info.client} id={info.id}")
 
 
-def access_json(info: RequestInfo) -> str:
+def access_json(info: RequestInfo, clock: int) -> str:
     """An access line as JsonFormatter writes lines."""
-    return json.dumps({"time": _millisecond(info.ended // 1_000_000), "level": "INFO",
-                       "logger": "atcdn.access", "method": info.method, "path": info.path,
-                       "status": info.status, "bytes": info.sent,
+    return json.dumps({"time": _millisecond((info.ended + clock) // 1_000_000),
+                       "level": "INFO", "logger": "atcdn.access", "method": info.method,
+                       "path": info.path, "status": info.status, "bytes": info.sent,
                        "ms": info.elapsed // 10_000 / 100, "cache": info.cache,
                        "client": info.client, "id": info.id}, separators=(",", ":"))
 
 
-class BatchedStreamHandler(logging.StreamHandler):
-    """A stream handler that writes in batches under load: a line is written at once when
-    the last write is over ``FLUSH_SECONDS`` old (or it is a warning), else it joins the
-    batch a timer writes within ``FLUSH_SECONDS``. Busy, an access line per request costs
-    a formatted string, not a system call each."""
+class AccessLines:
+    """Access lines written in batches: a request appends its ``RequestInfo``, and the
+    event loop formats and writes what gathered within ``FLUSH_SECONDS`` (or
+    ``MAX_LINES``) in one write, under the handler's lock so that no other record splits a
+    line. No thread and no lock per line; formatting them together in one loop costs half
+    of what it did one by one among the requests (bench/hitcost.py). What is pending is
+    written when the server shuts down (``AccessLog`` sees the lifespan end) or the
+    process exits."""
 
     FLUSH_SECONDS = 0.05
-    FLUSH_BYTES = 64 * 1024
+    MAX_LINES = 512
 
-    def __init__(self, stream: Any) -> None:
-        super().__init__(stream)
-        self.pending: list[str] = []
-        self.size = 0
-        self.last = 0.0
-        self.batch = threading.Lock()  # for pending (cheaper than the handler's RLock)
-        timer = threading.Thread(target=self._tick, name="atcdn-log-flush", daemon=True)
-        timer.start()
+    def __init__(self, handler: logging.StreamHandler[Any],
+                 line: Callable[[RequestInfo, int], str]) -> None:
+        self.handler = handler
+        self.line = line
+        self.pending: list[RequestInfo] = []
+        self.flusher: asyncio.TimerHandle | None = None
+        atexit.register(self.flush)
 
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            line = self.format(record)
-        except Exception:  # noqa: BLE001 - as logging.StreamHandler does
-            self.handleError(record)
-            return
-        self.write_line(line, urgent=record.levelno >= logging.WARNING)
-
-    def write_line(self, line: str, urgent: bool = False) -> None:
-        with self.batch:
-            self.pending.append(line)
-            self.size += len(line)
-            due = (urgent or self.size >= self.FLUSH_BYTES
-                   or time.monotonic() - self.last >= self.FLUSH_SECONDS)
-        if due:
+    def add(self, info: RequestInfo) -> None:
+        pending = self.pending
+        pending.append(info)
+        if len(pending) >= self.MAX_LINES:
             self.flush()
+        elif self.flusher is None:
+            self.flusher = asyncio.get_running_loop().call_later(self.FLUSH_SECONDS, self.flush)
 
     def flush(self) -> None:
-        with self.batch:
-            if self.pending:
-                self.pending.append("")  # the last line's terminator
-                lines, self.pending, self.size = self.terminator.join(self.pending), [], 0
-                self.stream.write(lines)
-            self.last = time.monotonic()
-            if self.stream and hasattr(self.stream, "flush"):
-                self.stream.flush()
+        if self.flusher is not None:
+            self.flusher.cancel()
+            self.flusher = None
+        if not self.pending:
+            return
+        infos, self.pending = self.pending, []
+        clock, line = time.time_ns() - time.perf_counter_ns(), self.line
+        lines = [line(info, clock) for info in infos]
+        lines.append("")  # the last line's terminator
+        handler = self.handler
+        # A log that cannot be written (closed, full) must not fail a request.
+        with handler.lock or contextlib.nullcontext(), contextlib.suppress(OSError, ValueError):
+            handler.stream.write("\n".join(lines))
+            handler.stream.flush()
 
-    def _tick(self) -> None:
-        while True:
-            time.sleep(self.FLUSH_SECONDS)
-            if self.pending:
-                self.flush()
 
-
-def configure(settings: LogSettings) -> BatchedStreamHandler:
+def configure(settings: LogSettings) -> logging.StreamHandler[Any]:
     """Send the ``atcdn`` loggers to stderr in the chosen format (once per process);
     the handler, for access lines."""
     logger = logging.getLogger("atcdn")
@@ -278,7 +341,7 @@ def configure(settings: LogSettings) -> BatchedStreamHandler:
         if getattr(handler, "atcdn", False):
             break
     else:
-        handler = BatchedStreamHandler(sys.stderr)
+        handler = logging.StreamHandler(sys.stderr)
         handler.atcdn = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     handler.setFormatter(formatter)

@@ -113,4 +113,6 @@ def create_app(settings: EdgeSettings | None = None, control: ControlSettings | 
                        lifespan=lifespan)
     front = Front(settings, load_presets(settings.presets), gate, memory, renditions, metrics,
                   router, misses)
-    return AccessLog(front, logs)  # outermost: request IDs and one access line per request
+    # Outermost: request IDs and one access line per request; memory hits go straight
+    # from the front's hit path to the client.
+    return AccessLog(front, logs, hits=front.hit)

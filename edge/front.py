@@ -24,6 +24,7 @@ from atcdn.core.errors import (
     invalid,
     taken_down,
 )
+from atcdn.core.ranges import RangeNotSatisfiable
 from atcdn.core.settings import EdgeSettings
 from atcdn.edge import urls
 from atcdn.edge.cache import Entry, MemoryTier
@@ -32,7 +33,7 @@ from atcdn.edge.metrics import Metrics
 from atcdn.edge.misses import Misses
 from atcdn.edge.presets import Preset
 from atcdn.edge.renditions import Renditions
-from atcdn.edge.responses import send_entry
+from atcdn.edge.responses import Answer, answer, send_entry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger("atcdn.edge")
@@ -74,19 +75,64 @@ class Front:
 
     # -- content routes -------------------------------------------------------------------
 
+    def hit(self, scope: Scope) -> Answer | None:
+        """The hit path: a GET or HEAD of ``/img`` or ``/blob`` that passes the gate,
+        answered whole from this worker's memory; else None, and the request takes
+        ``__call__``. Synchronous and small: the access log (core/accesslog.py) sends the
+        answer with the request ID and writes its line, with no wrapper around ``send``."""
+        if scope["method"] not in ("GET", "HEAD"):
+            return None
+        path: str = scope["path"]
+        request = dict(scope["headers"])
+        req: urls.ImageRequest | urls.BlobRequest
+        try:
+            if path.startswith("/img/"):
+                req, _, key = self.image_request(path, request)
+                route, vary = "img", req.fmt is None
+            elif path.startswith("/blob/"):
+                req, key = self.blob_request(path)
+                route, vary = "blob", False
+            else:
+                return None
+        except urls.UrlError:
+            return None
+        if self.gate.refuses(req.did, req.cid):  # before memory: it may empty the tier
+            return None
+        entry = self.memory.get(key)
+        if entry is None:
+            return None
+        try:
+            ready = answer(entry, request, head_only=scope["method"] == "HEAD", vary=vary)
+        except RangeNotSatisfiable:
+            return None
+        if ready is not None:
+            self.metrics.memory_hit(route, entry.size)
+        return ready
+
+    def image_request(self, path: str, request: dict[bytes, bytes]
+                      ) -> tuple[urls.ImageRequest, urls.Format, str]:
+        """An ``/img`` path's request, its format (negotiated when the URL names none) and
+        memory key; raises UrlError."""
+        req = self.parse_image(path)
+        fmt = req.fmt or urls.negotiate(request.get(b"accept", b"").decode("latin-1"),
+                                        self.settings.enable_avif)
+        return req, fmt, urls.image_key(req.cid, req.preset.name, fmt)
+
+    def blob_request(self, path: str) -> tuple[urls.BlobRequest, str]:
+        """A ``/blob`` path's request and memory key; raises UrlError."""
+        req = self.parse_blob(path)
+        return req, urls.source_key(req.cid)
+
     async def image(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] not in ("GET", "HEAD"):
             return await self.error(scope, receive, send, "img", NOT_ALLOWED)
+        request = dict(scope["headers"])
         try:
-            req = self.parse_image(scope["path"])
+            req, fmt, key = self.image_request(scope["path"], request)
         except urls.UrlError as exc:
             return await self.error(scope, receive, send, "img", invalid(str(exc)))
         if self.gate.refuses(req.did, req.cid):
             return await self.error(scope, receive, send, "img", taken_down(req.cid))
-        request = dict(scope["headers"])
-        fmt = req.fmt or urls.negotiate(request.get(b"accept", b"").decode("latin-1"),
-                                        self.settings.enable_avif)
-        key = urls.image_key(req.cid, req.preset.name, fmt)
         entry = self.memory.get(key)
         if entry is not None:
             self.metrics.memory_hit("img", entry.size)
@@ -99,12 +145,11 @@ class Front:
         if scope["method"] not in ("GET", "HEAD"):
             return await self.error(scope, receive, send, "blob", NOT_ALLOWED)
         try:
-            req = self.parse_blob(scope["path"])
+            req, key = self.blob_request(scope["path"])
         except urls.UrlError as exc:
             return await self.error(scope, receive, send, "blob", invalid(str(exc)))
         if self.gate.refuses(req.did, req.cid):
             return await self.error(scope, receive, send, "blob", taken_down(req.cid))
-        key = urls.source_key(req.cid)
         entry = self.memory.get(key)
         if entry is not None:
             self.metrics.memory_hit("blob", entry.size)

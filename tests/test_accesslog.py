@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
-from atcdn.core.accesslog import AccessLog, note
+from atcdn.core.accesslog import AccessLog, Answer, note
 from atcdn.core.cid import compute
 from atcdn.core.settings import LogSettings
 
@@ -22,7 +22,11 @@ from tests.helpers.pictures import photo
 DID = "did:plc:" + "a" * 24
 
 
+SEEN: list[str] = []  # the paths tiny_app answered
+
+
 async def tiny_app(scope, receive, send) -> None:
+    SEEN.append(scope["path"])
     if scope["path"] == "/boom":
         raise RuntimeError("kaboom")
     note(cache="memory")
@@ -31,8 +35,9 @@ async def tiny_app(scope, receive, send) -> None:
     await send({"type": "http.response.body", "body": b"hello"})
 
 
-def logged(fmt: str, *requests: tuple[str, dict]) -> tuple[list[httpx.Response], str]:
-    app = AccessLog(tiny_app, LogSettings(format=fmt))
+def logged(fmt: str, *requests: tuple[str, dict],
+           hits=None) -> tuple[list[httpx.Response], str]:
+    app = AccessLog(tiny_app, LogSettings(format=fmt), hits=hits)
     handler = next(h for h in logging.getLogger("atcdn").handlers if getattr(h, "atcdn", 0))
     stream = io.StringIO()
     handler.setStream(stream)
@@ -43,7 +48,7 @@ def logged(fmt: str, *requests: tuple[str, dict]) -> tuple[list[httpx.Response],
             return [await client.get(path, headers=headers) for path, headers in requests]
 
     answers = asyncio.run(go())
-    handler.flush()  # lines are written in batches (at most FLUSH_SECONDS late)
+    app.lines.flush()  # lines are written in batches (at most FLUSH_SECONDS late)
     return answers, stream.getvalue()
 
 
@@ -89,6 +94,66 @@ def test_a_failure_is_logged_with_its_request_and_answered_500():
     assert "method=GET" in failure and "path=/boom" in failure and "id=r3" in failure
     assert "RuntimeError: kaboom" in text  # the traceback follows its context line
     assert any("status=500" in line and "id=r3" in line for line in text.splitlines())
+
+
+def test_hits_are_sent_by_the_access_log_itself_with_an_id_and_a_line():
+    """The edge's hit path (edge/front.py ``Front.hit``) hands whole answers to the access
+    log, which sends them without calling the app."""
+    def hits(scope) -> Answer | None:
+        if scope["path"] == "/hot":
+            return Answer(200, [(b"content-type", b"text/plain")], b"hot!!!")
+        return None
+
+    SEEN.clear()
+    answers, text = logged("text", ("/hot", {"x-request-id": "h1"}), ("/hot", {}),
+                           ("/cold", {}), hits=hits)
+    hot, fresh, cold = answers
+    assert hot.text == "hot!!!" and hot.headers["x-request-id"] == "h1"
+    assert len(fresh.headers["x-request-id"]) == 16 and fresh.text == "hot!!!"
+    assert cold.text == "hello" and SEEN == ["/cold"]  # the app never saw the hits
+    lines = text.splitlines()
+    assert any("path=/hot" in line and "status=200" in line and "bytes=6" in line
+               and "cache=memory" in line and "id=h1" in line for line in lines), lines
+    assert sum("path=/hot" in line for line in lines) == 2
+    assert any("path=/cold" in line and "status=200" in line for line in lines), lines
+
+
+def test_pending_lines_are_written_before_the_app_reports_shutdown():
+    """Lines wait up to FLUSH_SECONDS in a batch; a worker that stops must not lose them
+    (multiprocessing's workers end with os._exit, which skips atexit)."""
+    async def app(scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await tiny_app(scope, receive, send)
+
+    access = AccessLog(app, LogSettings())
+    access.lines.FLUSH_SECONDS = 3600  # only the shutdown can write the line
+    handler = next(h for h in logging.getLogger("atcdn").handlers if getattr(h, "atcdn", 0))
+    stream = io.StringIO()
+    handler.setStream(stream)
+    at_shutdown: list[str] = []
+
+    async def go() -> None:
+        transport = httpx.ASGITransport(app=access, client=("192.0.2.7", 1234))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            assert (await client.get("/last", headers={"x-request-id": "r9"})).text == "hello"
+        assert stream.getvalue() == ""  # still in the batch
+        messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+
+        async def receive():
+            return next(messages)
+
+        async def send(message):
+            if message["type"] == "lifespan.shutdown.complete":
+                at_shutdown.append(stream.getvalue())
+
+        await access({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+
+    asyncio.run(go())
+    assert "path=/last" in at_shutdown[0] and "id=r9" in at_shutdown[0]
 
 
 def _lines(log: Path) -> list[dict]:
