@@ -2,8 +2,8 @@
 
 Immutable content makes the HTTP rules short (core/ranges.py): a strong ETag per
 (cid, preset, format), ``If-None-Match`` -> 304, one ``Range`` -> 206, an unsatisfiable
-one -> 416, HEAD -> headers only, and always a Content-Length. Files go out through Starlette's FileResponse, which
-uses granian's zero-copy ``http.response.pathsend`` when the server offers it.
+one -> 416, HEAD -> headers only, and always a Content-Length. Files go out through
+core/file_response.py (zero-copy ``http.response.pathsend`` when the server offers it).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import os
 
 from atcdn.core.accesslog import Answer
 from atcdn.core.errors import AtcdnError, error_response
+from atcdn.core.file_response import FileResponse
 from atcdn.core.ranges import RangeNotSatisfiable, etag_matches, parse_range
 from atcdn.edge.cache import CACHE_CONTROL, Entry, Headers
-from starlette.responses import FileResponse
 from starlette.types import Receive, Scope, Send
 
 VARY_ACCEPT = (b"vary", b"Accept")

@@ -22,12 +22,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from atcdn.core.errors import AtcdnError, invalid
+from atcdn.core.file_response import FileResponse
 from atcdn.core.ranges import IMMUTABLE, etag_matches
 from atcdn.edge import hls, urls
 from atcdn.edge.transcode_files import META_NAME, THUMBNAIL_NAME
 from atcdn.edge.transcodes import Transcodes
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 GetSource = Callable[[str, str], Awaitable[Path]]
