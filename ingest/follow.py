@@ -39,7 +39,7 @@ from atcdn.ingest.politeness import backoff
 from atcdn.ingest.quietlog import QuietLog
 from atcdn.ingest.records import record_uri
 from atcdn.ingest.status import serve_status, status_app
-from atcdn.ingest.stream import StreamError, Subscription, stream_url
+from atcdn.ingest.stream import Connection, StreamError, Subscription, stream_url
 
 log = logging.getLogger("atcdn.ingest")
 
@@ -77,7 +77,7 @@ class Follower:
         self.saved = self.tracker.durable
         self.queue: asyncio.Queue[tuple[Pending, str, BlobRef]] = asyncio.Queue(
             settings.queue_size)
-        self.connected = False
+        self.connection = Connection(self.metrics.connected)
         self.last_event_at: float | None = None
         self.quiet = QuietLog(log)
         self.stopping = asyncio.Event()
@@ -128,12 +128,12 @@ class Follower:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         lag = None if self.last_event_at is None else round(time.time() - self.last_event_at, 3)
-        details = {"status": "ok" if self.connected else "disconnected",
-                   "source": self.source, "connected": self.connected,
+        details = {"status": "ok" if self.connection.up else "disconnected",
+                   "source": self.source, "connected": self.connection.up,
                    "cursor": self.tracker.durable, "received": self.received,
                    "secondsSinceLastEvent": lag, "queueDepth": self.queue.qsize(),
                    "eventsInFlight": self.tracker.in_flight}
-        return self.connected and self.fatal is None, details
+        return self.connection.up and self.fatal is None, details
 
     def flush(self) -> None:
         """Save the durable cursor if it moved."""
@@ -152,14 +152,10 @@ class Follower:
     async def _read_forever(self) -> None:
         await Subscription(
             self.source, lambda: subscribe_url(self.source, self.received), self.handle,
-            self.settings, self.quiet, on_connected=self._connected,
+            self.settings, self.quiet, on_connected=self.connection,
             on_reconnect=self.metrics.reconnects.inc, on_error_frame=self._error_frame,
             on_too_big=self._too_big,
         ).run_forever()
-
-    def _connected(self, up: bool) -> None:
-        self.connected = up
-        self.metrics.connected.set(int(up))
 
     def _error_frame(self, exc: StreamError) -> None:
         if exc.error == "FutureCursor":

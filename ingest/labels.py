@@ -39,7 +39,7 @@ from atcdn.ingest.origin_api import OriginAuthError, OriginClient, OriginRefused
 from atcdn.ingest.quietlog import QuietLog
 from atcdn.ingest.records import RecordIndex
 from atcdn.ingest.status import serve_status, status_app
-from atcdn.ingest.stream import StreamError, Subscription, stream_url
+from atcdn.ingest.stream import Connection, StreamError, Subscription, stream_url
 
 log = logging.getLogger("atcdn.ingest.labels")
 
@@ -121,7 +121,7 @@ class LabelFollower:
         self.key = LabelerKey(self.public, self.labeler, settings.plc_url)
         self.actions = LabelActions(settings, self.state, self.records, self.origin)
         self.cursor = self.state.cursor(source)
-        self.connected = False
+        self.connection = Connection(self.metrics.connected)
         self.quiet = QuietLog(log)
         self.stopping = asyncio.Event()
         self.metrics.cursor.set_function(lambda: self.cursor or 0)
@@ -158,10 +158,10 @@ class LabelFollower:
         self.stopping.set()
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        return self.connected, {"status": "ok" if self.connected else "disconnected",
-                                "source": self.source, "labeler": self.labeler,
-                                "connected": self.connected, "cursor": self.cursor,
-                                "actions": dict(self.actions.counts)}
+        up = self.connection.up
+        return up, {"status": "ok" if up else "disconnected", "source": self.source,
+                    "labeler": self.labeler, "connected": up, "cursor": self.cursor,
+                    "actions": dict(self.actions.counts)}
 
     async def _sweeper(self) -> None:
         while True:
@@ -180,14 +180,10 @@ class LabelFollower:
             # row per label: the replay is its current state).
             self.source, lambda: subscribe_url(self.source, self.cursor or 0), self.handle,
             self.settings, self.quiet, user_agent="atcdn-ingest-labels",
-            retry_on=(KeyUnavailable,), on_connected=self._connected,
+            retry_on=(KeyUnavailable,), on_connected=self.connection,
             on_reconnect=self.metrics.reconnects.inc, on_error_frame=self._error_frame,
             on_too_big=self._too_big,
         ).run_forever()
-
-    def _connected(self, up: bool) -> None:
-        self.connected = up
-        self.metrics.connected.set(int(up))
 
     def _too_big(self) -> None:
         self.metrics.malformed.labels("too_big").inc()

@@ -19,6 +19,7 @@ from atcdn.core.settings import IngestSettings
 from atcdn.ingest.frames import ErrorFrame
 from atcdn.ingest.politeness import backoff
 from atcdn.ingest.quietlog import QuietLog
+from prometheus_client import Gauge
 
 log = logging.getLogger("atcdn.ingest")
 
@@ -44,6 +45,19 @@ class StreamError(Exception):
     def __init__(self, frame: ErrorFrame) -> None:
         super().__init__(f"{frame.error}: {frame.message or ''}")
         self.error = frame.error
+
+
+class Connection:
+    """Whether a follower is subscribed right now, for its health answer and its gauge;
+    a follower passes it as ``Subscription.on_connected``."""
+
+    def __init__(self, gauge: Gauge) -> None:
+        self.up = False
+        self.gauge = gauge
+
+    def __call__(self, up: bool) -> None:
+        self.up = up
+        self.gauge.set(int(up))
 
 
 @dataclass
