@@ -56,8 +56,9 @@ log = logging.getLogger("atcdn.origin")
 SANDBOX = "default-src 'none'; sandbox"
 AUTH_REQUIRED = {"WWW-Authenticate": "Bearer"}
 DRAIN_MAX = 1024 * 1024  # a refused body up to this size is read before the answer
-INLINE_MAX = 1024 * 1024  # blobs up to this size are sent from memory: faster than a file under
-# uvicorn (a thread hop per file operation) and under granian (bench/origin.py)
+# Blobs up to this size are read in one go and sent from memory: faster than a file under
+# uvicorn (a thread hop per file operation) and under granian (bench/origin.py).
+INLINE_MAX = 1024 * 1024
 VIA: tuple[Via, ...] = ("push", "ingest")  # what ?via= may say on a PUT (hand-offs: "pds")
 HOLDERS_TTL = 5.0  # seconds a read of the shared holders answers unsettled decisions
 
